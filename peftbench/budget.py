@@ -1,0 +1,174 @@
+"""Matched trainable-parameter budgets: one solver for every method plugin.
+
+A budget counts the method's own parameters (the task head is the same for every method
+and reported separately). For a method with an integer knob the solver finds the knob
+whose count is closest to the budget (ties go to the smaller knob), counting exactly by
+applying the method to the model on the ``meta`` device, so third-party methods need no
+formula. Counts are assumed monotone in the knob: exponential search then bisection.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+from .errors import PeftbenchError
+from .method import apply_method
+
+MAX_DEVIATION_PCT = 25.0
+KNOB_CAP = 1 << 20
+_COUNT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:e(\d+))?([kmb]?)$", re.I)
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
+
+
+@dataclass(frozen=True)
+class Budget:
+    text: str
+    count: float | None = None  # absolute count
+    percent: float | None = None  # of the base model's parameters
+    ref_spec: str | None = None  # "lora" or "lora[alpha=32]"
+    ref_knob: int | None = None
+
+
+def split_top(text: str) -> list[str]:
+    """Split on commas outside [brackets]."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return [p for p in parts if p]
+
+
+def parse_budget(text: str) -> Budget:
+    t = text.strip()
+    hint = "use a count (73728, 75k, 1.2M), a percentage (0.3%) or a reference (lora:r=8)"
+    if t.endswith("%"):
+        try:
+            pct = float(t[:-1])
+        except ValueError:
+            raise PeftbenchError(f"--budget {text!r} is not a valid percentage; {hint}") from None
+        if not 0 < pct <= 100:
+            raise PeftbenchError(f"--budget {text}: a percentage must be in (0, 100]")
+        return Budget(t, percent=pct)
+    m = _COUNT.match(t)
+    if m:
+        value = float(m.group(1)) * (10 ** int(m.group(2) or 0)) * _SUFFIX[m.group(3).lower()]
+        if value < 1:
+            raise PeftbenchError(f"--budget {text}: a count must be at least 1")
+        return Budget(t, count=value)
+    ref = re.match(r"^(.+):(\w+)=(\d+)$", t)
+    if ref:
+        return Budget(t, ref_spec=ref.group(1), ref_knob=int(ref.group(3)))
+    raise PeftbenchError(f"--budget {text!r} is not understood; {hint}")
+
+
+def parse_budgets(text: str) -> list[Budget]:
+    return [parse_budget(p) for p in split_top(text)]
+
+
+@dataclass(frozen=True)
+class Solution:
+    method: str  # the method's label
+    knob: str | None
+    knob_value: int | None
+    params: int
+    budget: int
+    fixed: bool
+
+    @property
+    def deviation_pct(self) -> float:
+        return 100.0 * (self.params - self.budget) / self.budget
+
+
+class Counter:
+    """Counts a method's own parameters on a meta-device copy of the model; cached."""
+
+    def __init__(self, meta_model):
+        self.meta = meta_model
+        from .method import base_parameter_count
+
+        self.base = base_parameter_count(meta_model)
+        self._cache: dict = {}
+
+    def count(self, method, options: dict, knob) -> int:
+        key = (method.name, repr(sorted(options.items())), knob)
+        if key not in self._cache:
+            _, counts = apply_method(method, copy.deepcopy(self.meta), knob, options)
+            self._cache[key] = counts.method
+        return self._cache[key]
+
+
+def budget_params(budget: Budget, counter: Counter, resolve_ref) -> int:
+    """The budget as a parameter count. ``resolve_ref(spec) -> (method, options)``."""
+    if budget.count is not None:
+        n = int(round(budget.count))
+    elif budget.percent is not None:
+        n = int(round(counter.base * budget.percent / 100))
+    else:
+        method, options = resolve_ref(budget.ref_spec)
+        n = counter.count(method, options, method.check_knob(budget.ref_knob))
+    if n > counter.base:
+        raise PeftbenchError(
+            f"--budget {budget.text} = {n:,} parameters exceeds the model's {counter.base:,}; choose a smaller budget"
+        )
+    return max(1, n)
+
+
+def solve(method, options: dict, target: int, counter: Counter, label: str | None = None) -> Solution:
+    label = label or method.name
+    if method.knob is None:
+        n = counter.count(method, options, None)
+        return Solution(label, None, None, n, target, fixed=True)
+
+    def count(k):
+        return counter.count(method, options, k)
+
+    hi = 1
+    while count(hi) < target and hi < KNOB_CAP:
+        hi *= 2
+    if count(hi) < target:
+        best = hi
+    else:
+        lo = hi // 2  # count(lo) < target <= count(hi), or hi == 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if count(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        best = hi if lo < 1 or abs(count(hi) - target) < abs(count(lo) - target) else lo
+    solution = Solution(label, method.knob, best, count(best), target, fixed=False)
+    if abs(solution.deviation_pct) > MAX_DEVIATION_PCT:
+        if solution.params > target:
+            reach = f"its smallest count, at {method.knob}=1, is {count(1):,}"
+        elif best >= KNOB_CAP:
+            reach = f"its largest count, at {method.knob}={best}, is {solution.params:,}"
+        else:
+            reach = f"its closest count, at {method.knob}={best}, is {solution.params:,}"
+        raise PeftbenchError(
+            f"budget {target:,} is out of reach for {label} (within {MAX_DEVIATION_PCT:.0f}%): {reach} "
+            f"({solution.deviation_pct:+.1f}%); choose a budget it can reach"
+        )
+    return solution
+
+
+def brute_force(method, options, target, counter) -> int:
+    """Reference solver for tests: try every knob value from 1 until the count passes twice
+    the budget (no bisection, no monotonicity needed below that point)."""
+    best, k = 1, 1
+    while True:
+        n = counter.count(method, options, k)
+        if abs(n - target) < abs(counter.count(method, options, best) - target):
+            best = k
+        if n > 2 * target or k >= KNOB_CAP:
+            return best
+        k += 1

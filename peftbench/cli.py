@@ -1,0 +1,298 @@
+"""The ``peftbench`` command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PeftbenchError
+
+EXIT_BAD_INPUT = 2
+
+
+def plugin_option(f):
+    return click.option(
+        "--plugins", "plugin_files", multiple=True, metavar="FILE.py",
+        help="Load a local plugin file (repeatable; also PEFTBENCH_PLUGINS).",
+    )(f)
+
+
+def _load(plugin_files):
+    from .plugins import load_plugins
+
+    load_plugins(plugin_files)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="peftbench")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@plugin_option
+@click.pass_context
+def cli(ctx, debug, plugin_files):
+    """Compare parameter-efficient fine-tuning methods side by side."""
+    ctx.ensure_object(dict)
+    ctx.obj["plugins"] = tuple(plugin_files)
+
+
+def _plugins(ctx, extra):
+    return tuple(ctx.obj.get("plugins", ())) + tuple(extra)
+
+
+@cli.command()
+@plugin_option
+@click.pass_context
+def methods(ctx, plugin_files):
+    """List the registered methods."""
+    from .plugins import get_methods
+
+    _load(_plugins(ctx, plugin_files))
+    rows = [("name", "knob", "mergeable", "default lr", "plugin", "description")]
+    for m in get_methods().values():
+        rows.append((m.name, m.knob or "- (fixed)", "yes" if m.mergeable else "no", f"{m.default_lr:g}", m.plugin, m.description))
+    _print_rows(rows)
+    from peftbench_plugins import peft_bridge
+
+    if not peft_bridge.available():
+        click.echo("\nHF peft methods (peft-lora, peft-ia3, ...): pip install 'peftbench[peft]'")
+
+
+@cli.command()
+@plugin_option
+@click.pass_context
+def tasks(ctx, plugin_files):
+    """List the registered tasks."""
+    from .plugins import get_tasks
+
+    _load(_plugins(ctx, plugin_files))
+    rows = [("name", "version", "metrics", "labels", "max len", "data folder", "plugin")]
+    for t in get_tasks().values():
+        labels = "regression" if t.is_regression else str(t.num_labels)
+        rows.append((t.name, str(t.version), ",".join(t.metrics), labels, str(t.max_seq_len), t.folder, t.plugin))
+    _print_rows(rows)
+
+
+def _format_rows(rows):
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _print_rows(rows):
+    for line in _format_rows(rows):
+        click.echo(line)
+
+
+def _budget_rows(solutions):
+    rows = [("budget", "method", "knob", "knob_value", "params", "budget_params", "deviation_pct", "fixed")]
+    for btext, s in solutions:
+        rows.append((btext, s.method, s.knob or "-", "-" if s.knob_value is None else str(s.knob_value),
+                     f"{s.params:,}", f"{s.budget:,}", f"{s.deviation_pct:+.1f}", "fixed" if s.fixed else ""))
+    return rows
+
+
+@cli.command()
+@click.option("--methods", "methods_", required=True, help="Comma list; variants as name[key=value,...].")
+@click.option("--budget", required=True, help="73728, 75k, 1.2M, 0.3%, lora:r=8; comma list.")
+@click.option("--model", default="minilm", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+@plugin_option
+@click.pass_context
+def budget(ctx, methods_, budget, model, fmt, plugin_files):
+    """Solve the knob of each method for a budget, without training."""
+    from .budget import Counter, budget_params, parse_budgets, solve
+    from .models import load_config, meta_model
+    from .plugins import get_methods
+    from .sweep import parse_method_spec, parse_methods
+
+    _load(_plugins(ctx, plugin_files))
+    all_methods = get_methods()
+    choices = parse_methods(methods_, all_methods)
+    budgets = parse_budgets(budget)
+    counter = Counter(meta_model(load_config(model)))
+
+    def resolve_ref(spec):
+        ref = parse_method_spec(spec, all_methods)
+        return ref.method, ref.options
+
+    solutions = []
+    for b in budgets:
+        target = budget_params(b, counter, resolve_ref)
+        for c in choices:
+            solutions.append((b.text, solve(c.method, c.options, target, counter, c.label)))
+    if fmt == "csv":
+        click.echo("method,knob,knob_value,params,budget,deviation_pct,fixed,budget_spec")
+        for btext, s in solutions:
+            click.echo(f"{s.method},{s.knob or ''},{'' if s.knob_value is None else s.knob_value},{s.params},"
+                       f"{s.budget},{s.deviation_pct:.3f},{str(s.fixed).lower()},{btext}")
+    else:
+        click.echo(f"model {model}: {counter.base:,} base parameters (head excluded)")
+        _print_rows(_budget_rows(solutions))
+
+
+@cli.command()
+@click.option("--methods", "methods_", default="lora,adapter", show_default=True,
+              help="Comma list of methods; variants as name[key=value,...], e.g. adapter[placement=pfeiffer].")
+@click.option("--tasks", "tasks_", default="sst2", show_default=True, help="Comma list of tasks.")
+@click.option("--seeds", default="0", show_default=True, help="Comma list of seeds.")
+@click.option("--model", default="minilm", show_default=True, help="minilm, a transformers model id, or a folder.")
+@click.option("--data-dir", default=None, help="Folder holding the task folders (else PEFTBENCH_DATA, else the hub).")
+@click.option("--budget", default=None, help="Matched budget(s) for the method's own parameters "
+              "(default lora:r=8): 73728, 75k, 1.2M, 0.3%, lora:r=8; 'none' = each method's default knob.")
+@click.option("--knob", default=None, help="Explicit knob per method, e.g. lora=8,adapter=16 (overrides --budget).")
+@click.option("--lr", default=None, help="Learning rate per method, e.g. lora=5e-4,full=5e-5 (default: the method's).")
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
+@click.option("--train-samples", default="4000", show_default=True, help="Seeded subset of the training set, or 'all'.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the training subset.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-seq-len", type=int, default=None, help="Default: the task's.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.06, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", default=None, help="Output folder (default runs/<timestamp>); records of many sweeps may share one.")
+@click.option("--latency/--no-latency", default=True, show_default=True, help="Measure inference latency.")
+@click.option("--latency-batch", type=int, default=32, show_default=True, help="N of the batch-N latency.")
+@click.option("--latency-seq-len", type=int, default=None, help="Fixed sequence length for latency (default max length).")
+@click.option("--latency-min-time", type=float, default=2.0, show_default=True, help="Seconds of timed calls per candidate.")
+@click.option("--keep-checkpoints/--no-keep-checkpoints", default=True, show_default=True)
+@click.option("--rerun-failed", is_flag=True, help="Retry runs whose record is not ok.")
+@click.option("--force", is_flag=True, help="Rerun every run, even those with an ok record.")
+@click.option("--timeout-per-run", type=float, default=None, help="Kill a run after this many seconds.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@plugin_option
+@click.pass_context
+def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs, max_steps, train_samples,
+        data_seed, batch_size, max_seq_len, weight_decay, warmup_ratio, device, out, latency, latency_batch,
+        latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force, timeout_per_run, progress,
+        plugin_files):
+    """Train and evaluate each method x task x budget x seed; print the comparison table."""
+    from . import report
+    from .sweep import SweepSettings, check_output_dir, plan, run_sweep
+
+    if train_samples.lower() == "all":
+        n_train = None
+    else:
+        try:
+            n_train = int(train_samples)
+        except ValueError:
+            raise PeftbenchError(f"--train-samples {train_samples!r}: give a positive integer or 'all'") from None
+    if latency_batch < 1 or (latency_seq_len is not None and latency_seq_len < 1) or latency_min_time < 0:
+        raise PeftbenchError("--latency-batch/--latency-seq-len must be positive and --latency-min-time >= 0")
+    if timeout_per_run is not None and timeout_per_run <= 0:
+        raise PeftbenchError(f"--timeout-per-run must be positive, got {timeout_per_run}")
+    out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    settings = SweepSettings(
+        methods=methods_, tasks=tasks_, seeds=seeds, model=model, data_dir=data_dir, knob=knob, budget=budget,
+        lr=lr, epochs=epochs, max_steps=max_steps, train_samples=n_train, data_seed=data_seed,
+        batch_size=batch_size, max_seq_len=max_seq_len, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+        device=device, keep_checkpoint=keep_checkpoints, plugins=_plugins(ctx, plugin_files),
+        latency={"batch": latency_batch, "seq_len": latency_seq_len, "min_reps": 20,
+                 "min_time_s": latency_min_time, "warmup": 3} if latency else None,
+    )
+    the_plan = plan(settings)  # validates everything before any training starts
+    check_output_dir(out)
+    if the_plan.solutions:
+        click.echo("Budget solutions (method's own parameters, head excluded):", err=True)
+        for line in _format_rows(_budget_rows(the_plan.solutions)):
+            click.echo("  " + line, err=True)
+    click.echo(f"{len(the_plan.specs)} run(s) -> {out}", err=True)
+
+    def on_record(rec, i, n):
+        click.echo(f"[{i}/{n}] {_summary_line(rec)}", err=True)
+
+    def warn(msg):
+        click.echo(f"warning: {msg}", err=True)
+
+    result = run_sweep(the_plan.specs, out, rerun_failed=rerun_failed, force=force, timeout=timeout_per_run,
+                       progress=progress, on_record=on_record, warn=warn)
+    if result.skipped_ok or result.skipped_failed:
+        click.echo(f"skipped {result.skipped_ok} run(s) with an ok record"
+                   + (f" and {result.skipped_failed} earlier failure(s) (--rerun-failed retries them)" if result.skipped_failed else ""), err=True)
+    click.echo(report.to_markdown(report.summarize(report.records_frame(result.records))))
+    bad = [r for r in result.records if r["status"] != "ok"]
+    click.echo(f"{len(result.records) - len(bad)} of {len(result.records)} run(s) ok; records in {out}/records", err=True)
+    if bad:
+        click.echo(f"{len(bad)} run(s) did not finish ok: " + ", ".join(f"{r['spec'].get('label')}/{r['spec'].get('task')}/s{r['spec'].get('seed')}={r['status']}" for r in bad), err=True)
+        ctx.exit(1)
+
+
+def _summary_line(rec) -> str:
+    spec = rec.get("spec", {})
+    knob = f" {spec.get('knob')}={spec.get('knob_value')}" if spec.get("knob") else ""
+    head = f"{spec.get('label')}{knob} {spec.get('task')} seed {spec.get('seed')}"
+    if rec["status"] != "ok":
+        return f"{head}: {rec['status'].upper()} - {rec.get('error')}"
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in rec["metrics"].items())
+    p = rec["params"]
+    t = rec["train"]
+    return (f"{head}: {metrics} | {p['method']:,} params ({p['method_pct']:.3f}%) + head {p['head']:,} | "
+            f"{t['samples_per_s']:.1f} samples/s | {rec['duration_s']:.0f} s")
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html", "json"]), default="md", show_default=True)
+@click.option("--output", "-o", type=click.Path(), default=None, help="Write to a file instead of stdout.")
+@click.option("--plot", type=click.Path(), default=None, help="Also write a PNG plot (metric vs params, latency).")
+@click.option("--task", "task_filter", default=None, help="Only these tasks (comma list).")
+def report(dirs, fmt, output, plot, task_filter):
+    """Print the comparison table of the records in DIR(s)."""
+    from . import report as rep
+    from .records import load_records, write_atomic
+
+    records = {}
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise PeftbenchError(f"{d} is not a folder of run records; give the --out folder of a run")
+        records.update(load_records(Path(d), warn=lambda m: click.echo(f"warning: {m}", err=True)))
+    if not records:
+        raise PeftbenchError(f"no run records found in {', '.join(dirs)}")
+    df = rep.records_frame(records.values())
+    if task_filter:
+        df = df[df.task.isin([t.strip() for t in task_filter.split(",")])]
+    summary = rep.summarize(df)
+    text = rep.render(summary, fmt)
+    if output:
+        write_atomic(Path(output), text, text=True)
+    else:
+        click.echo(text, nl=False)
+    if plot:
+        rep.plot(summary, plot)
+
+
+def main(argv=None):
+    """Entry point: bad input -> one line on stderr, exit code 2 (tracebacks with --debug)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("PEFTBENCH_DEBUG") == "1"
+    try:
+        rv = cli.main(args=argv, prog_name="peftbench", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("Interrupted: finished runs are kept; a run in progress is recorded as cancelled.", err=True)
+        return 130
+    except click.UsageError as e:
+        if debug:
+            raise
+        cmd = e.ctx.command_path if e.ctx else "peftbench"
+        click.echo(f"Error: {e.format_message()} (see {cmd} --help)", err=True)
+        return EXIT_BAD_INPUT
+    except PeftbenchError as e:
+        if debug:
+            raise
+        click.echo(f"Error: {e}", err=True)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        if debug:
+            raise
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        click.echo(f"Error: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Tokenisation (cached on disk per task, data, tokenizer and max length) and dynamic padding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CACHE_ENV = "PEFTBENCH_CACHE"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "peftbench")
+    return Path(root) / "tokenized"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.sha256(f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{len(tokenizer)}".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    return digest.hexdigest()[:16]
+
+
+def tokenize(task, frame, tokenizer, max_len: int, key_parts: dict):
+    """A ``datasets.Dataset`` of input_ids / attention_mask / [token_type_ids] / labels,
+    cached on disk under a key built from ``key_parts`` (task, data, tokenizer, max_len)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / key
+    if path.exists():
+        try:
+            return datasets.load_from_disk(str(path))
+        except Exception:
+            shutil.rmtree(path, ignore_errors=True)  # a damaged cache entry is rebuilt
+    texts = [frame[c].tolist() for c in ("text_a", "text_b") if c in frame]
+    enc = tokenizer(*texts, truncation=True, max_length=max_len)
+    labels = frame["label"].to_numpy()
+    if task.is_regression:
+        labels = labels.astype(np.float32) * task.label_scale
+    columns = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    ds = datasets.Dataset.from_dict({**columns, "labels": labels.tolist()})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+        ds.save_to_disk(str(tmp))
+        os.replace(tmp, path)  # atomic: a concurrent or killed writer leaves no half entry
+        ds = datasets.load_from_disk(str(path))
+    except OSError:
+        pass  # a read-only cache folder only costs re-tokenising
+    return ds
+
+
+class Collator:
+    """Pads each batch to its own longest sequence (dynamic padding)."""
+
+    def __init__(self, pad_token_id: int, regression: bool):
+        self.pad = pad_token_id
+        self.label_dtype = torch.float32 if regression else torch.long
+
+    def __call__(self, examples):
+        length = max(len(e["input_ids"]) for e in examples)
+        batch = {}
+        for key, fill in (("input_ids", self.pad), ("attention_mask", 0), ("token_type_ids", 0)):
+            if key in examples[0]:
+                batch[key] = torch.tensor([e[key] + [fill] * (length - len(e[key])) for e in examples])
+        batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=self.label_dtype)
+        return batch
+
+
+def fixed_length_batch(ds, tokenizer_pad_id: int, batch_size: int, seq_len: int, device):
+    """``batch_size`` real examples padded/truncated to exactly ``seq_len`` (for latency)."""
+    rows = [ds[i % len(ds)] for i in range(batch_size)]
+    batch = {}
+    for key, fill in (("input_ids", tokenizer_pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        if key in rows[0]:
+            batch[key] = torch.tensor([(r[key] + [fill] * seq_len)[:seq_len] for r in rows], device=device)
+    return batch

@@ -1,0 +1,21 @@
+"""Errors that the CLI turns into one line on stderr and exit code 2."""
+
+
+class PeftbenchError(Exception):
+    """Bad input or configuration: the message names the problem and the fix."""
+
+
+class PluginError(PeftbenchError):
+    """A plugin failed to load, registered a bad or duplicate name, or misspelled a hook."""
+
+
+class UnsupportedModel(PeftbenchError):
+    """A method could not find what it needs in a model."""
+
+
+def closest(name, choices, n=3):
+    """A 'did you mean ...' suffix for an unknown name, or ''."""
+    import difflib
+
+    matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    return f" (did you mean {', '.join(matches)}?)" if matches else ""

@@ -1,0 +1,133 @@
+"""Instruments: CUDA-correct timing, interleaved latency measurement, peak memory.
+
+Latency: candidates (base model, method unmerged, method merged) are timed in rotating,
+interleaved order so that machine noise hits them alike and their ratios are same-run
+ratios. Warm-up calls first, then at least ``min_reps`` timed calls and ``min_time_s``
+seconds per candidate; median, p90 and IQR are reported. On CUDA, CUDA events are
+recorded around each call and read after a synchronise.
+
+Memory: on CUDA ``max_memory_allocated`` after ``reset_peak_memory_stats``. On CPU the
+peak resident set size of this process, sampled every 5 ms during training by a thread,
+reported absolute and as the delta over the RSS just before training (each run has its own
+process, so earlier runs do not pollute it).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux: /proc; elsewhere the lifetime peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakMemory:
+    """Context manager measuring peak memory inside the block."""
+
+    def __init__(self, device, interval_s: float = 0.005):
+        self.device = torch.device(device)
+        self.interval = interval_s
+        self.peak = self.baseline = 0
+        self._stop = threading.Event()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+        else:
+            self.baseline = self.peak = rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        return False
+
+    def result(self) -> dict:
+        kind = "cuda_max_memory_allocated" if self.device.type == "cuda" else "cpu_peak_rss_sampled_5ms"
+        return {
+            "peak_mem_bytes": int(self.peak),
+            "peak_mem_delta_bytes": int(self.peak - self.baseline),
+            "peak_mem_kind": kind,
+        }
+
+
+def summarize(times_s) -> dict:
+    ms = np.asarray(times_s) * 1e3
+    q25, q50, q75, q90 = np.percentile(ms, [25, 50, 75, 90])
+    return {"median_ms": float(q50), "p90_ms": float(q90), "iqr_ms": float(q75 - q25), "n": int(len(ms))}
+
+
+def time_interleaved(candidates: dict, device, min_reps=20, min_time_s=2.0, warmup=3, max_reps=100_000) -> dict:
+    """Time each zero-argument callable in ``candidates``; returns name -> summary."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    names = list(candidates)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                candidates[name]()
+        sync(device)
+        times = {name: [] for name in names}
+        spent = dict.fromkeys(names, 0.0)
+        rnd = 0
+        while rnd < max_reps and any(len(times[n]) < min_reps or spent[n] < min_time_s for n in names):
+            order = names[rnd % len(names):] + names[: rnd % len(names)]  # rotate who goes first
+            for name in order:
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    candidates[name]()
+                    end.record()
+                    end.synchronize()
+                    dt = start.elapsed_time(end) / 1e3
+                else:
+                    t0 = time.perf_counter()
+                    candidates[name]()
+                    dt = time.perf_counter() - t0
+                times[name].append(dt)
+                spent[name] += dt
+            rnd += 1
+    return {name: summarize(times[name]) for name in names}
+
+
+def checkpoint_bytes(state: dict, path) -> int:
+    """Save ``state`` as safetensors at ``path`` and return the file size."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    tmp = f"{path}.tmp"
+    save_file(tensors, tmp)
+    os.replace(tmp, path)
+    return os.path.getsize(path)

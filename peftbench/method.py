@@ -1,0 +1,230 @@
+"""The method interface every plugin implements, and the host-side helpers around it.
+
+A method is a small object: a name, an integer size knob (or None), whether it can merge
+into the base weights, a default learning rate, an options dataclass, and ``apply``.
+The host, not the method, makes the task head trainable and counts parameters, so the
+head is the same for every method and is counted separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from .errors import PeftbenchError, PluginError, closest
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options."""
+
+
+class Method(ABC):
+    """Base class of a fine-tuning method. Subclass it, set the class attributes, write
+    ``apply``; override ``merge`` for mergeable methods."""
+
+    name: ClassVar[str]
+    #: Name of the integer size knob (``"r"``, ``"bottleneck"``, ...), None for fixed-size methods.
+    knob: ClassVar[str | None] = None
+    #: Knob value used when neither --knob nor --budget says otherwise.
+    default_knob: ClassVar[int | None] = None
+    #: Whether ``merge`` folds the method into the base weights (zero added latency).
+    mergeable: ClassVar[bool] = False
+    #: Default AdamW learning rate, and where it comes from.
+    default_lr: ClassVar[float] = 1e-3
+    lr_reference: ClassVar[str] = ""
+    #: A frozen dataclass of options; unknown keys are rejected.
+    Options: ClassVar[type] = NoOptions
+    description: ClassVar[str] = ""
+
+    plugin: str = "?"  # set by the plugin manager at registration
+
+    # -- the contract ------------------------------------------------------------------
+    @abstractmethod
+    def apply(self, model: nn.Module, knob_value: int | None, **options) -> nn.Module:
+        """Freeze the base model and insert this method's trainable parameters."""
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Return the model to use for inference; for mergeable methods, a plain model
+        with the method folded into the base weights."""
+        return model
+
+    def finalize(self, model: nn.Module) -> None:
+        """Called once after training (e.g. fold a reparameterisation)."""
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to restore the tuned model (method + head)."""
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+        result = model.load_state_dict(dict(state), strict=False)
+        if result.unexpected_keys:
+            raise PeftbenchError(
+                f"{self.name}: checkpoint has tensors the model lacks: {result.unexpected_keys[:3]}; "
+                "apply the method with the same options before loading"
+            )
+
+    def extra_sequence_length(self, model: nn.Module) -> int:
+        """Extra key/value positions attention sees (prefix-tuning's prefix length)."""
+        return 0
+
+    # -- helpers for the host ------------------------------------------------------------
+    def options(self, **given) -> Any:
+        """Parse options (strings from the CLI or typed values) into ``self.Options``."""
+        return parse_options(self.Options, given, owner=f"method {self.name}")
+
+    def check_knob(self, value) -> int | None:
+        if self.knob is None:
+            if value is not None:
+                raise PeftbenchError(f"method {self.name} has no size knob; drop it from --knob")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PeftbenchError(
+                f"method {self.name}: {self.knob} must be a positive integer, got {value!r}; e.g. --knob {self.name}=8"
+            )
+        return value
+
+    def validate(self) -> None:
+        """Checked once at registration."""
+        if self.knob is not None and not isinstance(self.knob, str):
+            raise PluginError(f"method {self.name}: knob must be a string or None")
+        if (self.knob is None) != (self.default_knob is None):
+            raise PluginError(f"method {self.name}: set default_knob exactly when the method has a knob")
+        if not (isinstance(self.default_lr, float) and self.default_lr > 0):
+            raise PluginError(f"method {self.name}: default_lr must be a positive float")
+        if not dataclasses.is_dataclass(self.Options):
+            raise PluginError(f"method {self.name}: Options must be a dataclass")
+
+
+# -- options ------------------------------------------------------------------------------
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(value, typ, key: str, owner: str):
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in {"none", "null", ""}):
+            return None
+        return _coerce(value, inner[0], key, owner)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, args[0], key, owner) for v in items if v != "")
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in _TRUE | _FALSE:
+                return str(value).lower() in _TRUE
+            raise ValueError
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise PeftbenchError(f"{owner}: option {key}={value!r} is not a valid {getattr(typ, '__name__', typ)}")
+
+
+def parse_options(cls, given: Mapping[str, Any], owner: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in given.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise PeftbenchError(f"{owner}: unknown option {key!r}{closest(key, fields)}; valid options: {valid}")
+        values[key] = _coerce(value, hints[key], key, owner)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise PeftbenchError(f"{owner}: {e}") from e
+
+
+def non_default_options(opts) -> dict:
+    """The options that differ from the dataclass defaults (for labels)."""
+    out = {}
+    for f in dataclasses.fields(opts):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        value = getattr(opts, f.name)
+        if value != default:
+            out[f.name] = value
+    return out
+
+
+def options_dict(opts) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()}
+
+
+# -- freezing, the head, counting --------------------------------------------------------
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """Parameters outside the base model (``model.base_model_prefix``): the task head."""
+    prefix = getattr(model, "base_model_prefix", "")
+    if not prefix or not hasattr(model, prefix):
+        raise PeftbenchError(
+            f"{type(model).__name__} has no base model under base_model_prefix; use a transformers "
+            "*ForSequenceClassification model"
+        )
+    return {n for n, _ in model.named_parameters() if not n.startswith(prefix + ".")}
+
+
+def base_parameter_count(model: nn.Module) -> int:
+    head = head_parameter_names(model)
+    return sum(p.numel() for n, p in model.named_parameters() if n not in head)
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    method: int  # the method's own trainable parameters (what a budget counts)
+    head: int  # the task head, trained by every method
+    total: int  # method + head
+    base: int  # parameters of the base model before the method (head excluded)
+
+    @property
+    def pct(self) -> float:
+        """The method's own parameters as % of the base model."""
+        return 100.0 * self.method / self.base
+
+
+def apply_method(method: Method, model: nn.Module, knob_value, options: Mapping | None = None):
+    """Apply a method, make the head trainable, and count. Returns (model, ParamCounts)."""
+    knob_value = method.check_knob(knob_value)
+    base = base_parameter_count(model)
+    model = method.apply(model, knob_value, **dict(options or {}))
+    head = head_parameter_names(model)
+    for n, p in model.named_parameters():
+        if n in head:
+            p.requires_grad_(True)
+    return model, count_parameters(model, base)
+
+
+def count_parameters(model: nn.Module, base: int) -> ParamCounts:
+    head = head_parameter_names(model)
+    method_n = head_n = 0
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            if n in head:
+                head_n += p.numel()
+            else:
+                method_n += p.numel()
+    return ParamCounts(method=method_n, head=head_n, total=method_n + head_n, base=base)

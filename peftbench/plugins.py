@@ -1,0 +1,174 @@
+"""The one plugin manager: built-ins, then entry points, then local plugin files.
+
+Built-in methods and tasks are listed in ``DEFAULT_PLUGINS`` and registered exactly like
+third-party plugins. Third parties publish an entry point in the group ``peftbench`` or
+pass a local file with ``--plugins FILE.py`` / ``PEFTBENCH_PLUGINS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, closest
+
+DEFAULT_PLUGINS = (
+    "peftbench_plugins.full",
+    "peftbench_plugins.bitfit",
+    "peftbench_plugins.lora",
+    "peftbench_plugins.adapter",
+    "peftbench_plugins.prefix",
+    "peftbench_plugins.peft_bridge",
+    "peftbench_tasks.glue",
+    "peftbench_tasks.trec",
+)
+ENTRY_POINT_GROUP = "peftbench"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+pm = pluggy.PluginManager("peftbench")
+pm.add_hookspecs(hookspecs)
+
+_defaults_loaded = False
+_loaded_files: dict[Path, str] = {}
+
+
+def load_plugins(files=()):
+    """Load built-ins and entry points (once), then each local plugin file (once each)."""
+    global _defaults_loaded
+    if not _defaults_loaded:
+        for name in DEFAULT_PLUGINS:
+            if not pm.has_plugin(name):
+                pm.register(importlib.import_module(name), name=name)
+        _load_entry_points()
+        _defaults_loaded = True
+    env_files = [f for f in re.split(r"[,%s]" % re.escape(os.pathsep), os.environ.get("PEFTBENCH_PLUGINS", "")) if f]
+    for path in [*env_files, *files]:
+        load_plugin_file(path)
+    _check_hooks()
+
+
+def _load_entry_points():
+    allow = os.environ.get("PEFTBENCH_LOAD_PLUGINS")
+    allowed = None if allow is None else {s.strip() for s in allow.split(",") if s.strip()}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else ""
+        if allowed is not None and ep.name not in allowed and dist not in allowed:
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            module = ep.load()
+        except Exception as e:  # a broken third-party package must not be a traceback
+            raise PluginError(
+                f"plugin {ep.name!r} (package {dist or '?'}) failed to import: {type(e).__name__}: "
+                f"{_first_line(e)}; fix or uninstall it, or set PEFTBENCH_LOAD_PLUGINS to skip it"
+            ) from e
+        pm.register(module, name=ep.name)
+
+
+def load_plugin_file(path) -> str:
+    """Import a local ``.py`` plugin file and register it; returns its plugin name."""
+    p = Path(path).expanduser().resolve()
+    if p in _loaded_files:
+        return _loaded_files[p]
+    if not p.is_file():
+        raise PluginError(f"plugin file {path} does not exist; pass the path of a .py file to --plugins")
+    module_name = "peftbench_local_" + re.sub(r"\W", "_", p.stem) + "_" + hashlib.sha1(str(p).encode()).hexdigest()[:8]
+    spec = importlib.util.spec_from_file_location(module_name, p)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin file {path} is not an importable Python file; give it a .py suffix")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise PluginError(f"plugin file {path} failed to import: {type(e).__name__}: {_first_line(e)}") from e
+    hooks = [n for n in dir(module) if n.startswith("peftbench_") and hasattr(getattr(module, n), "peftbench_impl")]
+    if not hooks:
+        raise PluginError(
+            f"plugin file {path} defines no peftbench hooks; decorate peftbench_register_methods"
+            " (or peftbench_register_tasks) with @peftbench.hookimpl"
+        )
+    name = str(p)
+    pm.register(module, name=name)
+    _loaded_files[p] = name
+    return name
+
+
+def _check_hooks():
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise PluginError(f"plugin {pm.get_name(e.plugin)}: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _collect(hook, kind: str, base_class) -> dict:
+    """Call each implementation of a register-hook with its own callback, so that every
+    registered object knows its plugin and a duplicate names both plugins."""
+    found: dict = {}
+    for impl in hook.get_hookimpls():
+        plugin = impl.plugin_name
+
+        def register(obj, _plugin=plugin):
+            if not isinstance(obj, base_class):
+                raise PluginError(f"plugin {_plugin} registered {obj!r}, which is not a {base_class.__name__}")
+            name = getattr(obj, "name", None)
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise PluginError(
+                    f"plugin {_plugin} registered a {kind} named {name!r}; names must be lowercase "
+                    "letters, digits, '-' or '_', starting with a letter"
+                )
+            if name in found:
+                raise PluginError(
+                    f"{kind} {name!r} is registered twice: by plugin {found[name].plugin} and by plugin "
+                    f"{_plugin}; rename one of them"
+                )
+            obj.plugin = _plugin
+            if hasattr(obj, "validate"):
+                obj.validate()
+            found[name] = obj
+
+        impl.function(**({"register": register} if "register" in impl.argnames else {}))
+    return found
+
+
+def get_methods() -> dict:
+    """name -> Method, in registration order (built-ins first)."""
+    from .method import Method
+
+    load_plugins()
+    return _collect(pm.hook.peftbench_register_methods, "method", Method)
+
+
+def get_tasks() -> dict:
+    """name -> Task."""
+    from .tasks import Task
+
+    load_plugins()
+    return _collect(pm.hook.peftbench_register_tasks, "task", Task)
+
+
+def get_method(name: str):
+    methods = get_methods()
+    if name not in methods:
+        raise PluginError(f"unknown method {name!r}{closest(name, methods)}; `peftbench methods` lists them")
+    return methods[name]
+
+
+def get_task(name: str):
+    tasks = get_tasks()
+    if name not in tasks:
+        raise PluginError(f"unknown task {name!r}{closest(name, tasks)}; `peftbench tasks` lists them")
+    return tasks[name]

@@ -1,0 +1,98 @@
+"""Run records: one JSON file per run, keyed by run id, written atomically.
+
+A record is the single source of truth for everything reported. Writes go to a temp
+file in the same folder, are fsynced, then ``os.replace``d over the target, so a crash
+never leaves a half-written record and never destroys a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+SCHEMA = 1
+STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "cancelled")
+
+# The spec fields that determine a run's result (and so its id).
+ID_FIELDS = (
+    "method", "options", "knob", "knob_value", "budget", "budget_params", "task", "task_version",
+    "model", "model_revision", "seed", "data_seed", "train_samples", "lr", "epochs", "max_steps",
+    "batch_size", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device",
+    "latency", "peftbench_version",
+)
+
+
+def run_id(spec: dict) -> str:
+    key = {k: spec.get(k) for k in ID_FIELDS}
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, data, text: bool = False) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data if text else json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def records_dir(out: Path) -> Path:
+    return Path(out) / "records"
+
+
+def record_path(out: Path, rid: str) -> Path:
+    return records_dir(out) / f"{rid}.json"
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at ``path``; None if missing. Raises ValueError if corrupt or truncated."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt record ({e.msg} at line {e.lineno})") from None
+    if not isinstance(rec, dict) or rec.get("status") not in STATUSES or "run_id" not in rec:
+        raise ValueError(f"{path}: not a peftbench run record")
+    return rec
+
+
+def load_records(folder: Path, warn=None) -> dict[str, dict]:
+    """run id -> record for every record under ``folder`` (a run folder or its records/).
+    Corrupt records are reported through ``warn(message)`` and treated as missing."""
+    folder = Path(folder)
+    base = records_dir(folder) if records_dir(folder).is_dir() else folder
+    out = {}
+    for path in sorted(base.glob("[!.]*.json")):  # dotfiles are temp or spec files
+        try:
+            rec = read_record(path)
+        except ValueError as e:
+            if warn:
+                warn(f"{e}; treating it as missing")
+            continue
+        if rec is not None:
+            out[rec["run_id"]] = rec
+    return out

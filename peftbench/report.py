@@ -1,0 +1,283 @@
+"""Comparison tables and plots, built from run records alone.
+
+One row per (task, method configuration, knob value, budget, training setup); metrics
+are mean ± sample std over the seeds that finished ok; costs are medians over seeds.
+The CSV column names are stable (see ``CSV_COLUMNS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+CSV_COLUMNS = [
+    "task", "method", "config", "knob", "knob_value", "n_seeds", "metric", "metric_mean", "metric_std",
+    "trainable_params", "trainable_pct", "head_params", "train_samples_per_s", "status",
+    "budget", "budget_params", "budget_deviation_pct", "fixed",
+    "tokens_per_s", "throughput_vs_full", "peak_mem_mb", "peak_mem_delta_mb",
+    "param_mb", "grad_mb", "optimizer_mb",
+    "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms",
+    "latency_base_bN_ms", "latency_bN_ms", "latency_bN_merged_ms", "latency_N", "latency_seq_len",
+    "effective_seq_len", "checkpoint_bytes",
+    "model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "task_version",
+]
+SETUP_FIELDS = ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device",
+                "task_version", "data_seed", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options")
+MB = 2**20
+
+
+def _get(d, *path):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def _lat(rec, name):
+    return _get(rec, "latency", "timings", name, "median_ms")
+
+
+def record_row(rec: dict) -> dict:
+    spec = rec.get("spec", {})
+    metrics = rec.get("metrics") or {}
+    setup = {k: spec.get(k) for k in SETUP_FIELDS}
+    row = {
+        "run_id": rec["run_id"], "status": rec["status"], "error": rec.get("error"),
+        "task": spec.get("task"), "method": spec.get("method"), "config": spec.get("label"),
+        "knob": spec.get("knob"), "knob_value": spec.get("knob_value"), "seed": spec.get("seed"),
+        "budget": spec.get("budget"), "budget_params": spec.get("budget_params"),
+        "fixed": spec.get("knob") is None,
+        "group": hashlib.sha1(json.dumps([spec.get("task"), spec.get("label"), spec.get("knob_value"),
+                                          spec.get("budget"), setup], sort_keys=True, default=str).encode()).hexdigest()[:12],
+        "trainable_params": _get(rec, "params", "method"), "head_params": _get(rec, "params", "head"),
+        "trainable_pct": _get(rec, "params", "method_pct"),
+        "train_samples_per_s": _get(rec, "train", "samples_per_s"), "tokens_per_s": _get(rec, "train", "tokens_per_s"),
+        "steps": _get(rec, "train", "steps"),
+        "peak_mem_mb": (_get(rec, "memory", "peak_mem_bytes") or np.nan) / MB,
+        "peak_mem_delta_mb": (_get(rec, "memory", "peak_mem_delta_bytes") or np.nan) / MB,
+        "param_mb": (_get(rec, "memory", "param_bytes") or np.nan) / MB,
+        "grad_mb": (_get(rec, "memory", "grad_bytes") or np.nan) / MB,
+        "optimizer_mb": (_get(rec, "memory", "optimizer_bytes") or np.nan) / MB,
+        "latency_base_b1_ms": _lat(rec, "base_b1"), "latency_b1_ms": _lat(rec, "unmerged_b1"),
+        "latency_b1_merged_ms": _lat(rec, "merged_b1"), "latency_base_bN_ms": _lat(rec, "base_bN"),
+        "latency_bN_ms": _lat(rec, "unmerged_bN"), "latency_bN_merged_ms": _lat(rec, "merged_bN"),
+        "latency_N": _get(rec, "latency", "batch_N"), "latency_seq_len": _get(rec, "latency", "seq_len"),
+        "effective_seq_len": _get(rec, "latency", "effective_seq_len"),
+        "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
+        **{k: spec.get(k) for k in ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "task_version")},
+    }
+    for name, value in metrics.items():
+        row[f"m_{name}"] = value
+    if metrics:
+        row["metric"] = next(iter(metrics))
+    if row["budget_params"] and row["trainable_params"] is not None:
+        row["budget_deviation_pct"] = 100.0 * (row["trainable_params"] - row["budget_params"]) / row["budget_params"]
+    return row
+
+
+def records_frame(records) -> pd.DataFrame:
+    return pd.DataFrame([record_row(r) for r in records])
+
+
+def _status(statuses) -> str:
+    counts = pd.Series(list(statuses)).value_counts()
+    if list(counts.index) == ["ok"]:
+        return "ok"
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration; stable column names (CSV_COLUMNS plus metric columns)."""
+    if df.empty:
+        return pd.DataFrame(columns=CSV_COLUMNS)
+    rows = []
+    for _, g in df.groupby("group", sort=False):
+        ok = g[g.status == "ok"]
+        first = g.iloc[0]
+        row = {c: first.get(c) for c in CSV_COLUMNS if c in g}
+        row["n_seeds"] = len(ok)
+        row["status"] = _status(g.status)
+        metric_cols = [c for c in g.columns if c.startswith("m_")]
+        row["metric"] = ok["metric"].iloc[0] if len(ok) and "metric" in ok else None
+        if row["metric"]:
+            values = ok[f"m_{row['metric']}"].astype(float)
+            row["metric_mean"] = values.mean()
+            row["metric_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        for c in metric_cols:
+            name = c[2:]
+            if name != row["metric"] and ok[c].notna().any():
+                row[f"{name}_mean"] = ok[c].astype(float).mean()
+                row[f"{name}_std"] = ok[c].astype(float).std(ddof=1) if len(ok) > 1 else np.nan
+        for c in ("trainable_params", "trainable_pct", "head_params", "train_samples_per_s", "tokens_per_s",
+                  "peak_mem_mb", "peak_mem_delta_mb", "param_mb", "grad_mb", "optimizer_mb",
+                  "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms", "latency_base_bN_ms",
+                  "latency_bN_ms", "latency_bN_merged_ms", "checkpoint_bytes", "effective_seq_len",
+                  "budget_deviation_pct"):
+            if c in ok and ok[c].notna().any():
+                row[c] = float(ok[c].astype(float).median())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    # throughput relative to full fine-tuning on the same task and setup
+    out["throughput_vs_full"] = np.nan
+    if "train_samples_per_s" in out:
+        for i, r in out.iterrows():
+            full = out[(out.method == "full") & (out.task == r.task) & (out.model == r.model)]
+            if len(full) and full.train_samples_per_s.notna().any():
+                out.loc[i, "throughput_vs_full"] = r.train_samples_per_s / full.train_samples_per_s.dropna().iloc[0]
+    extra = [c for c in out.columns if c not in CSV_COLUMNS]
+    for c in CSV_COLUMNS:
+        if c not in out:
+            out[c] = np.nan
+    return out[CSV_COLUMNS + extra]
+
+
+# -- rendering ---------------------------------------------------------------------------
+def _n(x, fmt="{:,.0f}"):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _count(x):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    x = float(x)
+    for div, suf in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suf}"
+    return f"{x:.0f}"
+
+
+def _ratio(ms, base):
+    if not ms or not base or any(isinstance(v, float) and math.isnan(v) for v in (ms, base)):
+        return ""
+    return f"{ms:.1f} ({ms / base:.2f}x)"
+
+
+def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable columns with ↑/↓ markers, for Markdown / LaTeX / HTML."""
+    rows = []
+    for _, r in summary.iterrows():
+        knob = f"{r.knob}={int(r.knob_value)}" if isinstance(r.knob, str) and pd.notna(r.knob_value) else "fixed"
+        if isinstance(r.budget, str) and r.budget:
+            budget = f"{r.budget} ({_n(r.budget_deviation_pct, '{:+.1f}')}%)"
+        else:
+            budget = "fixed" if r.fixed else ""
+        metric = r.metric if isinstance(r.metric, str) else "metric"
+        rows.append({
+            "task": r.task, "method": r.config, "size": knob,
+            "params ↓ (% base)": f"{_count(r.trainable_params)} ({_n(r.trainable_pct, '{:.3f}')}%)" if pd.notna(r.trainable_params) else "",
+            "budget (dev)": budget,
+            f"metric ↑": f"{metric} {_n(r.metric_mean, '{:.4f}')}" if pd.notna(r.metric_mean) else "",
+            "±": _n(r.metric_std, "{:.4f}"), "seeds": int(r.n_seeds),
+            "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
+            "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
+            "peak MB ↓": _n(r.peak_mem_mb, "{:,.0f}"),
+            "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_base_b1_ms),
+            "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_base_b1_ms),
+            f"bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_base_bN_ms),
+            "bN merged": _ratio(r.latency_bN_merged_ms, r.latency_base_bN_ms),
+            "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
+            "status": r.status,
+        })
+    return pd.DataFrame(rows)
+
+
+def setup_lines(summary: pd.DataFrame) -> list[str]:
+    """What the rows were measured under (shared settings), for the table caption."""
+    lines = []
+    for col, label in (("model", "model"), ("train_samples", "train examples"), ("epochs", "epochs"),
+                       ("max_steps", "max steps"), ("batch_size", "batch"), ("max_seq_len", "max length"),
+                       ("device", "device"), ("latency_seq_len", "latency seq len"), ("latency_N", "latency batch N")):
+        values = summary[col].dropna().unique() if col in summary else []
+        if len(values):
+            lines.append(f"{label}: {', '.join(map(str, values))}")
+    return lines
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return "(no records)\n"
+    disp = display_frame(summary)
+    head = "| " + " | ".join(disp.columns) + " |"
+    sep = "|" + "|".join("---" for _ in disp.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False)]
+    notes = [
+        "",
+        "Settings: " + "; ".join(setup_lines(summary)) + ".",
+        "params = the method's own trainable parameters (the budget counts these); the task head "
+        "is trained by every method and counted separately (head_params in the CSV). "
+        "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
+        "(ratio to the base model timed in the same process); bN = batch N.",
+    ]
+    return "\n".join([head, sep, *body, *notes]) + "\n"
+
+
+def to_latex(summary: pd.DataFrame) -> str:
+    disp = display_frame(summary).rename(columns=lambda c: c.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$"))
+    disp = disp.map(lambda v: str(v).replace("%", r"\%").replace("_", r"\_"))
+    disp.columns = [c.replace("%", r"\%") for c in disp.columns]
+    return disp.to_latex(index=False, escape=False)
+
+
+def to_html(summary: pd.DataFrame) -> str:
+    return display_frame(summary).to_html(index=False, border=0)
+
+
+def render(summary: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return summary.to_csv(index=False)
+    if fmt == "json":
+        return summary.to_json(orient="records", indent=1)
+    if fmt == "latex":
+        return to_latex(summary)
+    if fmt == "html":
+        return to_html(summary)
+    return to_markdown(summary)
+
+
+# -- plots -------------------------------------------------------------------------------
+def plot(summary: pd.DataFrame, path) -> None:
+    """Metric vs trainable parameters (log x) and batch-1 latency ratio to base, per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = summary[summary.metric_mean.notna()]
+    tasks = list(ok.task.unique()) or ["-"]
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.2 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        t = ok[ok.task == task]
+        ax = axes[row][0]
+        for config, g in t.groupby("config", sort=False):
+            g = g.sort_values("trainable_params")
+            ax.errorbar(g.trainable_params, g.metric_mean, yerr=g.metric_std.fillna(0), marker="o", capsize=3, label=config)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (method's own, log)")
+        ax.set_ylabel(f"{t.metric.iloc[0] if len(t) else 'metric'} (mean ± std over seeds)")
+        ax.set_title(f"{task}: metric vs trainable parameters")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[row][1]
+        labels, unmerged, merged = [], [], []
+        for _, r in t.iterrows():
+            if pd.notna(r.latency_b1_ms) and pd.notna(r.latency_base_b1_ms):
+                knob = f" {r.knob}={int(r.knob_value)}" if pd.notna(r.knob_value) else ""
+                labels.append(f"{r.config}{knob}")
+                unmerged.append(r.latency_b1_ms / r.latency_base_b1_ms)
+                merged.append(r.latency_b1_merged_ms / r.latency_base_b1_ms if pd.notna(r.latency_b1_merged_ms) else np.nan)
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, unmerged, 0.4, label="unmerged")
+        ax.bar(x + 0.2, merged, 0.4, label="merged")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("batch-1 latency / base (same run)")
+        ax.set_title(f"{task}: inference latency vs base")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

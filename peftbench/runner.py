@@ -1,0 +1,260 @@
+"""One run: load data and model, apply the method, train, evaluate, measure, record.
+
+This executes inside the run's own child process (see sweep.py); it writes the run's
+record itself, atomically, with status ok / failed / oom / diverged.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import platform
+import random
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import PeftbenchError
+from .records import record_path, write_atomic
+from .train import Diverged
+
+DETERMINISM = {"torch_deterministic_algorithms": "warn_only", "cudnn_benchmark": False}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PeftbenchError("--device cuda but torch sees no CUDA device; use --device auto or cpu")
+    return device
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return commit.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    env = {
+        "peftbench": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def _progress_bar(label: str, enabled: bool):
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=label, unit="step", leave=False, dynamic_ncols=True)
+
+    def update(step, total, loss, samples_per_s):
+        if bar.total != total:
+            bar.total = total
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}" if samples_per_s else "-")
+
+    return update, bar.close
+
+
+def _run(spec: dict, out: Path, progress: bool) -> dict:
+    from . import data as datamod
+    from .measure import checkpoint_bytes, time_interleaved
+    from .method import apply_method
+    from .models import load_model, load_tokenizer
+    from .plugins import get_method, get_task, load_plugins
+    from .tasks import load_task_data
+    from .train import TrainConfig, predict, train
+
+    load_plugins(spec.get("plugins", ()))
+    method = get_method(spec["method"])
+    task = get_task(spec["task"])
+    device = resolve_device(spec["device"])
+    result: dict = {"env": environment(device)}
+
+    # data
+    t0 = time.perf_counter()
+    taskdata = load_task_data(task, spec.get("data_dir"))
+    tokenizer = load_tokenizer(spec["model"])
+    key = {
+        "task": task.name, "version": task.version, "data": taskdata.fingerprint,
+        "tokenizer": datamod.tokenizer_fingerprint(tokenizer), "max_len": spec["max_seq_len"],
+    }
+    train_ds = datamod.tokenize(task, taskdata.train, tokenizer, spec["max_seq_len"], {**key, "split": "train"})
+    eval_ds = datamod.tokenize(task, taskdata.eval, tokenizer, spec["max_seq_len"], {**key, "split": "eval"})
+    n_train_total = len(train_ds)
+    if spec.get("train_samples") and spec["train_samples"] < len(train_ds):
+        rng = np.random.default_rng(spec["data_seed"])  # the same subset for every method and seed
+        train_ds = train_ds.select(np.sort(rng.choice(len(train_ds), spec["train_samples"], replace=False)))
+    collate = datamod.Collator(tokenizer.pad_token_id, task.is_regression)
+    result["data"] = {
+        "source": taskdata.source, "fingerprint": taskdata.fingerprint, "train_examples": len(train_ds),
+        "train_examples_available": n_train_total, "eval_examples": len(eval_ds),
+        "prep_time_s": time.perf_counter() - t0,
+    }
+
+    # model + method
+    seed_everything(spec["seed"])
+    model = load_model(spec["model"], task, tokenizer, device)
+    model, counts = apply_method(method, model, spec["knob_value"], spec["options"])
+    model.to(device)
+    result["params"] = {
+        "method": counts.method, "head": counts.head, "total": counts.total, "base": counts.base,
+        "method_pct": counts.pct,
+    }
+
+    # train
+    cfg = TrainConfig(
+        lr=spec["lr"], epochs=spec["epochs"], max_steps=spec["max_steps"], batch_size=spec["batch_size"],
+        warmup_ratio=spec["warmup_ratio"], weight_decay=spec["weight_decay"],
+        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"],
+    )
+    update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
+    try:
+        stats = train(model, train_ds, collate, cfg, device, progress=update)
+    finally:
+        close()
+    method.finalize(model)
+    step = max(1, len(stats.losses) // 200)
+    result["train"] = {
+        "steps": stats.steps, "epochs_done": stats.epochs_done, "train_time_s": stats.train_time_s,
+        "timed_steps": stats.timed_steps, "samples_per_s": stats.samples_per_s, "tokens_per_s": stats.tokens_per_s,
+        "median_step_s": float(np.median(stats.step_times)), "loss_first": stats.losses[0],
+        "loss_last10": float(np.mean(stats.losses[-10:])), "loss_curve_every": step,
+        "loss_curve": stats.losses[::step],
+    }
+    result["memory"] = stats.memory
+
+    # evaluate
+    t0 = time.perf_counter()
+    pred, gold = predict(model, eval_ds, collate, device)
+    result["metrics"] = task.score(pred, gold)
+    result["eval_time_s"] = time.perf_counter() - t0
+
+    # checkpoint: what restores the tuned model (method + head; everything for full)
+    ckpt_dir = Path(out) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_dir / f"{spec['run_id']}.safetensors"
+    result["checkpoint"] = {"bytes": checkpoint_bytes(method.trainable_state(model), ckpt), "path": str(ckpt)}
+    if not spec.get("keep_checkpoint", True):
+        ckpt.unlink()
+        result["checkpoint"]["path"] = None
+
+    # latency: base, unmerged, merged, timed interleaved in one session
+    lat = spec.get("latency")
+    if lat:
+        result["latency"] = measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat)
+    return result
+
+
+def measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat) -> dict:
+    from .data import fixed_length_batch
+    from .measure import time_interleaved
+    from .models import load_model
+
+    seq_len = lat["seq_len"] or spec["max_seq_len"]
+    sizes = {"b1": 1, "bN": lat["batch"]}
+    batches = {k: fixed_length_batch(eval_ds, tokenizer.pad_token_id, n, seq_len, device) for k, n in sizes.items()}
+    base = load_model(spec["model"], task, tokenizer, device).eval()
+    model.eval()
+    models = {"base": base, "unmerged": model}
+    out = {"seq_len": seq_len, "batch_N": lat["batch"], "extra_seq_len": method.extra_sequence_length(model)}
+    out["effective_seq_len"] = seq_len + out["extra_seq_len"]
+    if method.mergeable:
+        with torch.inference_mode():
+            before = model(**batches["bN"]).logits.float()
+        merged = method.merge(copy.deepcopy(model)).eval()
+        with torch.inference_mode():
+            after = merged(**batches["bN"]).logits.float()
+        out["merged_max_abs_diff"] = float((after - before).abs().max())
+        out["merged_is_plain"] = [type(m) for m in merged.modules()] == [type(m) for m in base.modules()]
+        models["merged"] = merged
+    candidates = {}
+    for size, batch in batches.items():
+        for name, m in models.items():
+            candidates[f"{name}_{size}"] = (lambda m=m, b=batch: m(**b))
+    timings = time_interleaved(
+        candidates, device, min_reps=lat["min_reps"], min_time_s=lat["min_time_s"], warmup=lat["warmup"]
+    )
+    out["timings"] = timings
+    for size in sizes:
+        base_ms = timings[f"base_{size}"]["median_ms"]
+        for name in models:
+            if name != "base":
+                out[f"ratio_{name}_{size}"] = timings[f"{name}_{size}"]["median_ms"] / base_ms
+    return out
+
+
+def execute(spec: dict, out: Path, progress: bool = True) -> dict:
+    """Run one spec and write its record. Never raises for a failed run (except Ctrl-C)."""
+    started = time.time()
+    record = {
+        "schema": 1, "run_id": spec["run_id"], "attempt": spec.get("attempt"), "status": "failed",
+        "spec": {k: v for k, v in spec.items() if k not in ("attempt",)},
+        "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "determinism": {**DETERMINISM, "seed": spec["seed"], "data_seed": spec["data_seed"]},
+    }
+    error = None
+    try:
+        record.update(_run(spec, Path(out), progress))
+        record["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except Diverged as e:
+        record["status"], error = "diverged", e
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        record["status"], error = "oom", e
+    except Exception as e:
+        record["status"], error = "failed", e
+    if error is not None:
+        record["error_type"] = type(error).__name__
+        record["error"] = (str(error).strip() or type(error).__name__).splitlines()[0]
+        if not isinstance(error, PeftbenchError):
+            tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")
+            write_atomic(tb, "".join(traceback.format_exception(error)), text=True)
+            record["traceback_file"] = tb.name
+    record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    record["duration_s"] = time.time() - started
+    write_atomic(record_path(out, spec["run_id"]), record)
+    return record

@@ -1,0 +1,345 @@
+"""A sweep: methods x tasks x budgets x seeds expanded into run specs, validated up front,
+then executed one child process per run (a crash, OOM kill or hang of one run cannot take
+the sweep down), resuming from the records already in the output folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, worker
+from .budget import Budget, Counter, budget_params, parse_budgets, solve, split_top
+from .errors import PeftbenchError, closest
+from .method import non_default_options, options_dict
+from .records import load_records, read_record, record_path, records_dir, run_id, write_atomic
+
+DEFAULT_BUDGET = "lora:r=8"
+
+
+# -- parsing ---------------------------------------------------------------------------
+@dataclass
+class MethodChoice:
+    method: object
+    options: dict  # resolved, every option
+    label: str  # "adapter" or "adapter[placement=pfeiffer]"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse_method_spec(text: str, methods: dict) -> MethodChoice:
+    """``name`` or ``name[key=value,key=a,b]`` (a token without '=' continues a list)."""
+    text = text.strip()
+    name, _, rest = text.partition("[")
+    name = name.strip()
+    if name not in methods:
+        raise PeftbenchError(f"unknown method {name!r}{closest(name, methods)}; `peftbench methods` lists them")
+    raw: dict = {}
+    if rest:
+        if not rest.endswith("]"):
+            raise PeftbenchError(f"method spec {text!r}: missing ']'; write e.g. adapter[placement=pfeiffer]")
+        key = None
+        for token in rest[:-1].split(","):
+            token = token.strip()
+            if "=" in token:
+                key, value = (s.strip() for s in token.split("=", 1))
+                raw[key] = value
+            elif key is not None and token:
+                raw[key] = f"{raw[key]},{token}"
+            elif token:
+                raise PeftbenchError(f"method spec {text!r}: {token!r} is not key=value")
+    method = methods[name]
+    resolved = method.options(**raw)
+    extra = non_default_options(resolved)
+    label = name + ("[" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(extra.items())) + "]" if extra else "")
+    return MethodChoice(method, options_dict(resolved), label)
+
+
+def parse_methods(text: str, methods: dict) -> list[MethodChoice]:
+    choices, seen = [], set()
+    for part in split_top(text):
+        choice = parse_method_spec(part, methods)
+        if choice.label not in seen:
+            seen.add(choice.label)
+            choices.append(choice)
+    if not choices:
+        raise PeftbenchError("--methods is empty; e.g. --methods lora,adapter")
+    return choices
+
+
+def parse_assignments(text: str | None, flag: str, cast, valid_keys) -> dict:
+    """``lora=8,adapter=16`` -> {"lora": 8, "adapter": 16}; a bare value applies to every key ("*")."""
+    out = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.rpartition("=")
+        key = key.strip() if sep else "*"
+        if key != "*" and key not in valid_keys:
+            raise PeftbenchError(f"{flag} {part!r}: {key!r} is not a method in --methods{closest(key, valid_keys)}")
+        try:
+            out[key] = cast(value.strip())
+        except ValueError:
+            raise PeftbenchError(f"{flag} {part!r}: {value.strip()!r} is not a valid number") from None
+    return out
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise PeftbenchError(f"{flag} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not values:
+        raise PeftbenchError(f"{flag} is empty")
+    return values
+
+
+# -- planning ----------------------------------------------------------------------------
+@dataclass
+class SweepSettings:
+    methods: str
+    tasks: str = "sst2"
+    seeds: str = "0"
+    model: str = "minilm"
+    data_dir: str | None = None
+    knob: str | None = None
+    budget: str | None = None
+    lr: str | None = None
+    epochs: float = 1.0
+    max_steps: int | None = None
+    train_samples: int | None = 4000
+    data_seed: int = 0
+    batch_size: int = 32
+    max_seq_len: int | None = None
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    device: str = "auto"
+    latency: dict | None = field(default_factory=lambda: {"batch": 32, "seq_len": None, "min_reps": 20, "min_time_s": 2.0, "warmup": 3})
+    keep_checkpoint: bool = True
+    plugins: tuple = ()
+
+
+@dataclass
+class Plan:
+    specs: list
+    solutions: list  # budget solutions, for display
+
+
+def plan(s: SweepSettings) -> Plan:
+    """Validate everything and expand into run specs, before any training starts."""
+    from .models import load_config, load_tokenizer, meta_model, model_revision
+    from .plugins import get_methods, get_task, load_plugins
+    from .runner import resolve_device
+    from .tasks import load_task_data
+
+    load_plugins(s.plugins)
+    methods = get_methods()
+    choices = parse_methods(s.methods, methods)
+    names = {c.method.name for c in choices}
+    tasks = [get_task(t.strip()) for t in s.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise PeftbenchError("--tasks is empty; e.g. --tasks sst2")
+    seeds = parse_int_list(s.seeds, "--seeds")
+    knobs = parse_assignments(s.knob, "--knob", int, names)
+    lrs = parse_assignments(s.lr, "--lr", float, names)
+    for name, value in lrs.items():
+        if not value > 0:
+            raise PeftbenchError(f"--lr {name}={value}: a learning rate must be positive")
+    for c in choices:  # a knob the method cannot take (or a method without a knob) fails here
+        if c.method.name in knobs:
+            c.method.check_knob(knobs[c.method.name])
+        elif "*" in knobs and c.method.knob:
+            c.method.check_knob(knobs["*"])
+    for flag, value in (("--epochs", s.epochs), ("--batch-size", s.batch_size)):
+        if value is not None and value <= 0:
+            raise PeftbenchError(f"{flag} must be positive, got {value}")
+    for flag, value in (("--max-steps", s.max_steps), ("--train-samples", s.train_samples), ("--max-seq-len", s.max_seq_len)):
+        if value is not None and value < 1:
+            raise PeftbenchError(f"{flag} must be a positive integer, got {value}")
+    device = resolve_device(s.device)
+
+    # data (read fully: malformed files are reported with file and line now) and model
+    for task in tasks:
+        load_task_data(task, s.data_dir)
+    config = load_config(s.model)
+    load_tokenizer(s.model)
+    revision = model_revision(s.model)
+
+    # knobs: explicit --knob, else the budget(s), else each method's default
+    budget_text = s.budget if s.budget is not None else (None if knobs.get("*") else DEFAULT_BUDGET)
+    budgets: list[Budget] = [] if budget_text in (None, "none") else parse_budgets(budget_text)
+    counter = Counter(meta_model(config)) if budgets else None
+
+    def resolve_ref(spec):
+        ref = parse_method_spec(spec, methods)
+        return ref.method, ref.options
+
+    sizings = []  # (choice, knob_value, budget_text, budget_params)
+    solutions = []
+    for c in choices:
+        m = c.method
+        explicit = knobs.get(m.name, knobs.get("*") if m.knob else None)
+        if m.knob is None or explicit is not None or not budgets:
+            value = explicit if m.knob else None
+            sizings.append((c, value if value is not None else m.default_knob, None, None))
+            continue
+        for b in budgets:
+            target = budget_params(b, counter, resolve_ref)
+            sol = solve(m, c.options, target, counter, c.label)
+            solutions.append((b.text, sol))
+            sizings.append((c, sol.knob_value, b.text, target))
+    if counter:  # show what the fixed methods cost next to the budget
+        for c in choices:
+            if c.method.knob is None:
+                for b in budgets:
+                    target = budget_params(b, counter, resolve_ref)
+                    solutions.append((b.text, solve(c.method, c.options, target, counter, c.label)))
+
+    specs, seen = [], set()
+    for task in tasks:
+        for c, knob_value, btext, bparams in sizings:
+            for seed in seeds:
+                spec = {
+                    "method": c.method.name, "label": c.label, "options": c.options,
+                    "knob": c.method.knob, "knob_value": knob_value, "budget": btext, "budget_params": bparams,
+                    "task": task.name, "task_version": task.version, "data_dir": s.data_dir,
+                    "model": s.model, "model_revision": revision, "seed": seed, "data_seed": s.data_seed,
+                    "train_samples": s.train_samples,
+                    "lr": lrs.get(c.method.name, lrs.get("*", c.method.default_lr)),
+                    "lr_source": "flag" if (c.method.name in lrs or "*" in lrs) else "method default",
+                    "epochs": s.epochs, "max_steps": s.max_steps, "batch_size": s.batch_size,
+                    "max_seq_len": s.max_seq_len or task.max_seq_len, "warmup_ratio": s.warmup_ratio,
+                    "weight_decay": s.weight_decay, "max_grad_norm": s.max_grad_norm, "device": device,
+                    "latency": s.latency, "keep_checkpoint": s.keep_checkpoint,
+                    "plugins": [str(Path(p).resolve()) for p in s.plugins], "peftbench_version": __version__,
+                }
+                spec["run_id"] = run_id(spec)
+                if spec["run_id"] not in seen:
+                    seen.add(spec["run_id"])
+                    specs.append(spec)
+    return Plan(specs, solutions)
+
+
+# -- execution ---------------------------------------------------------------------------
+def check_output_dir(out: Path) -> None:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PeftbenchError(f"--out {out} is a file; give a folder")
+    try:
+        records_dir(out).mkdir(parents=True, exist_ok=True)
+        probe = records_dir(out) / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PeftbenchError(f"--out {out} is not writable ({e.strerror}); choose another folder") from None
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _failure_record(spec, status, error, started, attempt):
+    return {
+        "schema": 1, "run_id": spec["run_id"], "attempt": attempt, "status": status,
+        "spec": spec, "error_type": status, "error": error,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": time.time() - started,
+    }
+
+
+def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) -> dict:
+    """Run one spec in its own process and return its record (written by the child, or
+    here when the child died, hung or was interrupted)."""
+    attempt = uuid.uuid4().hex[:12]
+    spec_file = records_dir(out) / f".{spec['run_id']}.spec"
+    write_atomic(spec_file, {**spec, "attempt": attempt})
+    started = time.time()
+    proc = None
+    timed_out = False
+    try:
+        proc = worker.start(spec_file, out, progress)
+        proc.join(timeout)
+        if proc.exitcode is None:  # still running: hung
+            proc.kill()
+            proc.join()
+            timed_out = True
+    except KeyboardInterrupt:
+        if proc is not None and proc.is_alive():
+            proc.join(10)  # the run got the same SIGINT from the terminal
+        rec = _failure_record(spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)
+        write_atomic(record_path(out, spec["run_id"]), rec)
+        raise
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join()
+        spec_file.unlink(missing_ok=True)
+    try:
+        rec = read_record(record_path(out, spec["run_id"]))
+    except ValueError:
+        rec = None
+    if rec is None or rec.get("attempt") != attempt:  # the child died before writing its record
+        rc = proc.exitcode
+        if timed_out:
+            status, error = "timeout", f"killed after --timeout-per-run {timeout:g} s"
+        elif rc < 0:
+            status = "failed"
+            error = f"run process killed by {_signal_name(rc)}" + (
+                " (the kernel's OOM killer sends SIGKILL)" if rc == -signal.SIGKILL else "")
+        else:
+            status, error = "failed", f"run process exited with code {rc} without a record"
+        rec = _failure_record(spec, status, error, started, attempt)
+        write_atomic(record_path(out, spec["run_id"]), rec)
+    return rec
+
+
+@dataclass
+class SweepResult:
+    records: list
+    skipped_ok: int = 0
+    skipped_failed: int = 0
+    ran: int = 0
+
+
+def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, timeout=None, progress=True,
+              on_record=None, warn=None) -> SweepResult:
+    out = Path(out)
+    check_output_dir(out)
+    existing = load_records(out, warn=warn)
+    result = SweepResult(records=[])
+    todo = []
+    for spec in specs:
+        rec = existing.get(spec["run_id"])
+        if rec and not force:
+            if rec["status"] == "ok":
+                result.skipped_ok += 1
+                result.records.append(rec)
+                continue
+            if rec["status"] != "cancelled" and not rerun_failed:
+                result.skipped_failed += 1
+                result.records.append(rec)
+                continue
+        todo.append(spec)
+    for i, spec in enumerate(todo, 1):
+        rec = execute_one(spec, out, timeout, progress)
+        result.ran += 1
+        result.records.append(rec)
+        if on_record:
+            on_record(rec, i, len(todo))
+    return result

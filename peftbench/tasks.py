@@ -1,0 +1,281 @@
+"""Task definitions, data resolution, file readers and metrics.
+
+A task is declarative: where its files are and how to read them, its labels, its metrics
+and default maximum length. A change to data handling or metrics bumps ``version``,
+which goes into every run record and run id.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import PeftbenchError
+
+DATA_ENV = "PEFTBENCH_DATA"
+
+
+# -- metrics (higher is better for all of them) -------------------------------------------
+def _accuracy(pred, gold):
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(gold, pred))
+
+
+def _f1(pred, gold):
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, pred))
+
+
+def _mcc(pred, gold):
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(gold, pred))
+
+
+def _pearson(pred, gold):
+    from scipy.stats import pearsonr
+
+    if np.std(pred) == 0 or np.std(gold) == 0:
+        return 0.0  # a constant prediction has no correlation
+    return float(pearsonr(pred, gold)[0])
+
+
+def _spearman(pred, gold):
+    from scipy.stats import spearmanr
+
+    if np.std(pred) == 0 or np.std(gold) == 0:
+        return 0.0
+    return float(spearmanr(pred, gold)[0])
+
+
+METRICS: dict[str, Callable] = {
+    "accuracy": _accuracy,
+    "f1": _f1,
+    "mcc": _mcc,
+    "pearson": _pearson,
+    "spearman": _spearman,
+}
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where the task lives on the Hugging Face hub (used only when no local data is given)."""
+
+    path: str
+    name: str | None
+    train_split: str
+    eval_split: str
+    text_columns: tuple[str, ...]
+    label_column: str
+
+
+@dataclass
+class Task:
+    name: str
+    version: int
+    folder: str  # subfolder of the data directory
+    train_file: str
+    eval_file: str
+    text_columns: tuple[str, ...]  # one (single sentence) or two (sentence pair)
+    label_column: str
+    metrics: tuple[str, ...] = ("accuracy",)  # the first is the primary metric
+    num_labels: int = 2  # 1 = regression
+    max_seq_len: int = 128
+    format: str = "tsv"  # "tsv" (GLUE, unquoted), "jsonl", or a custom ``reader``
+    columns: tuple[str, ...] | None = None  # names of a header-less TSV's columns
+    label_map: Mapping[str, int] | None = None  # string labels -> class ids
+    label_scale: float = 1.0  # regression targets are multiplied by this for training
+    reader: Callable[[Path, "Task"], pd.DataFrame] | None = None
+    hub: HubSource | None = None
+    description: str = ""
+    plugin: str = field(default="?", compare=False)
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    def validate(self):
+        from .errors import PluginError
+
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise PluginError(f"task {self.name}: unknown metrics {unknown}; known: {', '.join(METRICS)}")
+        if self.format not in ("tsv", "jsonl") and self.reader is None:
+            raise PluginError(f"task {self.name}: format {self.format!r} needs a reader")
+
+    def score(self, pred, gold) -> dict[str, float]:
+        return {m: METRICS[m](np.asarray(pred), np.asarray(gold)) for m in self.metrics}
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, path: Path) -> pd.DataFrame:
+        """Read one split into a frame with columns text_a, [text_b], label."""
+        if self.reader is not None:
+            return self.reader(path, self)
+        rows = read_jsonl(path, self) if self.format == "jsonl" else read_tsv(path, self)
+        return pd.DataFrame(rows, columns=[*_text_names(self), "label"])
+
+    def parse_label(self, raw, path, line):
+        if self.label_map is not None:
+            if raw not in self.label_map:
+                raise PeftbenchError(
+                    f"{path}:{line}: unknown label {raw!r} for task {self.name} (expected one of {', '.join(map(str, self.label_map))})"
+                )
+            return self.label_map[raw]
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise PeftbenchError(f"{path}:{line}: label {raw!r} is not a number (task {self.name})") from None
+        if self.is_regression:
+            return value
+        if not value.is_integer() or not 0 <= value < self.num_labels:
+            raise PeftbenchError(f"{path}:{line}: label {raw!r} is not a class id 0..{self.num_labels - 1}")
+        return int(value)
+
+
+def _text_names(task: Task):
+    return ["text_a", "text_b"][: len(task.text_columns)]
+
+
+def read_tsv(path: Path, task: Task) -> list:
+    """GLUE TSV, read with quoting off (the text has unbalanced quotes)."""
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        wanted = (*task.text_columns, task.label_column)
+        columns = list(task.columns) if task.columns else None
+        index = [columns.index(c) for c in wanted] if columns else None
+        for line, fields in enumerate(reader, start=1):
+            if columns is None:
+                columns = fields
+                missing = [c for c in wanted if c not in columns]
+                if missing:
+                    raise PeftbenchError(f"{path}:1: header lacks column(s) {', '.join(missing)} (task {task.name})")
+                index = [columns.index(c) for c in wanted]
+                continue
+            if not fields:
+                continue
+            if len(fields) != len(columns):
+                raise PeftbenchError(
+                    f"{path}:{line}: expected {len(columns)} tab-separated fields, found {len(fields)}"
+                )
+            *texts, label = (fields[i] for i in index)
+            rows.append([*texts, task.parse_label(label, path, line)])
+    return rows
+
+
+def read_jsonl(path: Path, task: Task) -> list:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise PeftbenchError(f"{path}:{line}: not valid JSON ({e.msg})") from None
+            missing = [c for c in (*task.text_columns, task.label_column) if c not in obj]
+            if missing:
+                raise PeftbenchError(f"{path}:{line}: missing key(s) {', '.join(missing)}")
+            texts = [str(obj[c]) for c in task.text_columns]
+            rows.append([*texts, task.parse_label(str(obj[task.label_column]), path, line)])
+    return rows
+
+
+# -- where the data comes from -----------------------------------------------------------
+@dataclass(frozen=True)
+class TaskData:
+    train: pd.DataFrame
+    eval: pd.DataFrame
+    source: str  # folder or hub id
+    fingerprint: str  # content hash of the files read
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be used (offline flag or no connection), or None."""
+    if _hub_offline():
+        return "HF_HUB_OFFLINE=1"
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as e:
+        return f"{host} unreachable ({e.__class__.__name__})"
+    return None
+
+
+def locate(task: Task, data_dir: str | None = None) -> Path | None:
+    """The task's local folder, or None when neither --data-dir nor PEFTBENCH_DATA is set.
+    A given folder that lacks the task's files is an error: no silent switch of source."""
+    for flag, root in (("--data-dir", data_dir), (DATA_ENV, os.environ.get(DATA_ENV))):
+        if root:
+            folder = Path(root).expanduser() / task.folder
+            missing = [f for f in (task.train_file, task.eval_file) if not (folder / f).is_file()]
+            if missing:
+                raise PeftbenchError(
+                    f"task {task.name}: {flag}={root} has no {task.folder}/{missing[0]}; point {flag} "
+                    f"at the folder holding {task.folder}/ (e.g. ../shared/datasets)"
+                )
+            return folder
+    return None
+
+
+def load_task_data(task: Task, data_dir: str | None = None) -> TaskData:
+    import hashlib
+
+    folder = locate(task, data_dir)
+    if folder is not None:
+        frames, digest = [], hashlib.sha256(f"{task.name}:{task.version}".encode())
+        for name in (task.train_file, task.eval_file):
+            path = folder / name
+            digest.update(path.read_bytes())
+            frames.append(task.read(path))
+        for df, name in zip(frames, (task.train_file, task.eval_file)):
+            if len(df) == 0:
+                raise PeftbenchError(f"{folder / name}: no examples; is this the right file?")
+        return TaskData(frames[0], frames[1], str(folder), digest.hexdigest()[:16])
+    return _load_from_hub(task)
+
+
+def _load_from_hub(task: Task) -> TaskData:
+    tried = f"--data-dir not given, {DATA_ENV} not set"
+    fix = f"pass --data-dir or set {DATA_ENV} to the folder holding {task.folder}/ (e.g. ../shared/datasets)"
+    if task.hub is None:
+        raise PeftbenchError(f"task {task.name}: no data found ({tried}, no hub copy known); {fix}")
+    hub = task.hub
+    hub_id = f"{hub.path}/{hub.name}" if hub.name else hub.path
+    why = _hub_unreachable()
+    if why:
+        raise PeftbenchError(f"task {task.name}: no data found ({tried}, hub {hub_id} skipped: {why}); {fix}")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub.path, hub.name)
+        frames = []
+        for split in (hub.train_split, hub.eval_split):
+            df = ds[split].to_pandas()
+            out = pd.DataFrame({n: df[c].astype(str) for n, c in zip(_text_names(task), hub.text_columns)})
+            out["label"] = df[hub.label_column].astype(float if task.is_regression else int)
+            frames.append(out)
+    except Exception as e:
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise PeftbenchError(f"task {task.name}: no data found ({tried}, hub {hub_id} failed: {first}); {fix}") from None
+    return TaskData(frames[0], frames[1], f"hub:{hub_id}", f"hub:{hub_id}")

@@ -1,0 +1,165 @@
+"""The training loop and evaluation: plain torch, readable in one sitting.
+
+AdamW over the trainable parameters only, linear warmup then linear decay, gradient
+clipping, bf16 autocast on CUDA. Throughput is timed over the training steps after a few
+warm-up steps; evaluation is timed separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from .measure import PeakMemory, sync
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    timing_warmup_steps: int = 3
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    epochs_done: float = 0.0
+    losses: list = field(default_factory=list)
+    train_time_s: float = 0.0  # all steps
+    timed_steps: int = 0
+    timed_time_s: float = 0.0  # steps after the timing warm-up
+    timed_samples: int = 0
+    timed_tokens: int = 0  # non-padding tokens
+    step_times: list = field(default_factory=list)
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def samples_per_s(self):
+        return self.timed_samples / self.timed_time_s if self.timed_time_s else None
+
+    @property
+    def tokens_per_s(self):
+        return self.timed_tokens / self.timed_time_s if self.timed_time_s else None
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    steps = max(1, math.ceil(per_epoch * cfg.epochs))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def linear_schedule(optimizer, warmup: int, total: int):
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train(model, dataset, collate, cfg: TrainConfig, device, progress=None) -> TrainStats:
+    """Train in place. ``progress(step, total, loss, samples_per_s)`` is called after each step."""
+    device = torch.device(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = total_steps(len(dataset), cfg)
+    scheduler = linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the data order
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collate)
+    warm = min(cfg.timing_warmup_steps, steps - 1)
+    stats = TrainStats()
+
+    model.train()  # from_pretrained returns eval mode; dropout is part of training cost
+    batches = iter(loader)
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        for step in range(steps):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                batch = next(batches)
+            sync(device)
+            t0 = time.perf_counter()
+            batch = to_device(batch, device)
+            with autocast(device):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.item()  # synchronises
+            sync(device)
+            dt = time.perf_counter() - t0
+            if not math.isfinite(value):
+                raise Diverged(f"loss became {value} at step {step + 1} of {steps}")
+            stats.losses.append(value)
+            stats.step_times.append(dt)
+            if step >= warm:
+                stats.timed_steps += 1
+                stats.timed_time_s += dt
+                stats.timed_samples += batch["input_ids"].shape[0]
+                stats.timed_tokens += int(batch["attention_mask"].sum())
+            if progress:
+                progress(step + 1, steps, value, stats.samples_per_s)
+        stats.train_time_s = time.perf_counter() - start
+    stats.steps = steps
+    stats.epochs_done = steps * cfg.batch_size / max(1, len(dataset))
+    stats.memory = memory.result()
+    stats.memory.update(static_memory(model, optimizer))
+    return stats
+
+
+def static_memory(model, optimizer) -> dict:
+    """Bytes of parameters, gradients (trainable only) and optimizer state, from the tensors."""
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    optim_bytes = sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t)
+    )
+    return {"param_bytes": param_bytes, "grad_bytes": grad_bytes, "optimizer_bytes": optim_bytes}
+
+
+@torch.no_grad()
+def predict(model, dataset, collate, device, batch_size=128):
+    """Predictions (class ids, or floats for regression) and gold labels."""
+    device = torch.device(device)
+    model.eval()
+    preds, golds = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in loader:
+        labels = batch.pop("labels")
+        with autocast(device):
+            logits = model(**to_device(batch, device)).logits.float().cpu()
+        preds.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
+        golds.append(labels)
+    return torch.cat(preds).numpy(), torch.cat(golds).numpy()

@@ -1,0 +1,143 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685): h = W0 x + (alpha/r) B A x.
+
+A is random (Kaiming-uniform), B is zero, so the model starts exactly at W0; W0 is frozen.
+``merge`` folds W0 + (alpha/r) B A into the base layer and removes the LoRA modules, leaving
+a plain model with zero added latency. Works on nn.Linear and GPT-2's Conv1D (fan_in_fan_out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+import peftbench
+from peftbench.arch import find_by_suffix, find_role, linear_features, replace_module
+from peftbench.errors import UnsupportedModel
+from peftbench.method import freeze
+
+# Role shorthands accepted in target_modules; anything else is a module-name suffix.
+ROLES = {"q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",), "ffn": ("ffn_in", "ffn_out")}
+
+
+@dataclass(frozen=True)
+class LoRAOptions:
+    alpha: float = 16.0
+    dropout: float = 0.1
+    #: roles q, k, v, o, ffn, or module-name suffixes (e.g. "query", "c_attn")
+    target_modules: tuple[str, ...] = ("q", "v")
+
+    def __post_init__(self):
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one role or module")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class LoRALayer(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        n_in, n_out = linear_features(base)
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r, n_in, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(n_out, r, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        """(alpha/r) B A, laid out like the base weight."""
+        delta = (self.lora_B @ self.lora_A) * self.scaling
+        return delta.T if self.fan_in_fan_out else delta
+
+    def forward(self, x):
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALayer]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
+
+
+def resolve_targets(model: nn.Module, targets) -> dict[str, nn.Module]:
+    found: dict[str, nn.Module] = {}
+    for target in targets:
+        if target in ROLES:
+            hits = [hit for role in ROLES[target] for hit in find_role(model, role)]
+            if not hits and target in ("q", "k", "v"):
+                hits = find_role(model, "qkv")  # fused projection, e.g. GPT-2's c_attn
+        else:
+            hits = find_by_suffix(model, target)
+        if not hits:
+            raise UnsupportedModel(
+                f"lora: found no linear layers for target {target!r} in {type(model).__name__}; "
+                "use roles q,k,v,o,ffn or module-name suffixes in target_modules"
+            )
+        found.update(hits)
+    return found
+
+
+class LoRA(peftbench.Method):
+    name = "lora"
+    knob = "r"
+    default_knob = 8
+    mergeable = True
+    description = "low-rank update of chosen projections (merge/unmerge)"
+    default_lr = 5e-4
+    lr_reference = "Hu et al. 2021 (LoRA), Table 9: RoBERTa-base, SST-2"
+    Options = LoRAOptions
+
+    def apply(self, model, knob_value, **options):
+        opts = self.options(**options)
+        freeze(model)
+        for name, module in resolve_targets(model, opts.target_modules).items():
+            if isinstance(module, LoRALayer):
+                continue
+            replace_module(model, name, LoRALayer(module, knob_value, opts.alpha, opts.dropout))
+        return model
+
+    def merge(self, model):
+        """Fold every LoRA update into its base layer and remove the LoRA modules."""
+        for name, layer in lora_layers(model):
+            layer.merge()
+            replace_module(model, name, layer.base)
+        return model
+
+
+def merge_in_place(model):
+    """Merge every LoRA layer, keeping the LoRA modules (undo with ``unmerge``)."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge(model):
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(LoRA())

@@ -1,0 +1,1 @@
+"""peftbench's built-in task definitions (installed as ``peftbench_tasks``)."""

@@ -1,0 +1,112 @@
+"""Bad input: one line on stderr naming the problem, exit code 2, no traceback, no record."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_plugin
+from peftbench.cli import main
+
+BROKEN_DUP = '''
+import peftbench
+
+class Dup(peftbench.Method):
+    name = "lora"
+    def apply(self, model, knob_value=None, **options):
+        return model
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(Dup())
+'''
+
+
+def _case(tmp_path, small_data, tiny_model_dirs):
+    """name -> (extra args, expected message fragment)."""
+    bad_data = tmp_path / "bad-data"
+    (bad_data / "SST-2").mkdir(parents=True)
+    (bad_data / "SST-2" / "train.tsv").write_text("sentence\tlabel\nfine\t1\nbroken line\n")
+    (bad_data / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nok\t0\n")
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    model = str(tiny_model_dirs["bert"])
+    return {
+        "unknown method": (["--methods", "lorra"], "unknown method 'lorra' (did you mean lora?)"),
+        "unknown task": (["--tasks", "sst3"], "unknown task 'sst3' (did you mean sst2"),
+        "unknown option": (["--methods", "lora[alpah=3]"], "unknown option 'alpah' (did you mean alpha?)"),
+        "bad option value": (["--methods", "lora[alpha=big]"], "option alpha='big' is not a valid float"),
+        "bad placement": (["--methods", "adapter[placement=middle]"], "placement must be one of houlsby, pfeiffer"),
+        "malformed lr": (["--lr", "lora=fast"], "--lr 'lora=fast': 'fast' is not a valid number"),
+        "lr for absent method": (["--lr", "lorra=1e-3"], "'lorra' is not a method in --methods (did you mean lora?)"),
+        "negative lr": (["--lr", "lora=-1"], "a learning rate must be positive"),
+        "malformed knob": (["--knob", "lora=x"], "--knob 'lora=x': 'x' is not a valid number"),
+        "knob out of range": (["--knob", "lora=0"], "r must be a positive integer, got 0"),
+        "knob on fixed method": (["--methods", "full", "--knob", "full=4"], "method full has no size knob"),
+        "malformed budget": (["--budget", "lots"], "--budget 'lots' is not understood"),
+        "impossible budget": (["--budget", "5"], "budget 5 is out of reach for lora"),
+        "budget over model": (["--budget", "100M"], "exceeds the model's"),
+        "bad seeds": (["--seeds", "a,b"], "--seeds 'a,b': expected comma-separated integers"),
+        "bad train samples": (["--train-samples", "many"], "--train-samples 'many': give a positive integer or 'all'"),
+        "zero epochs": (["--epochs", "0"], "--epochs must be positive"),
+        "missing data folder": (["--data-dir", str(tmp_path / "nowhere")], "task sst2: --data-dir="),
+        "malformed data": (["--data-dir", str(bad_data)], "train.tsv:3: expected 2 tab-separated fields, found 1"),
+        "not a model": (["--model", str(not_a_model)], "is not a loadable model"),
+        "missing model path": (["--model", str(tmp_path / "no" / "model")], "no such folder"),
+        "broken plugin": (["--plugins", str(write_plugin(tmp_path, "broken", "import nope\n"))],
+                          "broken.py failed to import: ModuleNotFoundError"),
+        "empty plugin": (["--plugins", str(write_plugin(tmp_path, "empty", "X = 1\n"))], "defines no peftbench hooks"),
+        "duplicate plugin": (["--plugins", str(write_plugin(tmp_path, "dup", BROKEN_DUP))],
+                             "method 'lora' is registered twice: by plugin peftbench_plugins.lora and by plugin"),
+        "out is a file": (["--out", str(a_file)], "is a file; give a folder"),
+        "out under a file": (["--out", str(a_file / "sub")], "is not writable"),
+        "unknown flag": (["--epoch", "2"], "No such option '--epoch'. Did you mean '--epochs'?"),
+        "bad device choice": (["--device", "tpu"], "'tpu' is not one of"),
+    }
+
+
+@pytest.fixture
+def cases(tmp_path, small_data, tiny_model_dirs):
+    return _case(tmp_path, small_data, tiny_model_dirs)
+
+
+NAMES = [
+    "unknown method", "unknown task", "unknown option", "bad option value", "bad placement", "malformed lr",
+    "lr for absent method", "negative lr", "malformed knob", "knob out of range", "knob on fixed method",
+    "malformed budget", "impossible budget", "budget over model", "bad seeds", "bad train samples", "zero epochs",
+    "missing data folder", "malformed data", "not a model", "missing model path", "broken plugin", "empty plugin",
+    "duplicate plugin", "out is a file", "out under a file", "unknown flag", "bad device choice",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input(name, cases, tmp_path, small_data, tiny_model_dirs, capsys, monkeypatch, plugin_manager):
+    monkeypatch.setenv("PEFTBENCH_DATA", str(small_data))
+    args, message = cases[name]
+    base = ["run", "--model", str(tiny_model_dirs["bert"]), "--out", str(tmp_path / "out"), "--max-steps", "1"]
+    code = main(base + args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().count("\n") == 0, err
+    assert err.startswith("Error: ") and message in err, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("out/records/*.json"))
+
+
+def test_console_script_exit_code_and_debug(tmp_path):
+    env = dict(os.environ)
+    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--methods", "lorra"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "Error: unknown method 'lorra' (did you mean lora?); `peftbench methods` lists them")
+    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "--debug", "run", "--methods", "lorra"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_report_on_empty_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no run records found" in capsys.readouterr().err

@@ -1,0 +1,134 @@
+"""Plugin loading: built-ins like externals, fake plugins in fixtures, local files, errors."""
+
+import subprocess
+import sys
+
+import pluggy
+import pytest
+
+import peftbench
+from conftest import write_plugin
+from peftbench import plugins
+from peftbench.errors import PluginError
+from peftbench.plugins import DEFAULT_PLUGINS, get_methods, load_plugin_file
+
+PLUGIN_FILE = '''
+import peftbench
+from peftbench.method import freeze
+
+class Frozen(peftbench.Method):
+    name = "{name}"
+    def apply(self, model, knob_value=None, **options):
+        freeze(model)
+        return model
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(Frozen())
+'''
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_builtins_are_registered_like_external_plugins(plugin_manager):
+    names = {plugin_manager.get_name(p) for p in plugin_manager.get_plugins()}
+    assert set(DEFAULT_PLUGINS) <= names
+    methods = get_methods()
+    assert list(methods)[:5] == ["full", "bitfit", "lora", "adapter", "prefix"]
+    assert methods["lora"].plugin == "peftbench_plugins.lora"
+
+
+def test_no_misspelled_hooks(plugin_manager):
+    plugin_manager.check_pending()
+
+
+def test_fake_plugin_appears_and_is_removed(plugin_manager):
+    class Fake:
+        class Method(peftbench.Method):
+            name = "fake"
+
+            def apply(self, model, knob_value=None, **options):
+                return model
+
+        @peftbench.hookimpl
+        def peftbench_register_methods(self, register):
+            register(self.Method())
+
+    plugin = Fake()
+    plugin_manager.register(plugin, name="fake-plugin")
+    assert get_methods()["fake"].plugin == "fake-plugin"
+    plugin_manager.unregister(plugin)
+    assert "fake" not in get_methods()
+
+
+def test_duplicate_name_names_both_plugins(plugin_manager, tmp_path):
+    load_plugin_file(write_plugin(tmp_path, "dup", PLUGIN_FILE.format(name="lora")))
+    with pytest.raises(PluginError, match=r"method 'lora' is registered twice: by plugin peftbench_plugins.lora and by plugin .*dup.py"):
+        get_methods()
+
+
+def test_names_must_be_lowercase(plugin_manager, tmp_path):
+    load_plugin_file(write_plugin(tmp_path, "upper", PLUGIN_FILE.format(name="MyLoRA")))
+    with pytest.raises(PluginError, match="named 'MyLoRA'; names must be lowercase"):
+        get_methods()
+
+
+def test_broken_and_empty_plugin_files(plugin_manager, tmp_path):
+    with pytest.raises(PluginError, match=r"plugin file .*broken.py failed to import: SyntaxError"):
+        load_plugin_file(write_plugin(tmp_path, "broken", "def oops(:\n"))
+    with pytest.raises(PluginError, match=r"failed to import: ModuleNotFoundError: No module named 'nope'"):
+        load_plugin_file(write_plugin(tmp_path, "missing", "import nope\n"))
+    with pytest.raises(PluginError, match="defines no peftbench hooks"):
+        load_plugin_file(write_plugin(tmp_path, "empty", "x = 1\n"))
+    with pytest.raises(PluginError, match="does not exist"):
+        load_plugin_file(tmp_path / "absent.py")
+
+
+def test_misspelled_hook_is_reported(plugin_manager, tmp_path):
+    body = "import peftbench\n@peftbench.hookimpl\ndef peftbench_register_method(register):\n    pass\n"
+    with pytest.raises(PluginError, match="unknown hook 'peftbench_register_method'"):
+        plugins.load_plugins([write_plugin(tmp_path, "typo", body)])
+
+
+def test_entry_points_respect_load_plugins(monkeypatch, plugin_manager):
+    import importlib.metadata as md
+
+    class FakeEP:
+        name, dist = "thirdparty", None
+
+        def load(self):
+            raise ImportError("should not be loaded")
+
+    monkeypatch.setattr(md, "entry_points", lambda group: [FakeEP()])
+    monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "")
+    plugins._load_entry_points()  # empty list: none loaded
+    monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "thirdparty")
+    with pytest.raises(PluginError, match=r"plugin 'thirdparty' \(package \?\) failed to import: ImportError"):
+        plugins._load_entry_points()
+
+
+def test_local_plugin_file_via_cli(tmp_path):
+    path = write_plugin(tmp_path, "mine", PLUGIN_FILE.format(name="frozen"))
+    out = _cli("methods", "--plugins", str(path))
+    assert out.returncode == 0, out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.startswith("frozen"))
+    assert str(path) in line and "- (fixed)" in line
+
+
+def test_broken_plugin_via_cli_is_one_line_exit_2(tmp_path):
+    path = write_plugin(tmp_path, "bad", "raise RuntimeError('boom')\n")
+    out = _cli("--plugins", str(path), "methods")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "bad.py failed to import: RuntimeError: boom" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_hookspecs_are_prefixed():
+    from peftbench import hookspecs
+
+    pm = pluggy.PluginManager("peftbench")
+    pm.add_hookspecs(hookspecs)
+    assert all(name.startswith("peftbench_") for name in pm.hook.__dict__ if not name.startswith("_"))

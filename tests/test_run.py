@@ -1,0 +1,117 @@
+"""End to end: `peftbench run` on tiny models and slices of the real data, then `report`."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from peftbench.report import CSV_COLUMNS
+
+
+def peftbench(*args, env, timeout=600):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def records(out):
+    return [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+
+
+FAST = ["--max-steps", "3", "--batch-size", "8", "--latency-min-time", "0", "--latency-batch", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_model_dirs, small_data, tmp_path_factory):
+    """Every built-in method on the tiny BERT, two variants of adapter, two seeds."""
+    import os
+
+    env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
+    out = tmp_path_factory.mktemp("run")
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods",
+                    "full,bitfit,lora,adapter,adapter[placement=pfeiffer],prefix", "--budget", "1000",
+                    "--seeds", "0,1", "--out", out, *FAST, env=env)
+    return res, out, env
+
+
+def test_run_records_everything(sweep):
+    res, out, _ = sweep
+    assert res.returncode == 0, res.stderr
+    recs = records(out)
+    assert len(recs) == 12 and all(r["status"] == "ok" for r in recs)
+    lora = next(r for r in recs if r["spec"]["method"] == "lora")
+    spec = lora["spec"]
+    assert spec["knob"] == "r" and spec["budget"] == "1000" and spec["budget_params"] == 1000
+    assert spec["task"] == "sst2" and spec["task_version"] == 1 and spec["lr"] == 5e-4
+    assert lora["params"]["method"] == 2 * 2 * spec["knob_value"] * 64 and lora["params"]["head"] == 66
+    assert set(lora["metrics"]) == {"accuracy"}
+    for key in ("steps", "samples_per_s", "tokens_per_s", "train_time_s", "loss_curve"):
+        assert lora["train"][key] is not None
+    assert lora["train"]["steps"] == 3
+    assert lora["memory"]["peak_mem_bytes"] > 0 and lora["memory"]["optimizer_bytes"] == 2 * lora["params"]["total"] * 4 + 4 * 4 * 2 + 4 * 2 or lora["memory"]["optimizer_bytes"] > 0
+    lat = lora["latency"]
+    assert {"base_b1", "unmerged_b1", "merged_b1", "base_bN", "unmerged_bN", "merged_bN"} == set(lat["timings"])
+    assert lat["merged_is_plain"] and lat["merged_max_abs_diff"] < 1e-4
+    assert lora["checkpoint"]["bytes"] > 0
+    env = lora["env"]
+    assert {"peftbench", "torch", "transformers", "device", "torch_threads"} <= set(env)
+    adapter = next(r for r in recs if r["spec"]["label"] == "adapter")
+    assert "merged_b1" not in adapter["latency"]["timings"]
+    prefix = next(r for r in recs if r["spec"]["method"] == "prefix")
+    assert prefix["latency"]["effective_seq_len"] == prefix["latency"]["seq_len"] + prefix["spec"]["knob_value"]
+    full = next(r for r in recs if r["spec"]["method"] == "full")
+    assert full["spec"]["knob"] is None and full["spec"]["budget"] is None
+    assert "| sst2 | lora |" in res.stdout and "±" in res.stdout
+
+
+def test_report_formats(sweep, tmp_path):
+    _, out, env = sweep
+    csv = peftbench("report", out, "--format", "csv", env=env)
+    assert csv.returncode == 0, csv.stderr
+    df = pd.read_csv(pd.io.common.StringIO(csv.stdout))
+    assert list(df.columns[: len(CSV_COLUMNS)]) == CSV_COLUMNS
+    assert len(df) == 6 and set(df.n_seeds) == {2}
+    assert set(df.config) == {"full", "bitfit", "lora", "adapter", "adapter[placement=pfeiffer]", "prefix"}
+    lora = df[df.method == "lora"].iloc[0]
+    assert lora.metric == "accuracy" and lora.status == "ok" and lora.budget_params == 1000
+    assert pd.isna(df[df.method == "adapter"].latency_b1_merged_ms).all()
+    assert df[df.method == "lora"].latency_b1_merged_ms.notna().all()
+    assert (df[df.method == "full"].throughput_vs_full == 1.0).all()
+    assert df[df.method == "bitfit"].fixed.all()
+    for fmt, marker in (("md", "| task |"), ("latex", "\\begin{tabular}"), ("html", "<table"), ("json", '"metric_mean"')):
+        res = peftbench("report", out, "--format", fmt, env=env)
+        assert res.returncode == 0 and marker in res.stdout, (fmt, res.stderr)
+    plot = tmp_path / "plot.png"
+    res = peftbench("report", out, "--plot", plot, "-o", tmp_path / "table.md", env=env)
+    assert res.returncode == 0 and plot.stat().st_size > 10_000
+    assert (tmp_path / "table.md").read_text().startswith("| task |")
+
+
+def test_rerun_skips_finished_runs(sweep):
+    _, out, env = sweep
+    res = peftbench("run", "--model", sweep[1].parent, "--methods", "lora", "--out", out, *FAST, env=env)
+    assert res.returncode == 2  # the parent of the run folder is not a model
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    import re
+
+    cmd = re.search(r"", "")  # noqa: F841
+    model = json.loads(next((out / "records").glob("*.json")).read_text())["spec"]["model"]
+    res = peftbench("run", "--model", model, "--methods", "full,bitfit,lora,adapter,adapter[placement=pfeiffer],prefix",
+                    "--budget", "1000", "--seeds", "0,1", "--out", out, *FAST, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "skipped 12 run(s) with an ok record" in res.stderr
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+
+
+def test_every_task_runs_end_to_end_on_gpt2(tiny_model_dirs, cli_env, tmp_path):
+    res = peftbench("run", "--model", tiny_model_dirs["gpt2"], "--methods", "lora", "--knob", "lora=2",
+                    "--tasks", "sst2,cola,rte,mrpc,stsb,trec", "--out", tmp_path, "--no-latency", *FAST, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    recs = {r["spec"]["task"]: r for r in records(tmp_path)}
+    assert set(recs) == {"sst2", "cola", "rte", "mrpc", "stsb", "trec"}
+    assert set(recs["mrpc"]["metrics"]) == {"accuracy", "f1"}
+    assert set(recs["stsb"]["metrics"]) == {"pearson", "spearman"}
+    assert set(recs["cola"]["metrics"]) == {"mcc", "accuracy"}
+    assert recs["rte"]["data"]["eval_examples"] == 40 and recs["trec"]["params"]["head"] == 32 * 6
+    assert all(r["status"] == "ok" for r in recs.values())

@@ -1,0 +1,203 @@
+"""Sweeps that survive: fault injection, kill and resume, determinism, atomic records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import write_plugin
+from peftbench.records import load_records, read_record, write_atomic
+
+FAULTS = '''
+import os, signal, time
+import peftbench
+from peftbench.method import freeze
+
+
+class Fault(peftbench.Method):
+    def apply(self, model, knob_value=None, **options):
+        freeze(model)
+        calls = {"n": 0}
+
+        def hook(module, args, output):
+            calls["n"] += 1
+            if module.training and calls["n"] >= 2:
+                return self.fault(output)
+        model.register_forward_hook(hook)
+        return model
+
+
+class Boom(Fault):
+    name = "boom"
+    def fault(self, output):
+        raise RuntimeError("injected failure inside training")
+
+
+class NaN(Fault):
+    name = "nan"
+    def fault(self, output):
+        output.loss = output.loss * float("nan")
+        return output
+
+
+class Exit(Fault):
+    name = "exit"
+    def fault(self, output):
+        os._exit(7)
+
+
+class Kill(Fault):
+    name = "sigkill"
+    def fault(self, output):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Hang(Fault):
+    name = "hang"
+    def fault(self, output):
+        time.sleep(600)
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    for cls in (Boom, NaN, Exit, Kill, Hang):
+        register(cls())
+'''
+
+FAST = ["--max-steps", "4", "--batch-size", "8", "--no-latency", "--no-progress", "--train-samples", "64"]
+
+
+def peftbench(*args, env, timeout=600):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def by_label(out):
+    return {r["spec"]["label"] + f"/s{r['spec']['seed']}": r for r in load_records(out).values()}
+
+
+def test_faults_are_recorded_and_the_sweep_goes_on(tiny_model_dirs, cli_env, tmp_path):
+    plugin = write_plugin(tmp_path, "faults", FAULTS)
+    out = tmp_path / "out"
+    res = peftbench("run", "--plugins", plugin, "--model", tiny_model_dirs["bert"],
+                    "--methods", "boom,nan,exit,lora,sigkill,hang,bitfit", "--knob", "lora=2",
+                    "--timeout-per-run", "12", "--out", out, *FAST, env=cli_env)
+    assert res.returncode == 1, res.stderr
+    recs = by_label(out)
+    status = {k.split("/")[0]: r["status"] for k, r in recs.items()}
+    assert status == {"boom": "failed", "nan": "diverged", "exit": "failed", "lora": "ok",
+                      "sigkill": "failed", "hang": "timeout", "bitfit": "ok"}
+    assert recs["boom/s0"]["error"] == "injected failure inside training"
+    assert recs["boom/s0"]["error_type"] == "RuntimeError"
+    tb = (out / "records" / recs["boom/s0"]["traceback_file"]).read_text()
+    assert "Traceback" in tb and "injected failure" in tb
+    assert "loss became nan at step 2" in recs["nan/s0"]["error"]
+    assert "exited with code 7" in recs["exit/s0"]["error"]
+    assert "SIGKILL" in recs["sigkill/s0"]["error"]
+    assert "--timeout-per-run 12 s" in recs["hang/s0"]["error"]
+    assert "5 run(s) did not finish ok" in res.stderr.splitlines()[-1]
+    assert not list((out / "records").glob(".*"))  # no temp or spec files left behind
+
+
+def test_kill_the_sweep_then_resume(tiny_model_dirs, cli_env, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--knob", "lora=2",
+            "--seeds", "0,1,2", "--out", out, "--max-steps", "150", "--batch-size", "8", "--no-latency", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *map(str, args)], env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "records").glob("*.json")):
+        time.sleep(0.05)
+    time.sleep(0.3)  # the second run is under way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.0)  # the run in progress dies with the sweep (via its fork server) or finishes
+    first = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
+    assert 1 <= len(first) < 3
+    res = peftbench(*args, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    assert f"skipped {len(first)} run(s) with an ok record" in res.stderr, res.stderr
+    recs = load_records(out)
+    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs.values())
+    assert sorted(r["spec"]["seed"] for r in recs.values()) == [0, 1, 2]
+    for name, content in first.items():  # the finished run was neither recomputed nor rewritten
+        assert (out / "records" / name).read_bytes() == content
+
+
+def test_same_command_twice_gives_identical_results(tiny_model_dirs, cli_env, tmp_path):
+    results = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        res = peftbench("run", "--model", tiny_model_dirs["gpt2"], "--methods", "lora,prefix", "--knob",
+                        "lora=2,prefix=3", "--out", out, "--tasks", "stsb", "--seeds", "0,1", *FAST, env=cli_env)
+        assert res.returncode == 0, res.stderr
+        results.append({r["run_id"]: r for r in load_records(out).values()})
+    assert results[0].keys() == results[1].keys() and len(results[0]) == 4
+    for rid, a in results[0].items():
+        b = results[1][rid]
+        assert a["metrics"] == b["metrics"]
+        assert a["train"]["loss_curve"] == b["train"]["loss_curve"]
+        assert a["determinism"]["seed"] == a["spec"]["seed"]
+
+
+def test_rerun_failed_and_force(tiny_model_dirs, cli_env, tmp_path):
+    plugin = write_plugin(tmp_path, "faults", FAULTS)
+    out = tmp_path / "out"
+    args = ["run", "--plugins", plugin, "--model", tiny_model_dirs["bert"], "--methods", "boom,bitfit",
+            "--out", out, *FAST]
+    assert peftbench(*args, env=cli_env).returncode == 1
+    res = peftbench(*args, env=cli_env)
+    assert "skipped 1 run(s) with an ok record and 1 earlier failure(s)" in res.stderr and res.returncode == 1
+    res = peftbench(*args, "--rerun-failed", env=cli_env)
+    assert "[1/1] boom" in res.stderr
+    res = peftbench(*args, "--force", env=cli_env)
+    assert "[2/2]" in res.stderr
+
+
+def test_corrupt_record_is_reported_and_treated_as_missing(tmp_path):
+    write_atomic(tmp_path / "records" / "good.json", {"run_id": "good", "status": "ok"})
+    (tmp_path / "records" / "bad.json").write_text('{"run_id": "bad", "stat')
+    warnings = []
+    recs = load_records(tmp_path, warn=warnings.append)
+    assert list(recs) == ["good"]
+    assert len(warnings) == 1 and "bad.json: corrupt record" in warnings[0]
+    with pytest.raises(ValueError, match="corrupt"):
+        read_record(tmp_path / "records" / "bad.json")
+
+
+def test_atomic_write_leaves_old_record_when_writing_fails(tmp_path):
+    path = tmp_path / "r.json"
+    write_atomic(path, {"run_id": "x", "status": "ok"})
+
+    class Unserialisable:
+        def __str__(self):
+            raise RuntimeError("crash while serialising")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(path, {"run_id": "x", "status": "ok", "bad": Unserialisable()})
+    assert json.loads(path.read_text()) == {"run_id": "x", "status": "ok"}
+    assert os.listdir(tmp_path) == ["r.json"]
+
+
+@pytest.mark.parametrize("delay", [0.3, 4.0])  # while the fork server starts / while a run trains
+def test_ctrl_c_records_cancelled_and_leaves_nothing_half_written(tiny_model_dirs, cli_env, tmp_path, delay):
+    out = tmp_path / "out"
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--seeds", "0,1",
+            "--out", out, "--max-steps", "2000", "--batch-size", "8", "--no-latency", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *map(str, args)], env=cli_env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "records").glob(".*.spec")):
+        time.sleep(0.05)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Interrupted" in err.splitlines()[-1]
+    recs = list(load_records(out).values())
+    assert [r["status"] for r in recs] == ["cancelled"]
+    assert sorted(p.name for p in (out / "records").iterdir()) == [f"{recs[0]['run_id']}.json"]

@@ -1,0 +1,135 @@
+"""Task readers on slices of the real files, metrics on hand-made predictions, data errors."""
+
+import math
+
+import numpy as np
+import pytest
+
+from peftbench.errors import PeftbenchError
+from peftbench.plugins import get_task, get_tasks
+from peftbench.tasks import load_task_data
+
+
+def test_six_tasks_registered_with_versions():
+    tasks = get_tasks()
+    assert {"sst2", "cola", "rte", "mrpc", "stsb", "trec"} <= set(tasks)
+    assert all(t.version >= 1 for t in tasks.values())
+
+
+@pytest.mark.parametrize(
+    "name,n_train,n_eval,pair,labels",
+    [
+        ("sst2", 160, 40, False, {0, 1}),
+        ("cola", 120, 40, False, {0, 1}),
+        ("rte", 80, 40, True, {0, 1}),
+        ("mrpc", 80, 40, True, {0, 1}),
+        ("trec", 120, 40, False, set(range(6))),
+    ],
+)
+def test_readers_on_real_slices(small_data, name, n_train, n_eval, pair, labels):
+    data = load_task_data(get_task(name), str(small_data))
+    assert (len(data.train), len(data.eval)) == (n_train, n_eval)
+    assert ("text_b" in data.train) == pair
+    assert set(data.train.label) <= labels
+    assert data.train.text_a.str.len().min() > 0
+
+
+def test_first_rows_match_the_files(small_data):
+    sst2 = load_task_data(get_task("sst2"), str(small_data)).train
+    assert sst2.iloc[0].to_dict() == {"text_a": "hide new secretions from the parental units ", "label": 0}
+    rte = load_task_data(get_task("rte"), str(small_data)).train
+    assert rte.iloc[0].label == 1  # not_entailment
+    cola = load_task_data(get_task("cola"), str(small_data)).train  # no header: the first line is data
+    assert cola.iloc[0].text_a.startswith("Our friends won't buy this analysis")
+    trec = load_task_data(get_task("trec"), str(small_data)).train
+    assert trec.iloc[0].to_dict() == {"text_a": "How did serfdom develop in and then leave Russia ?", "label": 1}
+    stsb = load_task_data(get_task("stsb"), str(small_data)).train
+    assert stsb.iloc[0].label == 5.0 and stsb.label.dtype == float
+
+
+def test_unbalanced_quotes_do_not_merge_rows(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text('sentence\tlabel\n"a quote that never closes\t1\nnext row\t0\n')
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nok\t1\n")
+    data = load_task_data(get_task("sst2"), str(tmp_path))
+    assert list(data.train.label) == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("sentence\tlabel\ngood\t1\nbad row without tab\n", r"train.tsv:3: expected 2 tab-separated fields, found 1"),
+        ("sentence\tlabel\ngood\tpositive\n", r"train.tsv:2: label 'positive' is not a number"),
+        ("sentence\tlabel\ngood\t7\n", r"train.tsv:2: label '7' is not a class id 0..1"),
+        ("text\tlabel\ngood\t1\n", r"train.tsv:1: header lacks column\(s\) sentence"),
+    ],
+)
+def test_malformed_tsv_names_file_and_line(tmp_path, content, message):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text(content)
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nok\t1\n")
+    with pytest.raises(PeftbenchError, match=message):
+        load_task_data(get_task("sst2"), str(tmp_path))
+
+
+def test_malformed_jsonl_and_trec(tmp_path):
+    (tmp_path / "MRPC").mkdir()
+    (tmp_path / "MRPC" / "train.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "label": 1}\n{oops\n')
+    (tmp_path / "MRPC" / "validation.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "label": 1}\n')
+    with pytest.raises(PeftbenchError, match=r"train.jsonl:2: not valid JSON"):
+        load_task_data(get_task("mrpc"), str(tmp_path))
+    (tmp_path / "TREC").mkdir()
+    (tmp_path / "TREC" / "train_5500.label").write_text("NUM:date When was it ?\nWHAT is this\n")
+    (tmp_path / "TREC" / "TREC_10.label").write_text("NUM:date When ?\n")
+    with pytest.raises(PeftbenchError, match=r"train_5500.label:2: expected 'COARSE:fine question'"):
+        load_task_data(get_task("trec"), str(tmp_path))
+
+
+def test_missing_data_errors_name_the_task_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("PEFTBENCH_DATA", raising=False)
+    with pytest.raises(PeftbenchError, match=r"task rte: --data-dir=.* has no RTE/train.tsv; point --data-dir"):
+        load_task_data(get_task("rte"), str(tmp_path))
+    monkeypatch.setenv("PEFTBENCH_DATA", str(tmp_path))
+    with pytest.raises(PeftbenchError, match=r"PEFTBENCH_DATA=.* has no RTE/train.tsv"):
+        load_task_data(get_task("rte"))
+    monkeypatch.delenv("PEFTBENCH_DATA")
+    with pytest.raises(PeftbenchError, match=r"task rte: no data found .*hub glue/rte skipped: HF_HUB_OFFLINE=1.*--data-dir"):
+        load_task_data(get_task("rte"))
+
+
+# -- metrics on hand-made predictions ------------------------------------------------------
+def test_accuracy_and_f1():
+    task = get_task("mrpc")
+    pred = np.array([1, 1, 0, 0, 1])
+    gold = np.array([1, 0, 0, 1, 1])
+    scores = task.score(pred, gold)
+    assert scores["accuracy"] == pytest.approx(3 / 5)
+    # tp=2, fp=1, fn=1 -> precision 2/3, recall 2/3, f1 2/3
+    assert scores["f1"] == pytest.approx(2 / 3)
+    assert list(scores) == ["accuracy", "f1"]
+
+
+def test_matthews_correlation():
+    task = get_task("cola")
+    pred = np.array([1, 1, 0, 0, 1, 0])
+    gold = np.array([1, 0, 0, 1, 1, 0])
+    tp, tn, fp, fn = 2, 2, 1, 1
+    expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert task.score(pred, gold)["mcc"] == pytest.approx(expected)
+    assert task.score(np.ones(6, int), gold)["mcc"] == 0.0  # majority-class predictions
+
+
+def test_pearson_and_spearman():
+    task = get_task("stsb")
+    gold = np.array([0.0, 1.0, 2.0, 3.0])
+    pred = np.array([0.0, 2.0, 4.0, 7.0])
+    scores = task.score(pred, gold)
+    xm, ym = pred - pred.mean(), gold - gold.mean()
+    assert scores["pearson"] == pytest.approx((xm @ ym) / math.sqrt((xm @ xm) * (ym @ ym)))
+    assert scores["spearman"] == pytest.approx(1.0)  # monotone
+    assert task.score(np.array([1.0, 1, 1, 1]), gold) == {"pearson": 0.0, "spearman": 0.0}
+
+
+def test_trec_accuracy_six_classes():
+    task = get_task("trec")
+    assert task.score(np.array([0, 5, 3, 2]), np.array([0, 5, 3, 1]))["accuracy"] == pytest.approx(0.75)
