@@ -71,6 +71,10 @@ class Method(ABC):
                 "apply the method with the same options before loading"
             )
 
+    def head_parameter_names(self, model: nn.Module) -> set[str]:
+        """Names of the task-head parameters (trained by every method, counted apart)."""
+        return head_parameter_names(model)
+
     def extra_sequence_length(self, model: nn.Module) -> int:
         """Extra key/value positions attention sees (prefix-tuning's prefix length)."""
         return 0
@@ -211,15 +215,14 @@ def apply_method(method: Method, model: nn.Module, knob_value, options: Mapping 
     knob_value = method.check_knob(knob_value)
     base = base_parameter_count(model)
     model = method.apply(model, knob_value, **dict(options or {}))
-    head = head_parameter_names(model)
+    head = method.head_parameter_names(model)
     for n, p in model.named_parameters():
         if n in head:
             p.requires_grad_(True)
-    return model, count_parameters(model, base)
+    return model, count_parameters(model, base, head)
 
 
-def count_parameters(model: nn.Module, base: int) -> ParamCounts:
-    head = head_parameter_names(model)
+def count_parameters(model: nn.Module, base: int, head: set[str]) -> ParamCounts:
     method_n = head_n = 0
     for n, p in model.named_parameters():
         if p.requires_grad:

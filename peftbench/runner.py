@@ -79,7 +79,20 @@ def environment(device: str) -> dict:
     }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
+    env["matmul_gflops"] = matmul_gflops(device)
     return env
+
+
+def matmul_gflops(device: str, n: int = 1024, seconds: float = 0.3) -> float:
+    """fp32 matmul throughput right now: how fast (and how loaded) this machine was."""
+    a = torch.randn(n, n, device=device)
+    reps, start = 0, time.perf_counter()
+    (a @ a).sum().item()  # warm-up
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        (a @ a).sum().item()
+        reps += 1
+    return round(2 * n**3 * reps / (time.perf_counter() - start) / 1e9, 1)
 
 
 def _progress_bar(label: str, enabled: bool):
@@ -100,7 +113,7 @@ def _progress_bar(label: str, enabled: bool):
 
 def _run(spec: dict, out: Path, progress: bool) -> dict:
     from . import data as datamod
-    from .measure import checkpoint_bytes, time_interleaved
+    from .measure import checkpoint_bytes
     from .method import apply_method
     from .models import load_model, load_tokenizer
     from .plugins import get_method, get_task, load_plugins
@@ -210,13 +223,12 @@ def measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat) 
         out["merged_max_abs_diff"] = float((after - before).abs().max())
         out["merged_is_plain"] = [type(m) for m in merged.modules()] == [type(m) for m in base.modules()]
         models["merged"] = merged
-    candidates = {}
-    for size, batch in batches.items():
-        for name, m in models.items():
-            candidates[f"{name}_{size}"] = (lambda m=m, b=batch: m(**b))
-    timings = time_interleaved(
-        candidates, device, min_reps=lat["min_reps"], min_time_s=lat["min_time_s"], warmup=lat["warmup"]
-    )
+    timings = {}
+    for size, batch in batches.items():  # one interleaved session per batch size
+        candidates = {f"{name}_{size}": (lambda m=m, b=batch: m(**b)) for name, m in models.items()}
+        timings.update(time_interleaved(
+            candidates, device, min_reps=lat["min_reps"], min_time_s=lat["min_time_s"], warmup=lat["warmup"]
+        ))
     out["timings"] = timings
     for size in sizes:
         base_ms = timings[f"base_{size}"]["median_ms"]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import batch, make_model
 from peftbench.errors import UnsupportedModel
 from peftbench.measure import checkpoint_bytes
-from peftbench.method import apply_method, head_parameter_names
+from peftbench.method import apply_method
 from peftbench.plugins import get_methods
 
 METHODS = get_methods()
@@ -59,7 +59,7 @@ def test_only_method_and_head_change(name, family):
     method, model, counts = _prepared(name, family)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    head = head_parameter_names(model)
+    head = method.head_parameter_names(model)
     assert head and head <= trainable, "the head must be trainable for every method"
     assert counts.method > 0 and counts.head == sum(p.numel() for n, p in model.named_parameters() if n in head)
     _train(model)
@@ -124,7 +124,7 @@ def test_bitfit_trains_exactly_the_biases(family):
     except UnsupportedModel as e:
         assert family == "llama" and "no bias terms" in str(e)
         return
-    head = head_parameter_names(model)
+    head = METHODS["bitfit"].head_parameter_names(model)
     assert {n for n, p in model.named_parameters() if p.requires_grad} - head == {
         n for n, _ in model.named_parameters() if n.endswith(".bias") and n not in head
     }

@@ -1,0 +1,202 @@
+"""Inference-latency benchmark in the shape of the LoRA paper's Table 1.
+
+Base model, LoRA unmerged, LoRA merged, Houlsby and Pfeiffer adapters and prefix-tuning,
+each at the same trainable-parameter budget (default: what LoRA r=8 trains), timed
+interleaved in one process per (sequence length, batch size) so that every ratio to the
+base model is a same-run ratio. Inputs are real SST-2 dev sentences padded/truncated to the
+sequence length (random token ids when no data folder is set).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import sys
+
+import torch
+
+from .budget import Counter, budget_params, parse_budget, solve
+from .measure import time_interleaved
+from .method import apply_method
+from .models import load_config, load_model, load_tokenizer, meta_model
+from .plugins import get_methods, get_task
+from .runner import environment, resolve_device
+
+VARIANTS = [  # (label, method, options)
+    ("LoRA (unmerged)", "lora", {}),
+    ("LoRA (merged)", "lora", {}),
+    ("Adapter (Houlsby)", "adapter", {"placement": "houlsby"}),
+    ("Adapter (Pfeiffer)", "adapter", {"placement": "pfeiffer"}),
+    ("Prefix", "prefix", {}),
+]
+
+
+def build_models(model_id: str, budget_text: str, device: str):
+    methods = get_methods()
+    task = get_task("sst2")
+    tokenizer = load_tokenizer(model_id)
+    counter = Counter(meta_model(load_config(model_id)))
+    target = budget_params(parse_budget(budget_text), counter, lambda spec: (methods[spec.split("[")[0]], {}))
+    torch.manual_seed(0)
+    base = load_model(model_id, task, tokenizer, device).eval()
+    models = {"Base": (base, None, None)}
+    for label, name, options in VARIANTS:
+        method = methods[name]
+        sol = solve(method, options, target, counter)
+        model, counts = apply_method(method, copy.deepcopy(base), sol.knob_value, options)
+        with torch.no_grad():  # non-zero LoRA B / adapter up-projection: a trained-like state
+            for n, p in model.named_parameters():
+                if p.requires_grad and ("lora_B" in n or ".up." in n):
+                    p.normal_(std=0.01)
+        if label == "LoRA (merged)":
+            model = method.merge(model)
+        models[label] = (model.eval(), sol, counts)
+    return models, tokenizer, target
+
+
+def inputs_for(tokenizer, data_dir, batch, seq_len, device):
+    from .tasks import load_task_data
+
+    try:
+        frame = load_task_data(get_task("sst2"), data_dir).eval
+        texts = frame.text_a.tolist()[:batch]
+    except Exception:
+        texts = None
+    if texts:
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        return {k: v.to(device) for k, v in enc.items()}
+    ids = torch.randint(1000, 2000, (batch, seq_len), device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def run(model_id="minilm", budget="lora:r=8", batch_sizes=(1, 8, 32), seq_lens=(64, 128), min_time_s=2.0,
+        min_reps=20, repeats=2, device="auto", data_dir=None, log=print):
+    device = resolve_device(device)
+    models, tokenizer, target = build_models(model_id, budget, device)
+    results = []  # (repeat, seq, batch, label, stats)
+    for rep in range(repeats):
+        for seq in seq_lens:
+            for bs in batch_sizes:
+                batch = inputs_for(tokenizer, data_dir, bs, seq, device)
+                cands = {label: (lambda m=m, b=batch: m(**b)) for label, (m, _, _) in models.items()}
+                stats = time_interleaved(cands, device, min_reps=min_reps, min_time_s=min_time_s, warmup=3)
+                for label, s in stats.items():
+                    results.append((rep, seq, bs, label, s))
+                log(f"repeat {rep + 1}/{repeats} seq {seq} batch {bs}: " + ", ".join(
+                    f"{k} {v['median_ms']:.1f}ms" for k, v in stats.items()))
+    return models, target, results, environment(device)
+
+
+def to_markdown(models, target, results, env, command, model_id="minilm") -> str:
+    labels = list(models)
+    seqs = sorted({r[1] for r in results})
+    sizes = sorted({r[2] for r in results})
+    repeats = sorted({r[0] for r in results})
+    get = {(r[0], r[1], r[2], r[3]): r[4] for r in results}
+    lines = [
+        "# Inference latency: base vs LoRA (unmerged / merged) vs adapters vs prefix",
+        "",
+        f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `{command}`.",
+        "",
+        f"Machine: device {env.get('device')}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, torch {env['torch']}, transformers {env['transformers']}, "
+        f"{env['torch_threads']} torch threads, {env['cpu_count']} CPUs ({env['machine']}), fp32 matmul "
+        f"{env['matmul_gflops']} GFLOP/s at the start; peftbench {env['peftbench']} ({env.get('git_commit') or 'no git'}); model {model_id}.",
+        "",
+        f"Every method at the same budget: {target:,} trainable parameters of its own (what LoRA r=8 on "
+        "query+value trains). Cells: median ms ± IQR over at least 20 timed forward passes and 2 s "
+        "per candidate, candidates interleaved in one process, after 3 warm-up passes; in brackets "
+        "the ratio to the base model from the same session. Inputs: SST-2 dev sentences padded to "
+        "the sequence length.",
+        "",
+        "| method | size | trainable |",
+        "|---|---|---|",
+    ]
+    for label, (_, sol, counts) in models.items():
+        if sol is None:
+            lines.append(f"| {label} | - | 0 |")
+        else:
+            lines.append(f"| {label} | {sol.knob}={sol.knob_value} | {counts.method:,} ({sol.deviation_pct:+.1f}%) |")
+    for rep in repeats:
+        for seq in seqs:
+            lines += ["", f"### Sequence length {seq}" + (f" (repeat {rep + 1} of {len(repeats)})" if len(repeats) > 1 else ""), ""]
+            lines.append("| method | " + " | ".join(f"batch {b}" for b in sizes) + " |")
+            lines.append("|---|" + "---|" * len(sizes))
+            for label in labels:
+                cells = []
+                for b in sizes:
+                    s, base = get[(rep, seq, b, label)], get[(rep, seq, b, "Base")]
+                    cells.append(f"{s['median_ms']:.1f} ± {s['iqr_ms']:.1f} ({s['median_ms'] / base['median_ms']:.2f}x)")
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if len(repeats) > 1:
+        lines += ["", "### Agreement between repeats", "",
+                  "Ratio to base per repeat; `within IQR` says whether the two medians differ by less than "
+                  "the larger IQR of the two.", "",
+                  "| seq | batch | method | ratios | medians ms | within IQR |", "|---|---|---|---|---|---|"]
+        for seq in seqs:
+            for b in sizes:
+                for label in labels:
+                    ss = [get[(r, seq, b, label)] for r in repeats]
+                    bs = [get[(r, seq, b, "Base")] for r in repeats]
+                    ratios = " / ".join(f"{s['median_ms'] / x['median_ms']:.3f}" for s, x in zip(ss, bs))
+                    meds = " / ".join(f"{s['median_ms']:.1f}" for s in ss)
+                    ok = abs(ss[0]["median_ms"] - ss[-1]["median_ms"]) <= max(s["iqr_ms"] for s in ss)
+                    lines.append(f"| {seq} | {b} | {label} | {ratios} | {meds} | {'yes' if ok else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(models, results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rep = 0
+    seqs = sorted({r[1] for r in results})
+    sizes = sorted({r[2] for r in results})
+    get = {(r[0], r[1], r[2], r[3]): r[4] for r in results}
+    fig, axes = plt.subplots(1, len(seqs), figsize=(6 * len(seqs), 4), squeeze=False)
+    labels = [l for l in models if l != "Base"]
+    for ax, seq in zip(axes[0], seqs):
+        width = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            ratios = [get[(rep, seq, b, label)]["median_ms"] / get[(rep, seq, b, "Base")]["median_ms"] for b in sizes]
+            ax.bar([j + i * width for j in range(len(sizes))], ratios, width, label=label)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], [f"batch {b}" for b in sizes])
+        ax.set_ylabel("latency / base (same session)")
+        ax.set_title(f"sequence length {seq}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    import argparse
+    from pathlib import Path
+
+    from .models import quiet_transformers
+    from .records import write_atomic
+
+    quiet_transformers()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--budget", default="lora:r=8")
+    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--seq-lens", default="64,128")
+    p.add_argument("--min-time", type=float, default=2.0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="results/latency.md")
+    args = p.parse_args(argv)
+    command = "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    models, target, results, env = run(
+        args.model, args.budget, tuple(int(x) for x in args.batch_sizes.split(",")),
+        tuple(int(x) for x in args.seq_lens.split(",")), args.min_time, 20, args.repeats, args.device, args.data_dir,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    out = Path(args.out)
+    write_atomic(out, to_markdown(models, target, results, env, command.strip(), args.model), text=True)
+    plot(models, results, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}", file=sys.stderr)

@@ -1,0 +1,108 @@
+"""The HF peft bridge: parity of peft-lora with the native LoRA, options, errors."""
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from conftest import batch, make_model  # noqa: E402
+from peftbench.budget import Counter, solve  # noqa: E402
+from peftbench.errors import PeftbenchError, UnsupportedModel  # noqa: E402
+from peftbench.method import apply_method  # noqa: E402
+from peftbench.plugins import get_methods  # noqa: E402
+
+METHODS = get_methods()
+NATIVE, PEFT = METHODS["lora"], METHODS["peft-lora"]
+
+
+def _pair(family, r=4, **opts):
+    native, n_counts = apply_method(NATIVE, make_model(family), r, {"dropout": 0, **opts.get("native", {})})
+    bridged, p_counts = apply_method(PEFT, make_model(family), r, {"lora_dropout": 0, **opts.get("peft", {})})
+    return native, n_counts, bridged, p_counts
+
+
+def _copy_native_into_peft(native, bridged):
+    peft_params = dict(bridged.named_parameters())
+    copied = 0
+    for name, p in native.named_parameters():
+        if ".lora_" in name:
+            stem, which = name.rsplit(".lora_", 1)
+            with torch.no_grad():
+                p.normal_()  # make B non-zero so that the update matters
+                peft_params[f"{stem}.base_layer.weight"]  # same layer in peft
+                peft_params[f"{stem}.lora_{which}.default.weight"].copy_(p)
+            copied += 1
+        elif not name.startswith(("bert.", "transformer.", "model.")):  # the head
+            with torch.no_grad():
+                peft_params[name].copy_(p)
+    return copied
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_native_and_peft_lora_agree(family):
+    native, n_counts, bridged, p_counts = _pair(family)
+    assert n_counts == p_counts
+    assert _copy_native_into_peft(native, bridged) == 2 * (2 if family != "gpt2" else 1) * 2
+    inputs = {k: v for k, v in batch().items() if k != "labels"}
+    native.eval(), bridged.eval()
+    with torch.no_grad():
+        a, b = native(**inputs).logits, bridged(**inputs).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        merged_n = NATIVE.merge(copy.deepcopy(native))(**inputs).logits
+        merged_p = PEFT.merge(copy.deepcopy(bridged))(**inputs).logits
+    torch.testing.assert_close(merged_n, a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merged_p, b, atol=1e-5, rtol=1e-5)
+
+
+def test_identical_training_steps_give_the_same_losses():
+    native, _, bridged, _ = _pair("bert")
+    _copy_native_into_peft(native, bridged)
+    losses = []
+    for model in (native, bridged):
+        torch.manual_seed(0)  # the base model's own dropout draws the same masks
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        run = []
+        for step in range(5):
+            loss = model(**batch(seed=20 + step)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            run.append(loss.item())
+        losses.append(run)
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-5, rtol=1e-5)
+
+
+def test_options_pass_through_and_unknown_ones_are_rejected():
+    _, counts = apply_method(PEFT, make_model("bert"), 2, {"target_modules": "query,key,value", "lora_alpha": "32"})
+    _, native = apply_method(NATIVE, make_model("bert"), 2, {"target_modules": "q,k,v"})
+    assert counts.method == native.method
+    with pytest.raises(PeftbenchError, match="unknown option 'lora_alpah'.*did you mean lora_alpha"):
+        PEFT.options(lora_alpah="3")
+
+
+def test_inapplicable_method_is_a_one_line_error():
+    with pytest.raises(UnsupportedModel, match="peft-loha: peft cannot apply LoHaConfig to GPT2ForSequenceClassification"):
+        apply_method(METHODS["peft-loha"], make_model("gpt2"), 2)
+
+
+def test_budget_solver_treats_peft_lora_like_native():
+    model = make_model("bert")
+    with torch.device("meta"):
+        meta = type(model)(model.config)
+    counter = Counter(meta)
+    for target in (500, 2000, 5000):
+        assert solve(PEFT, {}, target, counter).knob_value == solve(NATIVE, {}, target, counter).knob_value
+
+
+def test_prefix_counts_native_vs_peft():
+    """Both learn length x layers x 2 (key, value) x kv-heads x head-dim values (GQA-aware
+    on LLaMA); peft's head is a trained copy of the same size."""
+    for family, kv_width in (("bert", 32), ("llama", 2 * 8)):
+        _, native = apply_method(METHODS["prefix"], make_model(family), 5)
+        _, bridged = apply_method(METHODS["peft-prefix"], make_model(family), 5)
+        assert bridged.head == native.head
+        assert bridged.method == native.method == 5 * 2 * 2 * kv_width
