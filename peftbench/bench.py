@@ -21,6 +21,7 @@ from .method import apply_method
 from .models import load_config, load_model, load_tokenizer, meta_model
 from .plugins import get_methods, get_task
 from .runner import environment, resolve_device
+from .sweep import reference_resolver
 
 VARIANTS = [  # (label, method, options)
     ("LoRA (unmerged)", "lora", {}),
@@ -36,7 +37,7 @@ def build_models(model_id: str, budget_text: str, device: str):
     task = get_task("sst2")
     tokenizer = load_tokenizer(model_id)
     counter = Counter(meta_model(load_config(model_id)))
-    target = budget_params(parse_budget(budget_text), counter, lambda spec: (methods[spec.split("[")[0]], {}))
+    target = budget_params(parse_budget(budget_text), counter, reference_resolver(methods))
     torch.manual_seed(0)
     base = load_model(model_id, task, tokenizer, device).eval()
     models = {"Base": (base, None, None)}
@@ -128,19 +129,32 @@ def to_markdown(models, target, results, env, command, model_id="minilm") -> str
                     cells.append(f"{s['median_ms']:.1f} ± {s['iqr_ms']:.1f} ({s['median_ms'] / base['median_ms']:.2f}x)")
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if len(repeats) > 1:
+        first, last = repeats[0], repeats[-1]
+        drift = [get[(last, q, b, "Base")]["median_ms"] / get[(first, q, b, "Base")]["median_ms"] for q in seqs for b in sizes]
         lines += ["", "### Agreement between repeats", "",
-                  "Ratio to base per repeat; `within IQR` says whether the two medians differ by less than "
-                  "the larger IQR of the two.", "",
-                  "| seq | batch | method | ratios | medians ms | within IQR |", "|---|---|---|---|---|---|"]
+                  f"The machine's speed drifts: the base model's median changed by {min(drift) - 1:+.0%} to "
+                  f"{max(drift) - 1:+.0%} between repeats, so absolute milliseconds from different sessions are "
+                  "not comparable; the same-session ratios to base are. `noise` is the ratio's own noise band "
+                  "(its relative IQR plus the base's, times the ratio, the larger of the two repeats); `agree` "
+                  "says whether the two ratios differ by less than that.", "",
+                  "| seq | batch | method | ratio repeat 1 / 2 | difference | noise | agree |", "|---|---|---|---|---|---|---|"]
+        n_agree = n_total = 0
         for seq in seqs:
             for b in sizes:
-                for label in labels:
-                    ss = [get[(r, seq, b, label)] for r in repeats]
-                    bs = [get[(r, seq, b, "Base")] for r in repeats]
-                    ratios = " / ".join(f"{s['median_ms'] / x['median_ms']:.3f}" for s, x in zip(ss, bs))
-                    meds = " / ".join(f"{s['median_ms']:.1f}" for s in ss)
-                    ok = abs(ss[0]["median_ms"] - ss[-1]["median_ms"]) <= max(s["iqr_ms"] for s in ss)
-                    lines.append(f"| {seq} | {b} | {label} | {ratios} | {meds} | {'yes' if ok else 'no'} |")
+                for label in labels[1:]:
+                    ratios, bands = [], []
+                    for r in (first, last):
+                        s_, x = get[(r, seq, b, label)], get[(r, seq, b, "Base")]
+                        ratio = s_["median_ms"] / x["median_ms"]
+                        ratios.append(ratio)
+                        bands.append(ratio * (s_["iqr_ms"] / s_["median_ms"] + x["iqr_ms"] / x["median_ms"]))
+                    diff = abs(ratios[0] - ratios[1])
+                    ok = diff <= max(bands)
+                    n_agree += ok
+                    n_total += 1
+                    lines.append(f"| {seq} | {b} | {label} | {ratios[0]:.3f} / {ratios[1]:.3f} | {diff:.3f} | "
+                                 f"{max(bands):.3f} | {'yes' if ok else 'no'} |")
+        lines += ["", f"{n_agree} of {n_total} ratios agree between the repeats within their noise."]
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +176,7 @@ def plot(models, results, path):
             ratios = [get[(rep, seq, b, label)]["median_ms"] / get[(rep, seq, b, "Base")]["median_ms"] for b in sizes]
             ax.bar([j + i * width for j in range(len(sizes))], ratios, width, label=label)
         ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_ylim(0.9, None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], [f"batch {b}" for b in sizes])
         ax.set_ylabel("latency / base (same session)")
         ax.set_title(f"sequence length {seq}")
@@ -198,5 +213,8 @@ def main(argv=None):
     )
     out = Path(args.out)
     write_atomic(out, to_markdown(models, target, results, env, command.strip(), args.model), text=True)
+    write_atomic(out.with_suffix(".json"), {"command": command.strip(), "env": env, "budget_params": target,
+                                            "results": [dict(zip(("repeat", "seq_len", "batch", "method", "stats"), r))
+                                                        for r in results]})
     plot(models, results, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}", file=sys.stderr)
+    print(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.png')}", file=sys.stderr)

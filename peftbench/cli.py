@@ -105,21 +105,16 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
     from .budget import Counter, budget_params, parse_budgets, solve
     from .models import load_config, meta_model
     from .plugins import get_methods
-    from .sweep import parse_method_spec, parse_methods
+    from .sweep import parse_methods, reference_resolver
 
     _load(_plugins(ctx, plugin_files))
     all_methods = get_methods()
     choices = parse_methods(methods_, all_methods)
     budgets = parse_budgets(budget)
     counter = Counter(meta_model(load_config(model)))
-
-    def resolve_ref(spec):
-        ref = parse_method_spec(spec, all_methods)
-        return ref.method, ref.options
-
     solutions = []
     for b in budgets:
-        target = budget_params(b, counter, resolve_ref)
+        target = budget_params(b, counter, reference_resolver(all_methods))
         for c in choices:
             solutions.append((b.text, solve(c.method, c.options, target, counter, c.label)))
     if fmt == "csv":

@@ -64,6 +64,16 @@ def parse_method_spec(text: str, methods: dict) -> MethodChoice:
     return MethodChoice(method, options_dict(resolved), label)
 
 
+def reference_resolver(methods: dict):
+    """For budgets like ``adapter[placement=pfeiffer]:bottleneck=8``: spec -> (method, options)."""
+
+    def resolve(spec: str):
+        ref = parse_method_spec(spec, methods)
+        return ref.method, ref.options
+
+    return resolve
+
+
 def parse_methods(text: str, methods: dict) -> list[MethodChoice]:
     choices, seen = [], set()
     for part in split_top(text):
@@ -182,11 +192,7 @@ def plan(s: SweepSettings) -> Plan:
     budget_text = s.budget if s.budget is not None else (None if knobs.get("*") else DEFAULT_BUDGET)
     budgets: list[Budget] = [] if budget_text in (None, "none") else parse_budgets(budget_text)
     counter = Counter(meta_model(config)) if budgets else None
-
-    def resolve_ref(spec):
-        ref = parse_method_spec(spec, methods)
-        return ref.method, ref.options
-
+    resolve_ref = reference_resolver(methods)
     sizings = []  # (choice, knob_value, budget_text, budget_params)
     solutions = []
     for c in choices:
