@@ -286,6 +286,7 @@ def plot(summary: pd.DataFrame, path) -> None:
         ax.bar(x - 0.2, unmerged, 0.4, label="unmerged")
         ax.bar(x + 0.2, merged, 0.4, label="merged")
         ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_ylim(0.9, None)
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("batch-1 latency / base (same run)")
         ax.set_title(f"{task}: inference latency vs base")
