@@ -21,10 +21,11 @@ def cache_dir() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    digest = hashlib.sha256(f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{len(tokenizer)}".encode())
+    """Identifies what the tokenizer does (its full serialised definition when it has one),
+    not where it is installed."""
+    digest = hashlib.sha256(f"{type(tokenizer).__name__}:{len(tokenizer)}".encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        digest.update(backend.to_str().encode())
+    digest.update(backend.to_str().encode() if backend is not None else str(tokenizer.name_or_path).encode())
     return digest.hexdigest()[:16]
 
 

@@ -183,7 +183,7 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "±": _n(r.metric_std, "{:.4f}"), "seeds": int(r.n_seeds),
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
-            "peak MB ↓": _n(r.peak_mem_mb, "{:,.0f}"),
+            "peak MB ↓ (Δ train)": f"{_n(r.peak_mem_mb, '{:,.0f}')} (+{_n(r.peak_mem_delta_mb, '{:,.0f}')})" if pd.notna(r.peak_mem_mb) else "",
             "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_base_b1_ms),
             "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_base_b1_ms),
             f"bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_base_bN_ms),
@@ -219,6 +219,9 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "Settings: " + "; ".join(setup_lines(summary)) + ".",
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
+        "Peak MB: the run process's peak memory during training (CPU: resident set size; CUDA: "
+        "max allocated); Δ train: its growth over the moment training started, which excludes "
+        "what loading and data preparation left behind. "
         "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
         "(ratio to the base model timed in the same process); bN = batch N. Throughput and "
         "latency in ms come from separate runs: compare them across rows only as far as the "
