@@ -16,6 +16,7 @@ import sys
 import torch
 
 from .budget import Counter, budget_params, parse_budget, solve
+from .errors import PeftbenchError
 from .measure import time_interleaved
 from .method import apply_method
 from .models import load_config, load_model, load_tokenizer, meta_model
@@ -55,37 +56,41 @@ def build_models(model_id: str, budget_text: str, device: str):
     return models, tokenizer, target
 
 
-def inputs_for(tokenizer, data_dir, batch, seq_len, device):
+def input_texts(data_dir, random_inputs=False):
+    """SST-2 dev sentences (an error when the data is missing), or None for --random-inputs."""
     from .tasks import load_task_data
 
-    try:
-        frame = load_task_data(get_task("sst2"), data_dir).eval
-        texts = frame.text_a.tolist()[:batch]
-    except Exception:
-        texts = None
+    if random_inputs:
+        return None, "random token ids (--random-inputs), full attention mask"
+    data = load_task_data(get_task("sst2"), data_dir)
+    return data.eval.text_a.tolist(), f"SST-2 dev sentences from {data.source}, padded to the sequence length"
+
+
+def inputs_for(tokenizer, texts, batch, seq_len, device):
     if texts:
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        enc = tokenizer(texts[:batch], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
         return {k: v.to(device) for k, v in enc.items()}
     ids = torch.randint(1000, 2000, (batch, seq_len), device=device)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def run(model_id="minilm", budget="lora:r=8", batch_sizes=(1, 8, 32), seq_lens=(64, 128), min_time_s=2.0,
-        min_reps=20, repeats=2, device="auto", data_dir=None, log=print):
+        min_reps=20, repeats=2, device="auto", data_dir=None, log=print, random_inputs=False):
     device = resolve_device(device)
+    texts, source = input_texts(data_dir, random_inputs)
     models, tokenizer, target = build_models(model_id, budget, device)
     results = []  # (repeat, seq, batch, label, stats)
     for rep in range(repeats):
         for seq in seq_lens:
             for bs in batch_sizes:
-                batch = inputs_for(tokenizer, data_dir, bs, seq, device)
+                batch = inputs_for(tokenizer, texts, bs, seq, device)
                 cands = {label: (lambda m=m, b=batch: m(**b)) for label, (m, _, _) in models.items()}
                 stats = time_interleaved(cands, device, min_reps=min_reps, min_time_s=min_time_s, warmup=3)
                 for label, s in stats.items():
                     results.append((rep, seq, bs, label, s))
                 log(f"repeat {rep + 1}/{repeats} seq {seq} batch {bs}: " + ", ".join(
                     f"{k} {v['median_ms']:.1f}ms" for k, v in stats.items()))
-    return models, target, results, environment(device)
+    return models, target, results, {**environment(device), "inputs": source}
 
 
 def to_markdown(models, target, results, env, command, model_id="minilm") -> str:
@@ -106,8 +111,7 @@ def to_markdown(models, target, results, env, command, model_id="minilm") -> str
         f"Every method at the same budget: {target:,} trainable parameters of its own (what LoRA r=8 on "
         "query+value trains). Cells: median ms ± IQR over at least 20 timed forward passes and 2 s "
         "per candidate, candidates interleaved in one process, after 3 warm-up passes; in brackets "
-        "the ratio to the base model from the same session. Inputs: SST-2 dev sentences padded to "
-        "the sequence length.",
+        f"the ratio to the base model from the same session. Inputs: {env.get('inputs', '?')}.",
         "",
         "| method | size | trainable |",
         "|---|---|---|",
@@ -203,14 +207,19 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--random-inputs", action="store_true", help="time random token ids instead of SST-2 sentences")
     p.add_argument("--out", default="results/latency.md")
     args = p.parse_args(argv)
     command = "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    models, target, results, env = run(
-        args.model, args.budget, tuple(int(x) for x in args.batch_sizes.split(",")),
-        tuple(int(x) for x in args.seq_lens.split(",")), args.min_time, 20, args.repeats, args.device, args.data_dir,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
-    )
+    try:
+        models, target, results, env = run(
+            args.model, args.budget, tuple(int(x) for x in args.batch_sizes.split(",")),
+            tuple(int(x) for x in args.seq_lens.split(",")), args.min_time, 20, args.repeats, args.device, args.data_dir,
+            log=lambda m: print(m, file=sys.stderr, flush=True), random_inputs=args.random_inputs,
+        )
+    except PeftbenchError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out)
     write_atomic(out, to_markdown(models, target, results, env, command.strip(), args.model), text=True)
     write_atomic(out.with_suffix(".json"), {"command": command.strip(), "env": env, "budget_params": target,

@@ -29,6 +29,7 @@ class Budget:
     percent: float | None = None  # of the base model's parameters
     ref_spec: str | None = None  # "lora" or "lora[alpha=32]"
     ref_knob: int | None = None
+    ref_knob_name: str | None = None  # "r" in lora:r=8
 
 
 def split_top(text: str) -> list[str]:
@@ -67,7 +68,7 @@ def parse_budget(text: str) -> Budget:
         return Budget(t, count=value)
     ref = re.match(r"^(.+):(\w+)=(\d+)$", t)
     if ref:
-        return Budget(t, ref_spec=ref.group(1), ref_knob=int(ref.group(3)))
+        return Budget(t, ref_spec=ref.group(1), ref_knob=int(ref.group(3)), ref_knob_name=ref.group(2))
     raise PeftbenchError(f"--budget {text!r} is not understood; {hint}")
 
 
@@ -115,6 +116,13 @@ def budget_params(budget: Budget, counter: Counter, resolve_ref) -> int:
         n = int(round(counter.base * budget.percent / 100))
     else:
         method, options = resolve_ref(budget.ref_spec)
+        if method.knob is None:
+            raise PeftbenchError(f"--budget {budget.text}: {method.name} has no size knob; use a method with one, e.g. lora:r=8")
+        if budget.ref_knob_name and budget.ref_knob_name != method.knob:
+            raise PeftbenchError(
+                f"--budget {budget.text}: {method.name}'s knob is {method.knob}, not {budget.ref_knob_name}; "
+                f"write {budget.ref_spec}:{method.knob}={budget.ref_knob}"
+            )
         n = counter.count(method, options, method.check_knob(budget.ref_knob))
     if n > counter.base:
         raise PeftbenchError(
@@ -148,17 +156,30 @@ def solve(method, options: dict, target: int, counter: Counter, label: str | Non
         best = hi if lo < 1 or abs(count(hi) - target) < abs(count(lo) - target) else lo
     solution = Solution(label, method.knob, best, count(best), target, fixed=False)
     if abs(solution.deviation_pct) > MAX_DEVIATION_PCT:
-        if solution.params > target:
-            reach = f"its smallest count, at {method.knob}=1, is {count(1):,}"
-        elif best >= KNOB_CAP:
-            reach = f"its largest count, at {method.knob}={best}, is {solution.params:,}"
-        else:
-            reach = f"its closest count, at {method.knob}={best}, is {solution.params:,}"
+        k_max = _largest_knob_within(count, counter.base)
+        largest = f"{count(k_max):,} at {method.knob}={k_max}" if k_max else "none within the model's size"
+        closest = "" if best in (1, k_max) else f"; the closest is {solution.params:,} at {method.knob}={best}"
         raise PeftbenchError(
-            f"budget {target:,} is out of reach for {label} (within {MAX_DEVIATION_PCT:.0f}%): {reach} "
-            f"({solution.deviation_pct:+.1f}%); choose a budget it can reach"
+            f"budget {target:,} is out of reach for {label} (within {MAX_DEVIATION_PCT:.0f}%): its counts run from "
+            f"{count(1):,} at {method.knob}=1 to {largest}{closest} ({solution.deviation_pct:+.1f}%); "
+            "choose a budget in that range"
         )
     return solution
+
+
+def _largest_knob_within(count, limit: int) -> int | None:
+    """The largest knob whose count does not exceed ``limit`` (the base model's size), by bisection."""
+    if count(1) > limit:
+        return None
+    lo, hi = 1, 2
+    while count(hi) <= limit and hi < KNOB_CAP:
+        lo, hi = hi, hi * 2
+    if count(hi) <= limit:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) <= limit else (lo, mid)
+    return lo
 
 
 def brute_force(method, options, target, counter) -> int:

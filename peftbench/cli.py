@@ -118,10 +118,16 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
         for c in choices:
             solutions.append((b.text, solve(c.method, c.options, target, counter, c.label)))
     if fmt == "csv":
-        click.echo("method,knob,knob_value,params,budget,deviation_pct,fixed,budget_spec")
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")  # quotes labels such as lora[target_modules=q,v]
+        writer.writerow(["method", "knob", "knob_value", "params", "budget", "deviation_pct", "fixed", "budget_spec"])
         for btext, s in solutions:
-            click.echo(f"{s.method},{s.knob or ''},{'' if s.knob_value is None else s.knob_value},{s.params},"
-                       f"{s.budget},{s.deviation_pct:.3f},{str(s.fixed).lower()},{btext}")
+            writer.writerow([s.method, s.knob or "", "" if s.knob_value is None else s.knob_value, s.params,
+                             s.budget, f"{s.deviation_pct:.3f}", str(s.fixed).lower(), btext])
+        click.echo(buf.getvalue(), nl=False)
     else:
         click.echo(f"model {model}: {counter.base:,} base parameters (head excluded)")
         _print_rows(_budget_rows(solutions))
@@ -201,11 +207,14 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     def warn(msg):
         click.echo(f"warning: {msg}", err=True)
 
+    def on_start(result, n_todo):
+        if result.skipped_ok or result.skipped_failed:
+            click.echo(f"skipping {result.skipped_ok} run(s) with an ok record"
+                       + (f" and {result.skipped_failed} earlier failure(s) (--rerun-failed retries them)"
+                          if result.skipped_failed else "") + f"; {n_todo} to run", err=True)
+
     result = run_sweep(the_plan.specs, out, rerun_failed=rerun_failed, force=force, timeout=timeout_per_run,
-                       progress=progress, on_record=on_record, warn=warn)
-    if result.skipped_ok or result.skipped_failed:
-        click.echo(f"skipped {result.skipped_ok} run(s) with an ok record"
-                   + (f" and {result.skipped_failed} earlier failure(s) (--rerun-failed retries them)" if result.skipped_failed else ""), err=True)
+                       progress=progress, on_record=on_record, on_start=on_start, warn=warn)
     click.echo(report.to_markdown(report.summarize(report.records_frame(result.records))))
     bad = [r for r in result.records if r["status"] != "ok"]
     click.echo(f"{len(result.records) - len(bad)} of {len(result.records)} run(s) ok; records in {out}/records", err=True)

@@ -56,6 +56,11 @@ class Method(ABC):
         with the method folded into the base weights."""
         return model
 
+    def on_train_start(self, model: nn.Module, total_steps: int):
+        """Called once before training. May return ``after_step(step)``, called after every
+        optimizer step while the gradients are still there (e.g. AdaLoRA's rank allocation)."""
+        return None
+
     def finalize(self, model: nn.Module) -> None:
         """Called once after training (e.g. fold a reparameterisation)."""
 

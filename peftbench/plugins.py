@@ -96,10 +96,35 @@ def load_plugin_file(path) -> str:
             f"plugin file {path} defines no peftbench hooks; decorate peftbench_register_methods"
             " (or peftbench_register_tasks) with @peftbench.hookimpl"
         )
+    registered = []
+    for hook in hooks:
+        fn = getattr(module, hook)
+        _call_hook(fn, str(path), lambda obj: registered.append(obj))
+    if not registered:
+        raise PluginError(
+            f"plugin file {path} registers nothing: its {', '.join(hooks)} never called register(...);"
+            " call register(YourMethod()) inside the hook"
+        )
     name = str(p)
     pm.register(module, name=name)
     _loaded_files[p] = name
     return name
+
+
+def _call_hook(fn, plugin: str, register):
+    """Call one register-hook; an exception inside it is the plugin's fault, reported in one line."""
+    import inspect
+
+    try:
+        takes = "register" in inspect.signature(fn).parameters
+        return fn(**({"register": register} if takes else {}))
+    except PluginError:
+        raise
+    except Exception as e:
+        raise PluginError(
+            f"plugin {plugin}: {getattr(fn, '__name__', 'hook')} raised {type(e).__name__}: {_first_line(e)};"
+            " fix the plugin or leave it out"
+        ) from e
 
 
 def _check_hooks():
@@ -140,7 +165,7 @@ def _collect(hook, kind: str, base_class) -> dict:
                 obj.validate()
             found[name] = obj
 
-        impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        _call_hook(impl.function, plugin, register)
     return found
 
 

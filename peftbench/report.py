@@ -22,6 +22,7 @@ CSV_COLUMNS = [
     "param_mb", "grad_mb", "optimizer_mb",
     "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms",
     "latency_base_bN_ms", "latency_bN_ms", "latency_bN_merged_ms", "latency_N", "latency_seq_len",
+    "latency_b1_ratio", "latency_b1_merged_ratio", "latency_bN_ratio", "latency_bN_merged_ratio",
     "effective_seq_len", "checkpoint_bytes",
     "model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "task_version",
     "machine_gflops",
@@ -69,6 +70,9 @@ def record_row(rec: dict) -> dict:
         "latency_b1_merged_ms": _lat(rec, "merged_b1"), "latency_base_bN_ms": _lat(rec, "base_bN"),
         "latency_bN_ms": _lat(rec, "unmerged_bN"), "latency_bN_merged_ms": _lat(rec, "merged_bN"),
         "latency_N": _get(rec, "latency", "batch_N"), "latency_seq_len": _get(rec, "latency", "seq_len"),
+        # each run's latency over the base model timed in the same process (robust to machine drift)
+        **{f"latency_{size}{tag}_ratio": _get(rec, "latency", f"ratio_{name}_{size}")
+           for size in ("b1", "bN") for name, tag in (("unmerged", ""), ("merged", "_merged"))},
         "effective_seq_len": _get(rec, "latency", "effective_seq_len"),
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
@@ -119,7 +123,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         for c in ("trainable_params", "trainable_pct", "head_params", "train_samples_per_s", "tokens_per_s",
                   "peak_mem_mb", "peak_mem_delta_mb", "param_mb", "grad_mb", "optimizer_mb",
                   "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms", "latency_base_bN_ms",
-                  "latency_bN_ms", "latency_bN_merged_ms", "checkpoint_bytes", "effective_seq_len",
+                  "latency_bN_ms", "latency_bN_merged_ms", "latency_b1_ratio", "latency_b1_merged_ratio",
+                  "latency_bN_ratio", "latency_bN_merged_ratio", "checkpoint_bytes", "effective_seq_len",
                   "budget_deviation_pct", "machine_gflops"):
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
@@ -130,11 +135,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out["_budget"] = out.budget_params.fillna(-1) if "budget_params" in out else -1
     out = out.sort_values(["task", "_budget", "_rank", "config", "knob_value"], kind="stable", na_position="first")
     out = out.drop(columns=["_rank", "_budget"]).reset_index(drop=True)
-    # throughput relative to full fine-tuning on the same task and setup
+    # throughput relative to full fine-tuning on the same task and training setup
     out["throughput_vs_full"] = np.nan
     if "train_samples_per_s" in out:
+        same = [c for c in ("task", "model", "batch_size", "max_seq_len", "device", "train_samples", "epochs",
+                            "max_steps") if c in out]
         for i, r in out.iterrows():
-            full = out[(out.method == "full") & (out.task == r.task) & (out.model == r.model)]
+            full = out[out.method == "full"]
+            for c in same:
+                full = full[(full[c] == r[c]) | (full[c].isna() & pd.isna(r[c]))]
             if len(full) and full.train_samples_per_s.notna().any():
                 out.loc[i, "throughput_vs_full"] = r.train_samples_per_s / full.train_samples_per_s.dropna().iloc[0]
     extra = [c for c in out.columns if c not in CSV_COLUMNS]
@@ -159,10 +168,10 @@ def _count(x):
     return f"{x:.0f}"
 
 
-def _ratio(ms, base):
-    if not ms or not base or any(isinstance(v, float) and math.isnan(v) for v in (ms, base)):
+def _ratio(ms, ratio):
+    if ms is None or ratio is None or any(isinstance(v, float) and math.isnan(v) for v in (ms, ratio)):
         return ""
-    return f"{ms:.1f} ({ms / base:.2f}x)"
+    return f"{ms:.1f} ({ratio:.2f}x)"
 
 
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
@@ -184,10 +193,10 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
             "peak MB ↓ (Δ train)": f"{_n(r.peak_mem_mb, '{:,.0f}')} (+{_n(r.peak_mem_delta_mb, '{:,.0f}')})" if pd.notna(r.peak_mem_mb) else "",
-            "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_base_b1_ms),
-            "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_base_b1_ms),
-            f"bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_base_bN_ms),
-            "bN merged": _ratio(r.latency_bN_merged_ms, r.latency_base_bN_ms),
+            "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_b1_ratio),
+            "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_b1_merged_ratio),
+            "bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_bN_ratio),
+            "bN merged": _ratio(r.latency_bN_merged_ms, r.latency_bN_merged_ratio),
             "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
             "machine GF/s": _n(r.machine_gflops, "{:.0f}"),
             "status": r.status,
@@ -223,10 +232,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "max allocated); Δ train: its growth over the moment training started, which excludes "
         "what loading and data preparation left behind. "
         "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
-        "(ratio to the base model timed in the same process); bN = batch N. Throughput and "
-        "latency in ms come from separate runs: compare them across rows only as far as the "
-        "machine's speed at each run's start (machine GF/s, fp32 matmul) was steady; the ratios "
-        "to base are same-session ratios.",
+        "(in brackets the median over seeds of each run's ratio to the base model timed in the "
+        "same process); bN = batch N. Throughput and latency in ms come from separate runs: "
+        "compare them across rows only as far as the machine's speed at each run's start "
+        "(machine GF/s, fp32 matmul) was steady; the ratios are same-session ratios.",
     ]
     return "\n".join([head, sep, *body, *notes]) + "\n"
 
@@ -280,18 +289,18 @@ def plot(summary: pd.DataFrame, path) -> None:
         ax = axes[row][1]
         labels, unmerged, merged = [], [], []
         for _, r in t.iterrows():
-            if pd.notna(r.latency_b1_ms) and pd.notna(r.latency_base_b1_ms):
+            if pd.notna(r.latency_b1_ratio):
                 knob = f" {r.knob}={int(r.knob_value)}" if pd.notna(r.knob_value) else ""
                 labels.append(f"{r.config}{knob}")
-                unmerged.append(r.latency_b1_ms / r.latency_base_b1_ms)
-                merged.append(r.latency_b1_merged_ms / r.latency_base_b1_ms if pd.notna(r.latency_b1_merged_ms) else np.nan)
+                unmerged.append(r.latency_b1_ratio)
+                merged.append(r.latency_b1_merged_ratio)
         x = np.arange(len(labels))
         ax.bar(x - 0.2, unmerged, 0.4, label="unmerged")
         ax.bar(x + 0.2, merged, 0.4, label="merged")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_ylim(0.9, None)
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("batch-1 latency / base (same run)")
+        ax.set_ylabel("batch-1 latency / base (same process; median over seeds)")
         ax.set_title(f"{task}: inference latency vs base")
         ax.legend(fontsize=8)
     fig.tight_layout()

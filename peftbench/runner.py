@@ -165,7 +165,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     )
     update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
     try:
-        stats = train(model, train_ds, collate, cfg, device, progress=update)
+        stats = train(model, train_ds, collate, cfg, device, progress=update,
+                      on_start=lambda total: method.on_train_start(model, total))
     finally:
         close()
     method.finalize(model)
@@ -238,6 +239,15 @@ def measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat) 
     return out
 
 
+OOM_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_oom_error(e: BaseException) -> bool:
+    """torch's CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate
+    memory"), not MemoryError; other backends word it similarly."""
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in OOM_MESSAGES)
+
+
 def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     """Run one spec and write its record. Never raises for a failed run (except Ctrl-C)."""
     started = time.time()
@@ -258,7 +268,7 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         record["status"], error = "oom", e
     except Exception as e:
-        record["status"], error = "failed", e
+        record["status"], error = ("oom" if is_oom_error(e) else "failed"), e
     if error is not None:
         record["error_type"] = type(error).__name__
         record["error"] = (str(error).strip() or type(error).__name__).splitlines()[0]

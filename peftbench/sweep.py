@@ -163,6 +163,9 @@ def plan(s: SweepSettings) -> Plan:
     if not tasks:
         raise PeftbenchError("--tasks is empty; e.g. --tasks sst2")
     seeds = parse_int_list(s.seeds, "--seeds")
+    for flag, value in [*(("--seeds", v) for v in seeds), ("--data-seed", s.data_seed)]:
+        if value < 0 or value >= 2**32:
+            raise PeftbenchError(f"{flag} {value}: a seed must be an integer in [0, 2**32)")
     knobs = parse_assignments(s.knob, "--knob", int, names)
     lrs = parse_assignments(s.lr, "--lr", float, names)
     for name, value in lrs.items():
@@ -187,27 +190,44 @@ def plan(s: SweepSettings) -> Plan:
     config = load_config(s.model)
     load_tokenizer(s.model)
     revision = model_revision(s.model)
+    max_pos = getattr(config, "max_position_embeddings", None)
+    lat_len = (s.latency or {}).get("seq_len")
+    for flag, value in (("--max-seq-len", s.max_seq_len), ("--latency-seq-len", lat_len),
+                        *(("the default max length of task " + t.name, t.max_seq_len) for t in tasks
+                          if not s.max_seq_len)):
+        if value and max_pos and value > max_pos:
+            raise PeftbenchError(f"{flag} = {value} exceeds the model's {max_pos} positions; give --max-seq-len <= {max_pos}")
 
     # knobs: explicit --knob, else the budget(s), else each method's default
     budget_text = s.budget if s.budget is not None else (None if knobs.get("*") else DEFAULT_BUDGET)
     budgets: list[Budget] = [] if budget_text in (None, "none") else parse_budgets(budget_text)
     counter = Counter(meta_model(config)) if budgets else None
     resolve_ref = reference_resolver(methods)
-    sizings = []  # (choice, knob_value, budget_text, budget_params)
+    sizings = []  # (choice, knob_value, budget_text, budget_params, deviation_pct)
     solutions = []
     for c in choices:
         m = c.method
         explicit = knobs.get(m.name, knobs.get("*") if m.knob else None)
         if m.knob is None or explicit is not None or not budgets:
             value = explicit if m.knob else None
-            sizings.append((c, value if value is not None else m.default_knob, None, None))
+            sizings.append((c, value if value is not None else m.default_knob, None, None, None))
             continue
         for b in budgets:
             target = budget_params(b, counter, resolve_ref)
             sol = solve(m, c.options, target, counter, c.label)
             solutions.append((b.text, sol))
-            sizings.append((c, sol.knob_value, b.text, target))
-    if counter:  # show what the fixed methods cost next to the budget
+            sizings.append((c, sol.knob_value, b.text, target, sol.deviation_pct))
+    # apply every configuration once on the meta device: an option or architecture the method
+    # cannot handle is an error now, not one failed run per seed
+    counter = counter or Counter(meta_model(config))
+    for c, knob_value, *_ in sizings:
+        try:
+            counter.count(c.method, c.options, knob_value)
+        except PeftbenchError:
+            raise
+        except Exception:  # e.g. a third-party method that cannot run on the meta device; its run reports it
+            pass
+    if budgets:  # show what the fixed methods cost next to the budget
         for c in choices:
             if c.method.knob is None:
                 for b in budgets:
@@ -216,11 +236,12 @@ def plan(s: SweepSettings) -> Plan:
 
     specs, seen = [], set()
     for task in tasks:
-        for c, knob_value, btext, bparams in sizings:
+        for c, knob_value, btext, bparams, deviation in sizings:
             for seed in seeds:
                 spec = {
                     "method": c.method.name, "label": c.label, "options": c.options,
                     "knob": c.method.knob, "knob_value": knob_value, "budget": btext, "budget_params": bparams,
+                    "budget_deviation_pct": deviation,
                     "task": task.name, "task_version": task.version, "data_dir": s.data_dir,
                     "model": s.model, "model_revision": revision, "seed": seed, "data_seed": s.data_seed,
                     "train_samples": s.train_samples,
@@ -253,6 +274,18 @@ def check_output_dir(out: Path) -> None:
         raise PeftbenchError(f"--out {out} is not writable ({e.strerror}); choose another folder") from None
 
 
+def oom_kill_count() -> int | None:
+    """How many processes the kernel's OOM killer has killed since boot (Linux >= 4.13), else None."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _signal_name(code: int) -> str:
     try:
         return signal.Signals(-code).name
@@ -276,6 +309,7 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     spec_file = records_dir(out) / f".{spec['run_id']}.spec"
     write_atomic(spec_file, {**spec, "attempt": attempt})
     started = time.time()
+    oom_kills_before = oom_kill_count()
     proc = None
     timed_out = False
     try:
@@ -288,8 +322,13 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     except KeyboardInterrupt:
         if proc is not None and proc.is_alive():
             proc.join(10)  # the run got the same SIGINT from the terminal
-        rec = _failure_record(spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)
-        write_atomic(record_path(out, spec["run_id"]), rec)
+        try:
+            done = read_record(record_path(out, spec["run_id"]))
+        except ValueError:
+            done = None
+        if done is None or done.get("attempt") != attempt:  # keep a record the run finished itself
+            rec = _failure_record(spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)
+            write_atomic(record_path(out, spec["run_id"]), rec)
         raise
     finally:
         if proc is not None and proc.is_alive():
@@ -304,10 +343,13 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
         rc = proc.exitcode
         if timed_out:
             status, error = "timeout", f"killed after --timeout-per-run {timeout:g} s"
+        elif rc == -signal.SIGKILL and oom_kills_before is not None and (oom_kill_count() or 0) > oom_kills_before:
+            status, error = "oom", "run process killed by SIGKILL while the kernel's OOM killer fired"
         elif rc < 0:
             status = "failed"
             error = f"run process killed by {_signal_name(rc)}" + (
-                " (the kernel's OOM killer sends SIGKILL)" if rc == -signal.SIGKILL else "")
+                " (the kernel's OOM killer sends SIGKILL; it did not fire during this run as far as "
+                "/proc/vmstat tells)" if rc == -signal.SIGKILL else "")
         else:
             status, error = "failed", f"run process exited with code {rc} without a record"
         rec = _failure_record(spec, status, error, started, attempt)
@@ -324,7 +366,9 @@ class SweepResult:
 
 
 def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, timeout=None, progress=True,
-              on_record=None, warn=None) -> SweepResult:
+              on_record=None, on_start=None, warn=None) -> SweepResult:
+    """Run what has no ok record yet. ``on_start(result, n_todo)`` is called once the skips are known,
+    ``on_record(record, i, n_todo)`` after each run."""
     out = Path(out)
     check_output_dir(out)
     existing = load_records(out, warn=warn)
@@ -332,6 +376,8 @@ def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, timeout=None
     todo = []
     for spec in specs:
         rec = existing.get(spec["run_id"])
+        if rec and force and rec["status"] == "ok":  # a rerun replaces the record: keep the old result
+            write_atomic(records_dir(out) / "superseded" / f"{spec['run_id']}.{rec.get('attempt') or 'old'}.json", rec)
         if rec and not force:
             if rec["status"] == "ok":
                 result.skipped_ok += 1
@@ -342,6 +388,8 @@ def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, timeout=None
                 result.records.append(rec)
                 continue
         todo.append(spec)
+    if on_start:
+        on_start(result, len(todo))
     for i, spec in enumerate(todo, 1):
         rec = execute_one(spec, out, timeout, progress)
         result.ran += 1

@@ -246,13 +246,28 @@ def load_task_data(task: Task, data_dir: str | None = None) -> TaskData:
         frames, digest = [], hashlib.sha256(f"{task.name}:{task.version}".encode())
         for name in (task.train_file, task.eval_file):
             path = folder / name
-            digest.update(path.read_bytes())
-            frames.append(task.read(path))
+            try:
+                digest.update(path.read_bytes())
+                frames.append(task.read(path))
+            except UnicodeDecodeError:
+                raise PeftbenchError(f"{path}:{_first_bad_line(path)}: not UTF-8 text; re-save the file as UTF-8") from None
+            except OSError as e:
+                raise PeftbenchError(f"{path}: cannot read it ({e.strerror or e}); check the file and its permissions") from None
         for df, name in zip(frames, (task.train_file, task.eval_file)):
             if len(df) == 0:
                 raise PeftbenchError(f"{folder / name}: no examples; is this the right file?")
         return TaskData(frames[0], frames[1], str(folder), digest.hexdigest()[:16])
     return _load_from_hub(task)
+
+
+def _first_bad_line(path: Path) -> int:
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return line
+    return 1
 
 
 def _load_from_hub(task: Task) -> TaskData:

@@ -82,8 +82,10 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train(model, dataset, collate, cfg: TrainConfig, device, progress=None) -> TrainStats:
-    """Train in place. ``progress(step, total, loss, samples_per_s)`` is called after each step."""
+def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_start=None) -> TrainStats:
+    """Train in place. ``progress(step, total, loss, samples_per_s)`` is called after each step;
+    ``on_start(total_steps)`` once before training, and may return ``after_step(step)``, called
+    after each optimizer step, before the gradients are cleared."""
     device = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -93,6 +95,7 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None) -> T
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collate)
     warm = min(cfg.timing_warmup_steps, steps - 1)
     stats = TrainStats()
+    after_step = on_start(steps) if on_start else None
 
     model.train()  # from_pretrained returns eval mode; dropout is part of training cost
     batches = iter(loader)
@@ -112,6 +115,8 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None) -> T
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
+            if after_step:
+                after_step(step + 1)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             value = loss.item()  # synchronises

@@ -36,6 +36,12 @@ class Spec:
     prompt: bool = False  # prompt-learning (needs PeftModelForSequenceClassification)
     defaults: tuple = ()  # (field, value) defaults that differ from peft's
     description: str = ""
+    wrapper: bool = False  # train through peft's model wrapper (its forward adds to the loss)
+    hidden: tuple = ()  # config fields that are not options
+    construct: tuple = ()  # (field, value) needed to build the config, reset at training start
+    allocator: bool = False  # AdaLoRA: update_and_allocate after every optimizer step
+    derive: object = None  # kwargs -> kwargs: defaults that depend on the knob
+    constants: tuple = ()  # parameter names (parts) that are never trained
 
 
 # Each was checked on BERT, GPT-2 and LLaMA tiny models (tests/test_method_contract.py);
@@ -49,6 +55,12 @@ SPECS = {
     "vera": Spec("VeraConfig", "r", 256, True, 4e-3, description="peft VeRA: shared random projections, scaling vectors"),
     "fourierft": Spec("FourierFTConfig", "n_frequency", 1000, True, 5e-2, description="peft FourierFT"),
     "hra": Spec("HRAConfig", "r", 8, True, 1e-3, description="peft HRA: Householder reflections"),
+    # AdaLoRA: the knob is the initial rank (what is trained at the start); the rank allocator
+    # prunes to target_r by the end; its orthogonal regulariser is added in peft's forward
+    "adalora": Spec("AdaLoraConfig", "init_r", 12, True, 5e-4, wrapper=True, hidden=("r", "total_step"),
+                    construct=(("total_step", 10**9),), allocator=True, defaults=(("target_r", None),),
+                    derive=lambda kw: _adalora_target(kw), constants=(".ranknum.",),
+                    description="peft AdaLoRA: SVD-form LoRA with adaptive rank allocation"),
     "prefix": Spec("PrefixTuningConfig", "num_virtual_tokens", 20, False, 1e-2, prompt=True,
                    description="peft prefix-tuning (past_key_values)"),
     "prompt": Spec("PromptTuningConfig", "num_virtual_tokens", 20, False, 1e-2, prompt=True,
@@ -57,6 +69,15 @@ SPECS = {
                      defaults=(("encoder_hidden_size", 128),), description="peft P-tuning (prompt encoder)"),
 }
 
+def _adalora_target(kw):
+    """target_r defaults to 2/3 of the initial rank (peft's defaults 8 of 12) and may not exceed it."""
+    if kw.get("target_r") is None:
+        kw["target_r"] = max(1, round(kw["init_r"] * 2 / 3))
+    elif kw["target_r"] > kw["init_r"]:
+        raise UnsupportedModel(f"peft-adalora: target_r={kw['target_r']} exceeds init_r={kw['init_r']}; lower target_r")
+    return kw
+
+
 # Config fields that are not user options (set by peft or by peftbench).
 _RESERVED = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
              "inference_mode", "num_transformer_submodules", "num_attention_heads", "num_layers", "token_dim",
@@ -64,12 +85,12 @@ _RESERVED = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_mod
 _SIMPLE = (bool, int, float, str)
 
 
-def _option_fields(config_cls, knob, defaults):
+def _option_fields(config_cls, knob, defaults, hidden=()):
     """A frozen dataclass of the config's simple fields (bool/int/float/str/list of str)."""
     fields = []
     overrides = dict(defaults)
     for f in dataclasses.fields(config_cls):
-        if f.name in _RESERVED or f.name == knob:
+        if f.name in _RESERVED or f.name == knob or f.name in hidden:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
@@ -102,7 +123,7 @@ class PeftMethod(peftbench.Method):
         self.default_lr = spec.lr
         self.lr_reference = "peft examples / the method's paper"
         self.description = spec.description + f" ({spec.config})"
-        self.Options = _option_fields(self.config_cls, spec.knob, spec.defaults)
+        self.Options = _option_fields(self.config_cls, spec.knob, spec.defaults, spec.hidden)
 
     def apply(self, model, knob_value, **options):
         import peft
@@ -111,7 +132,10 @@ class PeftMethod(peftbench.Method):
         kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()}
         if self.knob:
             kwargs[self.knob] = knob_value
-        if self.spec.prompt:
+        kwargs.update(self.spec.construct)
+        if self.spec.derive:
+            kwargs = self.spec.derive(kwargs)
+        if self.spec.prompt or self.spec.wrapper:
             kwargs["task_type"] = "SEQ_CLS"
         try:
             config = self.config_cls(**kwargs)
@@ -119,7 +143,10 @@ class PeftMethod(peftbench.Method):
         except Exception as e:
             first = (str(e).strip() or type(e).__name__).splitlines()[0]
             raise UnsupportedModel(f"{self.name}: peft cannot apply {self.spec.config} to {type(model).__name__}: {first}") from None
-        if self.spec.prompt:
+        for n, p in peft_model.named_parameters():
+            if any(c in n for c in self.spec.constants):
+                p.requires_grad_(False)  # peft leaves them trainable when built on the meta device
+        if self.spec.prompt or self.spec.wrapper:
             return peft_model
         # Tuners changed ``model`` in place; keep the peft wrapper for merge_and_unload, outside
         # the module tree (no registration, no recursion).
@@ -127,7 +154,7 @@ class PeftMethod(peftbench.Method):
         return model
 
     def head_parameter_names(self, model):
-        if not self.spec.prompt:
+        if not (self.spec.prompt or self.spec.wrapper):
             return head_parameter_names(model)
         inner = model.get_base_model()
         heads = {n.split(".", 1)[0] for n in head_parameter_names(inner)}
@@ -141,7 +168,22 @@ class PeftMethod(peftbench.Method):
     def merge(self, model):
         if not self.mergeable:
             return model
+        if self.spec.wrapper:
+            return model.merge_and_unload()
         return model._peftbench_peft.merge_and_unload()
+
+    def on_train_start(self, model, total_steps):
+        if not self.spec.allocator:
+            return None
+        tuner = model.base_model  # AdaLoraModel: public update_and_allocate(global_step)
+        config = tuner.peft_config["default"]
+        if config.tinit >= total_steps - config.tfinal:
+            raise UnsupportedModel(
+                f"{self.name}: tinit={config.tinit} and tfinal={config.tfinal} leave no rank-allocation phase in "
+                f"{total_steps} steps; lower them or train longer"
+            )
+        config.total_step = total_steps  # the real schedule (the config needed a placeholder)
+        return tuner.update_and_allocate
 
     def extra_sequence_length(self, model):
         return getattr(model, "peft_config", {}).get("default").num_virtual_tokens if self.spec.prompt else 0

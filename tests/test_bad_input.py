@@ -23,12 +23,33 @@ def peftbench_register_methods(register):
 '''
 
 
+SILENT = """
+import peftbench
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    pass
+"""
+
+CRASHING = """
+import peftbench
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    raise KeyError("settings")
+"""
+
+
 def _case(tmp_path, small_data, tiny_model_dirs):
     """name -> (extra args, expected message fragment)."""
     bad_data = tmp_path / "bad-data"
     (bad_data / "SST-2").mkdir(parents=True)
     (bad_data / "SST-2" / "train.tsv").write_text("sentence\tlabel\nfine\t1\nbroken line\n")
     (bad_data / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nok\t0\n")
+    latin1 = tmp_path / "latin1-data"
+    (latin1 / "SST-2").mkdir(parents=True)
+    (latin1 / "SST-2" / "train.tsv").write_bytes("sentence\tlabel\nfine\t1\ncaf\u00e9\t0\n".encode("latin-1"))
+    (latin1 / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nok\t0\n")
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     a_file = tmp_path / "a-file"
@@ -49,16 +70,25 @@ def _case(tmp_path, small_data, tiny_model_dirs):
         "malformed budget": (["--budget", "lots"], "--budget 'lots' is not understood"),
         "impossible budget": (["--budget", "5"], "budget 5 is out of reach for lora"),
         "budget over model": (["--budget", "100M"], "exceeds the model's"),
+        "unknown target module": (["--methods", "lora[target_modules=nope]", "--budget", "none"],
+                                  "lora: found no linear layers for target 'nope' in BertForSequenceClassification"),
+        "negative seed": (["--seeds", "0,-1"], "--seeds -1: a seed must be an integer in [0, 2**32)"),
+        "length over positions": (["--max-seq-len", "512"], "--max-seq-len = 512 exceeds the model's 128 positions"),
         "bad seeds": (["--seeds", "a,b"], "--seeds 'a,b': expected comma-separated integers"),
         "bad train samples": (["--train-samples", "many"], "--train-samples 'many': give a positive integer or 'all'"),
         "zero epochs": (["--epochs", "0"], "--epochs must be positive"),
         "missing data folder": (["--data-dir", str(tmp_path / "nowhere")], "task sst2: --data-dir="),
         "malformed data": (["--data-dir", str(bad_data)], "train.tsv:3: expected 2 tab-separated fields, found 1"),
+        "data not utf-8": (["--data-dir", str(latin1)], "train.tsv:3: not UTF-8 text; re-save the file as UTF-8"),
         "not a model": (["--model", str(not_a_model)], "is not a loadable model"),
         "missing model path": (["--model", str(tmp_path / "no" / "model")], "no such folder"),
         "broken plugin": (["--plugins", str(write_plugin(tmp_path, "broken", "import nope\n"))],
                           "broken.py failed to import: ModuleNotFoundError"),
         "empty plugin": (["--plugins", str(write_plugin(tmp_path, "empty", "X = 1\n"))], "defines no peftbench hooks"),
+        "plugin registers nothing": (["--plugins", str(write_plugin(tmp_path, "silent", SILENT))],
+                                     "silent.py registers nothing"),
+        "plugin hook raises": (["--plugins", str(write_plugin(tmp_path, "crashing", CRASHING))],
+                               "peftbench_register_methods raised KeyError: 'settings'"),
         "duplicate plugin": (["--plugins", str(write_plugin(tmp_path, "dup", BROKEN_DUP))],
                              "method 'lora' is registered twice: by plugin peftbench_plugins.lora and by plugin"),
         "out is a file": (["--out", str(a_file)], "is a file; give a folder"),
@@ -76,9 +106,10 @@ def cases(tmp_path, small_data, tiny_model_dirs):
 NAMES = [
     "unknown method", "unknown task", "unknown option", "bad option value", "bad placement", "malformed lr",
     "lr for absent method", "negative lr", "malformed knob", "knob out of range", "knob on fixed method",
-    "malformed budget", "impossible budget", "budget over model", "bad seeds", "bad train samples", "zero epochs",
-    "missing data folder", "malformed data", "not a model", "missing model path", "broken plugin", "empty plugin",
-    "duplicate plugin", "out is a file", "out under a file", "unknown flag", "bad device choice",
+    "malformed budget", "impossible budget", "budget over model", "unknown target module", "negative seed",
+    "length over positions", "bad seeds", "bad train samples", "zero epochs",
+    "missing data folder", "malformed data", "data not utf-8", "not a model", "missing model path", "broken plugin", "empty plugin",
+    "plugin registers nothing", "plugin hook raises", "duplicate plugin", "out is a file", "out under a file", "unknown flag", "bad device choice",
 ]
 
 

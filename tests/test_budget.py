@@ -15,6 +15,7 @@ from peftbench.budget import Counter, brute_force, budget_params, parse_budget, 
 from peftbench.errors import PeftbenchError
 from peftbench.method import freeze
 from peftbench.plugins import get_methods
+from peftbench.sweep import reference_resolver
 
 
 def _meta(family):
@@ -81,9 +82,20 @@ def test_fixed_methods_report_their_count():
     assert sol.fixed and sol.knob_value is None and sol.params == 640
 
 
+def test_reference_budget_checks_the_knob_name():
+    counter = Counter(_meta("bert"))
+    resolve = reference_resolver(get_methods())
+    assert budget_params(parse_budget("lora:r=2"), counter, resolve) == 512
+    with pytest.raises(PeftbenchError, match="lora's knob is r, not bottleneck; write lora:r=8"):
+        budget_params(parse_budget("lora:bottleneck=8"), counter, resolve)
+    with pytest.raises(PeftbenchError, match="bitfit has no size knob"):
+        budget_params(parse_budget("bitfit:r=8"), counter, resolve)
+
+
 def test_out_of_reach_budget_names_method_and_range():
     counter = Counter(_meta("bert"))
-    with pytest.raises(PeftbenchError, match=r"out of reach for lora .*smallest count, at r=1, is 256"):
+    k_max = counter.base // 256  # LoRA on q,v of the tiny BERT: 256 parameters per unit of r
+    with pytest.raises(PeftbenchError, match=rf"out of reach for lora .*counts run from 256 at r=1 to {256 * k_max:,} at r={k_max}"):
         solve(get_methods()["lora"], {}, 50, counter)
     with pytest.raises(PeftbenchError, match="exceeds the model's"):
         budget_params(parse_budget("10M"), counter, None)
@@ -129,15 +141,21 @@ def test_third_party_method_solved_without_host_changes(plugin_manager):
 
 def test_budget_command_csv(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "peftbench.cli", "budget", "--methods", "lora,adapter[placement=pfeiffer],prefix,bitfit",
+        [sys.executable, "-m", "peftbench.cli", "budget", "--methods",
+         "lora,adapter[placement=pfeiffer],prefix,bitfit,lora[target_modules=q,k,v,o]",
          "--budget", "lora:r=8", "--format", "csv"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
+    import csv
+    import io
+
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("method,knob,knob_value,params,budget,deviation_pct,fixed")
-    rows = {line.split(",")[0]: line.split(",") for line in lines[1:]}
+    rows = {row[0]: row for row in csv.reader(io.StringIO(out.stdout))}
+    assert all(len(row) == 8 for row in rows.values())
     assert rows["lora"][1:5] == ["r", "8", "73728", "73728"]
+    assert rows["lora[target_modules=q,k,v,o]"][1:5] == ["r", "4", "73728", "73728"]
     assert abs(float(rows["adapter[placement=pfeiffer]"][5])) <= 5
     assert abs(float(rows["prefix"][5])) <= 5
     assert rows["bitfit"][6] == "true" and rows["bitfit"][3] == "26112"

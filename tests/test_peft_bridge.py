@@ -106,3 +106,40 @@ def test_prefix_counts_native_vs_peft():
         _, bridged = apply_method(METHODS["peft-prefix"], make_model(family), 5)
         assert bridged.head == native.head
         assert bridged.method == native.method == 5 * 2 * 2 * kv_width
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_adalora_allocates_ranks_through_the_training_loop(family):
+    """The training loop calls the method's after-step hook: AdaLoRA prunes from init_r to
+    target_r (the knob is init_r), and the merged model gives the same outputs."""
+    from peftbench.data import Collator
+    from peftbench.train import TrainConfig, train
+
+    method = METHODS["peft-adalora"]
+    model, counts = apply_method(method, make_model(family), 6, {"target_r": 2})
+    n_modules = sum(1 for n, _ in model.named_parameters() if "lora_E" in n)
+    assert n_modules and counts.method == sum(p.numel() for n, p in model.named_parameters()
+                                              if p.requires_grad and ".lora_" in n)
+    with torch.device("meta"):  # the budget solver's count on the meta device is the real count
+        meta = type(make_model(family))(make_model(family).config)
+    assert Counter(meta).count(method, {"target_r": 2}, 6) == counts.method
+    gen = torch.Generator().manual_seed(0)
+    examples = [{"input_ids": torch.randint(5, 90, (6,), generator=gen).tolist(), "attention_mask": [1] * 6,
+                 "labels": i % 2} for i in range(48)]
+    stats = train(model, examples, Collator(0, False), TrainConfig(lr=1e-2, batch_size=8, epochs=1), "cpu",
+                  on_start=lambda total: method.on_train_start(model, total))  # as the runner calls it
+    assert stats.steps == 6
+    kept = sum(int((p != 0).sum()) for n, p in model.named_parameters() if "lora_E" in n)
+    assert kept == 2 * n_modules  # the final mask: target_r per module on average
+    inputs = {k: v for k, v in batch(seed=3).items() if k != "labels"}
+    model.eval()
+    with torch.no_grad():
+        before = model(**inputs).logits
+        merged = method.merge(copy.deepcopy(model))
+        assert not any("lora" in n for n, _ in merged.named_modules())
+        torch.testing.assert_close(merged(**inputs).logits, before, atol=1e-5, rtol=0)
+
+
+def test_adalora_rejects_a_target_rank_above_the_initial_rank():
+    with pytest.raises(UnsupportedModel, match="target_r=8 exceeds init_r=4"):
+        apply_method(METHODS["peft-adalora"], make_model("bert"), 4, {"target_r": 8})

@@ -43,13 +43,16 @@ def test_run_records_everything(sweep):
     lora = next(r for r in recs if r["spec"]["method"] == "lora")
     spec = lora["spec"]
     assert spec["knob"] == "r" and spec["budget"] == "1000" and spec["budget_params"] == 1000
+    assert spec["budget_deviation_pct"] == pytest.approx(100 * (lora["params"]["method"] - 1000) / 1000)
     assert spec["task"] == "sst2" and spec["task_version"] == 1 and spec["lr"] == 5e-4
     assert lora["params"]["method"] == 2 * 2 * spec["knob_value"] * 64 and lora["params"]["head"] == 66
     assert set(lora["metrics"]) == {"accuracy"}
     for key in ("steps", "samples_per_s", "tokens_per_s", "train_time_s", "loss_curve"):
         assert lora["train"][key] is not None
     assert lora["train"]["steps"] == 3
-    assert lora["memory"]["peak_mem_bytes"] > 0 and lora["memory"]["optimizer_bytes"] == 2 * lora["params"]["total"] * 4 + 4 * 4 * 2 + 4 * 2 or lora["memory"]["optimizer_bytes"] > 0
+    # AdamW: two fp32 moments per trainable parameter, plus a scalar step per tensor
+    assert lora["memory"]["peak_mem_bytes"] > 0
+    assert 8 * lora["params"]["total"] <= lora["memory"]["optimizer_bytes"] < 8 * lora["params"]["total"] + 1024
     lat = lora["latency"]
     assert {"base_b1", "unmerged_b1", "merged_b1", "base_bN", "unmerged_bN", "merged_bN"} == set(lat["timings"])
     assert lat["merged_is_plain"] and lat["merged_max_abs_diff"] < 1e-4
@@ -88,19 +91,35 @@ def test_report_formats(sweep, tmp_path):
     assert (tmp_path / "table.md").read_text().startswith("| task |")
 
 
+def test_latency_ratios_are_same_session_medians():
+    """Each run's ratio to the base timed in its own process, median over seeds: never the ratio of
+    medians taken from different processes (machine speed drifts between runs)."""
+    from peftbench.report import display_frame, records_frame, summarize
+
+    def rec(seed, base, unmerged):
+        t = {"base_b1": {"median_ms": base}, "unmerged_b1": {"median_ms": unmerged}}
+        return {"run_id": f"r{seed}", "status": "ok", "metrics": {"accuracy": 0.5},
+                "spec": {"task": "sst2", "method": "adapter", "label": "adapter", "knob": "bottleneck",
+                         "knob_value": 4, "seed": seed},
+                "latency": {"timings": t, "ratio_unmerged_b1": unmerged / base}}
+
+    # the machine's speed differs between the three runs; their own overheads are +10%, +10%, +20%
+    summary = summarize(records_frame([rec(0, 12.0, 13.2), rec(1, 10.0, 11.0), rec(2, 11.5, 13.8)]))
+    assert summary.latency_b1_ratio.iloc[0] == pytest.approx(1.10)
+    assert summary.latency_b1_ms.iloc[0] / summary.latency_base_b1_ms.iloc[0] == pytest.approx(13.2 / 11.5)
+    assert display_frame(summary)["b1 ms ↓ (vs base)"].iloc[0] == "13.2 (1.10x)"
+
+
 def test_rerun_skips_finished_runs(sweep):
     _, out, env = sweep
     res = peftbench("run", "--model", sweep[1].parent, "--methods", "lora", "--out", out, *FAST, env=env)
     assert res.returncode == 2  # the parent of the run folder is not a model
     before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
-    import re
-
-    cmd = re.search(r"", "")  # noqa: F841
     model = json.loads(next((out / "records").glob("*.json")).read_text())["spec"]["model"]
     res = peftbench("run", "--model", model, "--methods", "full,bitfit,lora,adapter,adapter[placement=pfeiffer],prefix",
                     "--budget", "1000", "--seeds", "0,1", "--out", out, *FAST, env=env)
     assert res.returncode == 0, res.stderr
-    assert "skipped 12 run(s) with an ok record" in res.stderr
+    assert "skipping 12 run(s) with an ok record; 0 to run" in res.stderr
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
 
 

@@ -56,6 +56,13 @@ class Kill(Fault):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class OOM(Fault):
+    name = "oom"
+    def fault(self, output):
+        import torch
+        torch.empty(1 << 60, dtype=torch.uint8)  # the CPU allocator refuses: a RuntimeError
+
+
 class Hang(Fault):
     name = "hang"
     def fault(self, output):
@@ -64,7 +71,7 @@ class Hang(Fault):
 
 @peftbench.hookimpl
 def peftbench_register_methods(register):
-    for cls in (Boom, NaN, Exit, Kill, Hang):
+    for cls in (Boom, NaN, Exit, Kill, Hang, OOM):
         register(cls())
 '''
 
@@ -84,13 +91,14 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tiny_model_dirs, cli_env, tmp
     plugin = write_plugin(tmp_path, "faults", FAULTS)
     out = tmp_path / "out"
     res = peftbench("run", "--plugins", plugin, "--model", tiny_model_dirs["bert"],
-                    "--methods", "boom,nan,exit,lora,sigkill,hang,bitfit", "--knob", "lora=2",
+                    "--methods", "boom,nan,exit,lora,sigkill,hang,oom,bitfit", "--knob", "lora=2",
                     "--timeout-per-run", "12", "--out", out, *FAST, env=cli_env)
     assert res.returncode == 1, res.stderr
     recs = by_label(out)
     status = {k.split("/")[0]: r["status"] for k, r in recs.items()}
     assert status == {"boom": "failed", "nan": "diverged", "exit": "failed", "lora": "ok",
-                      "sigkill": "failed", "hang": "timeout", "bitfit": "ok"}
+                      "sigkill": "failed", "hang": "timeout", "oom": "oom", "bitfit": "ok"}
+    assert "can't allocate memory" in recs["oom/s0"]["error"]
     assert recs["boom/s0"]["error"] == "injected failure inside training"
     assert recs["boom/s0"]["error_type"] == "RuntimeError"
     tb = (out / "records" / recs["boom/s0"]["traceback_file"]).read_text()
@@ -120,7 +128,7 @@ def test_kill_the_sweep_then_resume(tiny_model_dirs, cli_env, tmp_path):
     assert 1 <= len(first) < 3
     res = peftbench(*args, env=cli_env)
     assert res.returncode == 0, res.stderr
-    assert f"skipped {len(first)} run(s) with an ok record" in res.stderr, res.stderr
+    assert f"skipping {len(first)} run(s) with an ok record; 0 to run" in res.stderr, res.stderr
     recs = load_records(out)
     assert len(recs) == 3 and all(r["status"] == "ok" for r in recs.values())
     assert sorted(r["spec"]["seed"] for r in recs.values()) == [0, 1, 2]
@@ -151,11 +159,16 @@ def test_rerun_failed_and_force(tiny_model_dirs, cli_env, tmp_path):
             "--out", out, *FAST]
     assert peftbench(*args, env=cli_env).returncode == 1
     res = peftbench(*args, env=cli_env)
-    assert "skipped 1 run(s) with an ok record and 1 earlier failure(s)" in res.stderr and res.returncode == 1
+    assert "skipping 1 run(s) with an ok record and 1 earlier failure(s)" in res.stderr and res.returncode == 1
     res = peftbench(*args, "--rerun-failed", env=cli_env)
     assert "[1/1] boom" in res.stderr
+    ok_before = next(r for r in load_records(out).values() if r["status"] == "ok")
     res = peftbench(*args, "--force", env=cli_env)
     assert "[2/2]" in res.stderr
+    # the rerun replaced the ok record; the earlier result is kept, not lost
+    kept = out / "records" / "superseded" / f"{ok_before['run_id']}.{ok_before['attempt']}.json"
+    assert read_record(kept) == ok_before
+    assert len(load_records(out)) == 2
 
 
 def test_corrupt_record_is_reported_and_treated_as_missing(tmp_path):
