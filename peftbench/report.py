@@ -51,7 +51,10 @@ def record_row(rec: dict) -> dict:
     setup = {k: spec.get(k) for k in SETUP_FIELDS}
     row = {
         "run_id": rec["run_id"], "status": rec["status"], "error": rec.get("error"),
-        "task": spec.get("task"), "method": spec.get("method"), "config": spec.get("label"),
+        "task": spec.get("task"), "method": spec.get("method"),
+        # a learning rate set by --lr is part of the configuration: say so in the label
+        "config": spec.get("label") + (f" (lr {spec['lr']:g})" if spec.get("lr_source") == "flag" else "")
+        if spec.get("label") else spec.get("label"),
         "knob": spec.get("knob"), "knob_value": spec.get("knob_value"), "seed": spec.get("seed"),
         "budget": spec.get("budget"), "budget_params": spec.get("budget_params"),
         "fixed": spec.get("knob") is None,
