@@ -303,7 +303,7 @@ def plot(summary: pd.DataFrame, path) -> None:
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_ylim(0.9, None)
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("batch-1 latency / base (same process; median over seeds)")
+        ax.set_ylabel("batch-1 latency / base\n(same process, median over seeds)")
         ax.set_title(f"{task}: inference latency vs base")
         ax.legend(fontsize=8)
     fig.tight_layout()
