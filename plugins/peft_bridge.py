@@ -71,6 +71,7 @@ SPECS = {
                      defaults=(("encoder_hidden_size", 128),), description="peft P-tuning (prompt encoder)"),
 }
 
+
 def _adalora_target(kw):
     """target_r defaults to 2/3 of the initial rank (peft's defaults 8 of 12) and may not exceed it."""
     if kw.get("target_r") is None:
