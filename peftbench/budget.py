@@ -140,19 +140,11 @@ def solve(method, options: dict, target: int, counter: Counter, label: str | Non
     def count(k):
         return counter.count(method, options, k)
 
-    hi = 1
-    while count(hi) < target and hi < KNOB_CAP:
-        hi *= 2
-    if count(hi) < target:
-        best = hi
+    hi = _first_knob(lambda k: count(k) >= target)
+    if hi is None:
+        best = KNOB_CAP
     else:
-        lo = hi // 2  # count(lo) < target <= count(hi), or hi == 1
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if count(mid) >= target:
-                hi = mid
-            else:
-                lo = mid
+        lo = hi - 1  # count(lo) < target <= count(hi), or hi == 1
         best = hi if lo < 1 or abs(count(hi) - target) < abs(count(lo) - target) else lo
     solution = Solution(label, method.knob, best, count(best), target, fixed=False)
     if abs(solution.deviation_pct) > MAX_DEVIATION_PCT:
@@ -167,19 +159,28 @@ def solve(method, options: dict, target: int, counter: Counter, label: str | Non
     return solution
 
 
-def _largest_knob_within(count, limit: int) -> int | None:
-    """The largest knob whose count does not exceed ``limit`` (the base model's size), by bisection."""
-    if count(1) > limit:
+def _first_knob(pred) -> int | None:
+    """The smallest knob in [1, KNOB_CAP] for which the monotone ``pred`` holds, or None:
+    exponential search, then bisection."""
+    hi = 1
+    while not pred(hi) and hi < KNOB_CAP:
+        hi *= 2
+    if not pred(hi):
         return None
-    lo, hi = 1, 2
-    while count(hi) <= limit and hi < KNOB_CAP:
-        lo, hi = hi, hi * 2
-    if count(hi) <= limit:
-        return hi
+    lo = hi // 2  # pred(lo) is false, or lo == 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if count(mid) <= limit else (lo, mid)
-    return lo
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _largest_knob_within(count, limit: int) -> int | None:
+    """The largest knob whose count does not exceed ``limit`` (the base model's size)."""
+    over = _first_knob(lambda k: count(k) > limit)
+    return KNOB_CAP if over is None else (over - 1 or None)
 
 
 def brute_force(method, options, target, counter) -> int:

@@ -302,6 +302,15 @@ def _failure_record(spec, status, error, started, attempt):
     }
 
 
+def _own_record(out, spec, attempt) -> dict | None:
+    """The run's record if this attempt wrote it (not an older one, not a corrupt file)."""
+    try:
+        rec = read_record(record_path(out, spec["run_id"]))
+    except ValueError:
+        return None
+    return rec if rec is not None and rec.get("attempt") == attempt else None
+
+
 def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) -> dict:
     """Run one spec in its own process and return its record (written by the child, or
     here when the child died, hung or was interrupted)."""
@@ -322,11 +331,7 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     except KeyboardInterrupt:
         if proc is not None and proc.is_alive():
             proc.join(10)  # the run got the same SIGINT from the terminal
-        try:
-            done = read_record(record_path(out, spec["run_id"]))
-        except ValueError:
-            done = None
-        if done is None or done.get("attempt") != attempt:  # keep a record the run finished itself
+        if _own_record(out, spec, attempt) is None:  # keep a record the run finished itself
             rec = _failure_record(spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)
             write_atomic(record_path(out, spec["run_id"]), rec)
         raise
@@ -335,11 +340,8 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
             proc.kill()
             proc.join()
         spec_file.unlink(missing_ok=True)
-    try:
-        rec = read_record(record_path(out, spec["run_id"]))
-    except ValueError:
-        rec = None
-    if rec is None or rec.get("attempt") != attempt:  # the child died before writing its record
+    rec = _own_record(out, spec, attempt)
+    if rec is None:  # the child died before writing its record
         rc = proc.exitcode
         if timed_out:
             status, error = "timeout", f"killed after --timeout-per-run {timeout:g} s"
