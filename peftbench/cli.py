@@ -148,6 +148,9 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
 @click.option("--train-samples", default="4000", show_default=True, help="Seeded subset of the training set, or 'all'.")
 @click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the training subset.")
+@click.option("--train-subset", type=click.Choice(["random", "first"]), default="random", show_default=True,
+              help="How --train-samples picks examples: a random subset (--data-seed) or the first N in file order "
+              "(as datasets' train[:N]; files grouped by source, e.g. CoLA's, make that a biased sample).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--max-seq-len", type=int, default=None, help="Default: the task's.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
@@ -166,7 +169,7 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 @plugin_option
 @click.pass_context
 def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs, max_steps, train_samples,
-        data_seed, batch_size, max_seq_len, weight_decay, warmup_ratio, device, out, latency, latency_batch,
+        data_seed, train_subset, batch_size, max_seq_len, weight_decay, warmup_ratio, device, out, latency, latency_batch,
         latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force, timeout_per_run, progress,
         plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
@@ -188,8 +191,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     settings = SweepSettings(
         methods=methods_, tasks=tasks_, seeds=seeds, model=model, data_dir=data_dir, knob=knob, budget=budget,
         lr=lr, epochs=epochs, max_steps=max_steps, train_samples=n_train, data_seed=data_seed,
-        batch_size=batch_size, max_seq_len=max_seq_len, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-        device=device, keep_checkpoint=keep_checkpoints, plugins=_plugins(ctx, plugin_files),
+        train_subset=train_subset, batch_size=batch_size, max_seq_len=max_seq_len, warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay, device=device, keep_checkpoint=keep_checkpoints, plugins=_plugins(ctx, plugin_files),
         latency={"batch": latency_batch, "seq_len": latency_seq_len, "min_reps": 20,
                  "min_time_s": latency_min_time, "warmup": 3} if latency else None,
     )

@@ -60,6 +60,19 @@ def tokenize(task, frame, tokenizer, max_len: int, key_parts: dict):
     return ds
 
 
+def subset_indices(n_total: int, n: int, how: str, data_seed: int) -> np.ndarray:
+    """Which training examples ``--train-samples n`` uses: ``random`` draws n of them with
+    ``data_seed`` (the same subset for every method and seed), kept in file order; ``first``
+    takes the first n rows, like datasets' ``split="train[:n]"``."""
+    if how == "first":
+        return np.arange(min(n, n_total))
+    if how != "random":
+        raise ValueError(f"unknown train subset {how!r}; use random or first")
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(data_seed).choice(n_total, n, replace=False))
+
+
 class Collator:
     """Pads each batch to its own longest sequence (dynamic padding)."""
 

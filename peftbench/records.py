@@ -23,12 +23,15 @@ ID_FIELDS = (
     "method", "options", "knob", "knob_value", "budget", "budget_params", "task", "task_version",
     "model", "model_revision", "seed", "data_seed", "train_samples", "lr", "epochs", "max_steps",
     "batch_size", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device",
-    "latency", "peftbench_version",
+    "latency", "peftbench_version", "train_subset",
 )
+# Fields added after records were published: left out of the id at their default value, so that
+# the ids of earlier records (which lack the field) stay valid.
+ID_DEFAULTS = {"train_subset": "random"}
 
 
 def run_id(spec: dict) -> str:
-    key = {k: spec.get(k) for k in ID_FIELDS}
+    key = {k: spec.get(k) for k in ID_FIELDS if not (k in ID_DEFAULTS and spec.get(k, ID_DEFAULTS[k]) == ID_DEFAULTS[k])}
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -14,6 +14,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from .records import ID_DEFAULTS
+
 CSV_COLUMNS = [
     "task", "method", "config", "knob", "knob_value", "n_seeds", "metric", "metric_mean", "metric_std",
     "trainable_params", "trainable_pct", "head_params", "train_samples_per_s", "status",
@@ -24,11 +26,11 @@ CSV_COLUMNS = [
     "latency_base_bN_ms", "latency_bN_ms", "latency_bN_merged_ms", "latency_N", "latency_seq_len",
     "latency_b1_ratio", "latency_b1_merged_ratio", "latency_bN_ratio", "latency_bN_merged_ratio",
     "effective_seq_len", "checkpoint_bytes",
-    "model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "task_version",
-    "machine_gflops",
+    "model", "lr", "epochs", "max_steps", "train_samples", "train_subset", "batch_size", "max_seq_len", "device",
+    "task_version", "machine_gflops",
 ]
 SETUP_FIELDS = ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device",
-                "task_version", "data_seed", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options")
+                "task_version", "data_seed", "train_subset", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options")
 MB = 2**20
 METHOD_ORDER = ("full", "bitfit", "lora", "adapter", "prefix")  # then the rest, alphabetically
 
@@ -48,6 +50,7 @@ def _lat(rec, name):
 def record_row(rec: dict) -> dict:
     spec = rec.get("spec", {})
     metrics = rec.get("metrics") or {}
+    spec = {**ID_DEFAULTS, **spec}  # records written before a field existed had its default
     setup = {k: spec.get(k) for k in SETUP_FIELDS}
     row = {
         "run_id": rec["run_id"], "status": rec["status"], "error": rec.get("error"),
@@ -79,7 +82,9 @@ def record_row(rec: dict) -> dict:
         "effective_seq_len": _get(rec, "latency", "effective_seq_len"),
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
-        **{k: spec.get(k) for k in ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "task_version")},
+        **{k: spec.get(k) for k in ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size",
+                                     "max_seq_len", "device", "task_version")},
+        "train_subset": spec.get("train_subset") if spec.get("train_samples") else None,  # None: all examples
     }
     for name, value in metrics.items():
         row[f"m_{name}"] = value
@@ -210,7 +215,8 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
 def setup_lines(summary: pd.DataFrame) -> list[str]:
     """What the rows were measured under (shared settings), for the table caption."""
     lines = []
-    for col, label in (("model", "model"), ("train_samples", "train examples"), ("epochs", "epochs"),
+    for col, label in (("model", "model"), ("train_samples", "train examples"), ("train_subset", "train subset"),
+                       ("epochs", "epochs"),
                        ("max_steps", "max steps"), ("batch_size", "batch"), ("max_seq_len", "max length"),
                        ("device", "device"), ("latency_seq_len", "latency seq len"), ("latency_N", "latency batch N")):
         values = summary[col].dropna().unique() if col in summary else []

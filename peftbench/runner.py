@@ -138,8 +138,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     eval_ds = datamod.tokenize(task, taskdata.eval, tokenizer, spec["max_seq_len"], {**key, "split": "eval"})
     n_train_total = len(train_ds)
     if spec.get("train_samples") and spec["train_samples"] < len(train_ds):
-        rng = np.random.default_rng(spec["data_seed"])  # the same subset for every method and seed
-        train_ds = train_ds.select(np.sort(rng.choice(len(train_ds), spec["train_samples"], replace=False)))
+        train_ds = train_ds.select(datamod.subset_indices(
+            len(train_ds), spec["train_samples"], spec.get("train_subset", "random"), spec["data_seed"]))
     collate = datamod.Collator(tokenizer.pad_token_id, task.is_regression)
     result["data"] = {
         "source": taskdata.source, "fingerprint": taskdata.fingerprint, "train_examples": len(train_ds),
@@ -255,7 +255,8 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
         "schema": 1, "run_id": spec["run_id"], "attempt": spec.get("attempt"), "status": "failed",
         "spec": {k: v for k, v in spec.items() if k not in ("attempt",)},
         "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
-        "determinism": {**DETERMINISM, "seed": spec["seed"], "data_seed": spec["data_seed"]},
+        "determinism": {**DETERMINISM, "seed": spec["seed"], "data_seed": spec["data_seed"],
+                          "train_subset": spec.get("train_subset", "random")},
     }
     error = None
     try:

@@ -131,6 +131,7 @@ class SweepSettings:
     max_steps: int | None = None
     train_samples: int | None = 4000
     data_seed: int = 0
+    train_subset: str = "random"  # how train_samples are picked: "random" (by data_seed) or "first" (file order)
     batch_size: int = 32
     max_seq_len: int | None = None
     warmup_ratio: float = 0.06
@@ -244,7 +245,7 @@ def plan(s: SweepSettings) -> Plan:
                     "budget_deviation_pct": deviation,
                     "task": task.name, "task_version": task.version, "data_dir": s.data_dir,
                     "model": s.model, "model_revision": revision, "seed": seed, "data_seed": s.data_seed,
-                    "train_samples": s.train_samples,
+                    "train_samples": s.train_samples, "train_subset": s.train_subset,
                     "lr": lrs.get(c.method.name, lrs.get("*", c.method.default_lr)),
                     "lr_source": "flag" if (c.method.name in lrs or "*" in lrs) else "method default",
                     "epochs": s.epochs, "max_steps": s.max_steps, "batch_size": s.batch_size,

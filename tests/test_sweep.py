@@ -152,6 +152,20 @@ def test_same_command_twice_gives_identical_results(tiny_model_dirs, cli_env, tm
         assert a["determinism"]["seed"] == a["spec"]["seed"]
 
 
+def test_train_subset_first_is_recorded_and_changes_the_data(tiny_model_dirs, cli_env, tmp_path):
+    runs = {}
+    for how in ("random", "first"):
+        out = tmp_path / how
+        res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "bitfit", "--out", out,
+                        "--train-subset", how, *FAST, env=cli_env)
+        assert res.returncode == 0, res.stderr
+        (rec,) = load_records(out).values()
+        runs[how] = rec
+    assert runs["first"]["spec"]["train_subset"] == "first" and runs["random"]["spec"]["train_subset"] == "random"
+    assert runs["first"]["run_id"] != runs["random"]["run_id"]
+    assert runs["first"]["train"]["loss_curve"] != runs["random"]["train"]["loss_curve"]
+
+
 def test_rerun_failed_and_force(tiny_model_dirs, cli_env, tmp_path):
     plugin = write_plugin(tmp_path, "faults", FAULTS)
     out = tmp_path / "out"

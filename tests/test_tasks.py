@@ -133,3 +133,26 @@ def test_pearson_and_spearman():
 def test_trec_accuracy_six_classes():
     task = get_task("trec")
     assert task.score(np.array([0, 5, 3, 2]), np.array([0, 5, 3, 1]))["accuracy"] == pytest.approx(0.75)
+
+
+def test_train_subset_random_and_first():
+    from peftbench.data import subset_indices
+
+    first = subset_indices(100, 10, "first", data_seed=7)
+    assert first.tolist() == list(range(10))
+    a, b = subset_indices(100, 10, "random", 0), subset_indices(100, 10, "random", 0)
+    assert a.tolist() == b.tolist() and len(set(a.tolist())) == 10 and a.tolist() == sorted(a.tolist())
+    assert a.tolist() != subset_indices(100, 10, "random", 1).tolist()
+    assert a.tolist() != first.tolist()
+    assert subset_indices(5, 10, "random", 0).tolist() == list(range(5))
+    with pytest.raises(ValueError, match="random or first"):
+        subset_indices(100, 10, "last", 0)
+
+
+def test_train_subset_keeps_earlier_run_ids():
+    """A field added later is left out of the id at its default, so published records stay valid."""
+    from peftbench.records import run_id
+
+    spec = {"method": "lora", "seed": 0, "train_samples": 4000}
+    assert run_id(spec) == run_id({**spec, "train_subset": "random"})
+    assert run_id(spec) != run_id({**spec, "train_subset": "first"})
