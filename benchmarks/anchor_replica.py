@@ -6,9 +6,12 @@ batch 32, dynamic padding, max length 64, 1 epoch, no gradient clipping, transfo
 It answers: what does the reference procedure itself reach on SST-2 dev, per seed, on the
 anchor's training subset (the first N rows, ``--subset first``) and on peftbench's default
 subset (``--subset random``: N rows drawn with numpy's default_rng(0), as ``--data-seed 0``)?
-One JSON line per run on stdout.
+One JSON line per run on stdout. ``--summarize`` puts those lines next to peftbench's own
+records for the same subsets (seed by seed) as a Markdown table.
 
     PEFTBENCH_DATA=../shared/datasets python benchmarks/anchor_replica.py --subset first --seeds 0,1,2,3,4
+    python benchmarks/anchor_replica.py --summarize results/sst2-anchor-check/replica.jsonl \
+        results/sst2-anchor-check results/sst2-minilm
 """
 
 from __future__ import annotations
@@ -26,13 +29,45 @@ import pandas as pd
 import torch
 
 
+def summarize(replica_file: str, record_dirs: list[str]) -> str:
+    """Seed-by-seed accuracies: the reference script vs peftbench's lora and peft-lora."""
+    from peftbench.records import load_records
+
+    runs = {}  # (subset, who) -> {seed: accuracy}
+    for line in Path(replica_file).read_text().splitlines():
+        r = json.loads(line)
+        runs.setdefault((r["subset"], "reference script (HF peft)"), {})[r["seed"]] = r["accuracy"]
+    for folder in record_dirs:
+        for rec in load_records(folder).values():
+            spec = rec["spec"]
+            if (rec["status"] == "ok" and spec["task"] == "sst2" and spec["label"] in ("lora", "peft-lora")
+                    and spec.get("lr_source") == "method default"
+                    and spec["train_samples"] == 4000 and spec["epochs"] == 1 and spec["knob_value"] == 8):
+                who = f"peftbench {spec['method']}"
+                runs.setdefault((spec.get("train_subset", "random"), who), {})[spec["seed"]] = rec["metrics"]["accuracy"]
+    seeds = sorted({s for v in runs.values() for s in v})
+    lines = ["| training subset | implementation | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|---|" + "---|" * (len(seeds) + 1)]
+    for (subset, who), acc in sorted(runs.items()):
+        values = np.array([acc[s] for s in seeds if s in acc])
+        spread = f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else ""
+        lines.append(f"| {subset} | {who} | " + " | ".join(f"{acc[s]:.3f}" if s in acc else "" for s in seeds)
+                     + f" | {values.mean():.3f}{spread} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--summarize", nargs="+", metavar=("REPLICA_JSONL", "RECORD_DIR"),
+                    help="print the comparison table from replica output and peftbench record folders")
     ap.add_argument("--subset", choices=["first", "random"], default="first")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--train-samples", type=int, default=4000)
     ap.add_argument("--data-dir", default=os.environ.get("PEFTBENCH_DATA"))
     args = ap.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize[0], args.summarize[1:]))
+        return
     if not args.data_dir or not (Path(args.data_dir) / "SST-2" / "train.tsv").is_file():
         raise SystemExit("no SST-2 data: set PEFTBENCH_DATA=../shared/datasets or pass --data-dir")
 

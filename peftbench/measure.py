@@ -83,6 +83,33 @@ class PeakMemory:
         }
 
 
+def saved_activation_bytes(model, batch) -> int:
+    """Bytes autograd keeps for the backward pass of one training-mode forward on ``batch``:
+    the distinct storages saved by the graph, parameters excluded. Unlike a peak RSS this does
+    not depend on the allocator, so it compares methods exactly. The RNG state is restored."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.train()
+        try:
+            loss = model(**batch).loss
+            del loss
+        finally:
+            model.train(was_training)
+    saved.pop(0, None)  # empty storages
+    return sum(saved.values())
+
+
 def summarize(times_s) -> dict:
     ms = np.asarray(times_s) * 1e3
     q25, q50, q75, q90 = np.percentile(ms, [25, 50, 75, 90])

@@ -21,7 +21,7 @@ CSV_COLUMNS = [
     "trainable_params", "trainable_pct", "head_params", "train_samples_per_s", "status",
     "budget", "budget_params", "budget_deviation_pct", "fixed",
     "tokens_per_s", "throughput_vs_full", "peak_mem_mb", "peak_mem_delta_mb",
-    "param_mb", "grad_mb", "optimizer_mb",
+    "param_mb", "grad_mb", "optimizer_mb", "activation_mb",
     "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms",
     "latency_base_bN_ms", "latency_bN_ms", "latency_bN_merged_ms", "latency_N", "latency_seq_len",
     "latency_b1_ratio", "latency_b1_merged_ratio", "latency_bN_ratio", "latency_bN_merged_ratio",
@@ -72,6 +72,7 @@ def record_row(rec: dict) -> dict:
         "param_mb": (_get(rec, "memory", "param_bytes") or np.nan) / MB,
         "grad_mb": (_get(rec, "memory", "grad_bytes") or np.nan) / MB,
         "optimizer_mb": (_get(rec, "memory", "optimizer_bytes") or np.nan) / MB,
+        "activation_mb": (_get(rec, "memory", "saved_activation_bytes") or np.nan) / MB,
         "latency_base_b1_ms": _lat(rec, "base_b1"), "latency_b1_ms": _lat(rec, "unmerged_b1"),
         "latency_b1_merged_ms": _lat(rec, "merged_b1"), "latency_base_bN_ms": _lat(rec, "base_bN"),
         "latency_bN_ms": _lat(rec, "unmerged_bN"), "latency_bN_merged_ms": _lat(rec, "merged_bN"),
@@ -129,7 +130,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 row[f"{name}_mean"] = ok[c].astype(float).mean()
                 row[f"{name}_std"] = ok[c].astype(float).std(ddof=1) if len(ok) > 1 else np.nan
         for c in ("trainable_params", "trainable_pct", "head_params", "train_samples_per_s", "tokens_per_s",
-                  "peak_mem_mb", "peak_mem_delta_mb", "param_mb", "grad_mb", "optimizer_mb",
+                  "peak_mem_mb", "peak_mem_delta_mb", "param_mb", "grad_mb", "optimizer_mb", "activation_mb",
                   "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms", "latency_base_bN_ms",
                   "latency_bN_ms", "latency_bN_merged_ms", "latency_b1_ratio", "latency_b1_merged_ratio",
                   "latency_bN_ratio", "latency_bN_merged_ratio", "checkpoint_bytes", "effective_seq_len",
@@ -201,6 +202,7 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
             "peak MB ↓ (Δ train)": f"{_n(r.peak_mem_mb, '{:,.0f}')} (+{_n(r.peak_mem_delta_mb, '{:,.0f}')})" if pd.notna(r.peak_mem_mb) else "",
+            "activations MB ↓": _n(r.activation_mb, "{:,.1f}"),
             "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_b1_ratio),
             "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_b1_merged_ratio),
             "bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_bN_ratio),
@@ -209,7 +211,10 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "machine GF/s": _n(r.machine_gflops, "{:.0f}"),
             "status": r.status,
         })
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if "activations MB ↓" in out and (out["activations MB ↓"] == "").all():  # records from before it was measured
+        out = out.drop(columns="activations MB ↓")
+    return out
 
 
 def setup_lines(summary: pd.DataFrame) -> list[str]:
@@ -240,7 +245,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "Peak MB: the run process's peak memory during training (CPU: resident set size; CUDA: "
         "max allocated); Δ train: its growth over the moment training started, which excludes "
         "what loading and data preparation left behind. "
-        "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
+        + ("Activations MB: what autograd saves for the backward pass of one training step on the "
+           "first training batch (distinct tensors, parameters excluded; allocator-independent). "
+           if "activations MB ↓" in disp else "")
+        + "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
         "(in brackets the median over seeds of each run's ratio to the base model timed in the "
         "same process); bN = batch N. Throughput and latency in ms come from separate runs: "
         "compare them across rows only as far as the machine's speed at each run's start "

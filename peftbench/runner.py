@@ -113,12 +113,12 @@ def _progress_bar(label: str, enabled: bool):
 
 def _run(spec: dict, out: Path, progress: bool) -> dict:
     from . import data as datamod
-    from .measure import checkpoint_bytes
+    from .measure import checkpoint_bytes, saved_activation_bytes
     from .method import apply_method
     from .models import load_model, load_tokenizer
     from .plugins import get_method, get_task, load_plugins
     from .tasks import load_task_data
-    from .train import TrainConfig, predict, train
+    from .train import TrainConfig, predict, to_device, train
 
     load_plugins(spec.get("plugins", ()))
     method = get_method(spec["method"])
@@ -185,6 +185,11 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     pred, gold = predict(model, eval_ds, collate, device)
     result["metrics"] = task.score(pred, gold)
     result["eval_time_s"] = time.perf_counter() - t0
+
+    # activation memory of one training step on the first batch (allocator-independent)
+    first = collate([train_ds[i] for i in range(min(spec["batch_size"], len(train_ds)))])
+    result["memory"]["saved_activation_bytes"] = saved_activation_bytes(model, to_device(first, device))
+    result["memory"]["saved_activation_batch"] = list(first["input_ids"].shape)
 
     # checkpoint: what restores the tuned model (method + head; everything for full)
     ckpt_dir = Path(out) / "checkpoints"

@@ -67,3 +67,40 @@ def test_peak_memory_sees_a_known_allocation():
     assert result["peak_mem_delta_bytes"] >= 0.9 * size
     assert result["peak_mem_delta_bytes"] < 1.5 * size
     assert result["peak_mem_kind"].startswith("cpu_peak_rss")
+
+
+def test_saved_activation_bytes_counts_what_autograd_keeps():
+    from peftbench.measure import saved_activation_bytes
+
+    # y = relu(x @ W): autograd keeps x (for W's gradient) and the relu output; W itself is excluded
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(16, 32))
+
+        def forward(self, x):
+            class Out:
+                loss = torch.relu(x @ self.w).sum()
+            return Out()
+
+    net = Net()
+    x = torch.randn(8, 16)
+    assert saved_activation_bytes(net, {"x": x}) == 8 * 16 * 4 + 8 * 32 * 4
+    net.w.requires_grad_(False)
+    assert saved_activation_bytes(net, {"x": x}) == 0  # nothing needs a gradient: no graph
+
+
+def test_saved_activations_of_lora_dropout_and_rng_untouched():
+    from conftest import batch, make_model
+    from peftbench.measure import saved_activation_bytes
+    from peftbench.method import apply_method
+    from peftbench.plugins import get_method
+
+    sizes = {}
+    for dropout in (0.0, 0.1):
+        model, _ = apply_method(get_method("lora"), make_model("bert"), 4, {"dropout": dropout})
+        model.eval()
+        state = torch.get_rng_state()
+        sizes[dropout] = saved_activation_bytes(model, batch())
+        assert torch.equal(state, torch.get_rng_state()) and not model.training
+    assert sizes[0.1] > sizes[0.0] > 0  # dropout keeps a dropped copy of each adapted input

@@ -52,6 +52,10 @@ def test_run_records_everything(sweep):
     assert lora["train"]["steps"] == 3
     # AdamW: two fp32 moments per trainable parameter, plus a scalar step per tensor
     assert lora["memory"]["peak_mem_bytes"] > 0
+    full = next(r for r in recs if r["spec"]["method"] == "full" and r["spec"]["seed"] == lora["spec"]["seed"])
+    # full fine-tuning keeps every linear layer's input for its weight gradient; frozen layers do not
+    assert full["memory"]["saved_activation_bytes"] > lora["memory"]["saved_activation_bytes"] > 0
+    assert lora["memory"]["saved_activation_batch"][0] == 8
     assert 8 * lora["params"]["total"] <= lora["memory"]["optimizer_bytes"] < 8 * lora["params"]["total"] + 1024
     lat = lora["latency"]
     assert {"base_b1", "unmerged_b1", "merged_b1", "base_bN", "unmerged_bN", "merged_bN"} == set(lat["timings"])
@@ -65,7 +69,7 @@ def test_run_records_everything(sweep):
     assert prefix["latency"]["effective_seq_len"] == prefix["latency"]["seq_len"] + prefix["spec"]["knob_value"]
     full = next(r for r in recs if r["spec"]["method"] == "full")
     assert full["spec"]["knob"] is None and full["spec"]["budget"] is None
-    assert "| sst2 | lora |" in res.stdout and "±" in res.stdout
+    assert "| sst2 | lora |" in res.stdout and "±" in res.stdout and "activations MB" in res.stdout
 
 
 def test_report_formats(sweep, tmp_path):
