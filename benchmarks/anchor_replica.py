@@ -44,6 +44,8 @@ def summarize(replica_file: str, record_dirs: list[str]) -> str:
                     and spec.get("lr_source") == "method default"
                     and spec["train_samples"] == 4000 and spec["epochs"] == 1 and spec["knob_value"] == 8):
                 who = f"peftbench {spec['method']}"
+                if (spec["weight_decay"], spec["max_grad_norm"]) != (0.0, 1.0):
+                    who += f" (weight decay {spec['weight_decay']:g}, clip {spec['max_grad_norm'] or 'none'})"
                 runs.setdefault((spec.get("train_subset", "random"), who), {})[spec["seed"]] = rec["metrics"]["accuracy"]
     seeds = sorted({s for v in runs.values() for s in v})
     lines = ["| training subset | implementation | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",

@@ -177,6 +177,11 @@ def plan(s: SweepSettings) -> Plan:
             c.method.check_knob(knobs[c.method.name])
         elif "*" in knobs and c.method.knob:
             c.method.check_knob(knobs["*"])
+    for flag, value in (("--weight-decay", s.weight_decay), ("--max-grad-norm", s.max_grad_norm)):
+        if value < 0:
+            raise PeftbenchError(f"{flag} must be >= 0, got {value}")
+    if not 0 <= s.warmup_ratio < 1:
+        raise PeftbenchError(f"--warmup-ratio must be in [0, 1), got {s.warmup_ratio}")
     for flag, value in (("--epochs", s.epochs), ("--batch-size", s.batch_size)):
         if value is not None and value <= 0:
             raise PeftbenchError(f"{flag} must be positive, got {value}")

@@ -113,7 +113,8 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
             with autocast(device):
                 loss = model(**batch).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if cfg.max_grad_norm:  # 0: no clipping
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             if after_step:
                 after_step(step + 1)
