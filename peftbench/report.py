@@ -63,6 +63,7 @@ def record_row(rec: dict) -> dict:
         "fixed": spec.get("knob") is None,
         "group": hashlib.sha1(json.dumps([spec.get("task"), spec.get("label"), spec.get("knob_value"),
                                           spec.get("budget"), setup], sort_keys=True, default=str).encode()).hexdigest()[:12],
+        "_setup": setup,
         "trainable_params": _get(rec, "params", "method"), "head_params": _get(rec, "params", "head"),
         "trainable_pct": _get(rec, "params", "method_pct"),
         "train_samples_per_s": _get(rec, "train", "samples_per_s"), "tokens_per_s": _get(rec, "train", "tokens_per_s"),
@@ -107,6 +108,23 @@ def _status(statuses) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
+def _tell_apart(rows: list[dict]) -> None:
+    """Rows that would read alike (same task, config, size, budget) but were run under different
+    settings get the differing settings in their config label, e.g. ``lora (weight_decay 0.01)``."""
+    clashes: dict = {}
+    for row in rows:
+        clashes.setdefault((row.get("task"), row.get("config"), row.get("knob_value"), row.get("budget")), []).append(row)
+    for group in clashes.values():
+        if len(group) < 2:
+            continue
+        keys = [k for k in SETUP_FIELDS if k not in ("lr", "options")
+                and len({json.dumps(r["_setup"].get(k), sort_keys=True, default=str) for r in group}) > 1]
+        for row in group:
+            parts = [f"{k} {row['_setup'].get(k)}" for k in keys]
+            if parts:
+                row["config"] = f"{row['config']} ({', '.join(parts)})"
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration; stable column names (CSV_COLUMNS plus metric columns)."""
     if df.empty:
@@ -116,6 +134,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         ok = g[g.status == "ok"]
         first = g.iloc[0]
         row = {c: first.get(c) for c in CSV_COLUMNS if c in g}
+        row["_setup"] = first.get("_setup") or {}
         row["n_seeds"] = len(ok)
         row["status"] = _status(g.status)
         metric_cols = [c for c in g.columns if c.startswith("m_")]
@@ -138,7 +157,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
         rows.append(row)
-    out = pd.DataFrame(rows)
+    _tell_apart(rows)
+    out = pd.DataFrame(rows).drop(columns="_setup")
     order = {name: i for i, name in enumerate(METHOD_ORDER)}
     out["_rank"] = [order.get(m, len(order)) for m in out.method]
     out["_budget"] = out.budget_params.fillna(-1) if "budget_params" in out else -1

@@ -114,6 +114,24 @@ def test_latency_ratios_are_same_session_medians():
     assert display_frame(summary)["b1 ms ↓ (vs base)"].iloc[0] == "13.2 (1.10x)"
 
 
+def test_rows_run_under_different_settings_are_told_apart():
+    from peftbench.report import records_frame, summarize
+
+    def rec(seed, **setup):
+        spec = {"task": "sst2", "method": "lora", "label": "lora", "knob": "r", "knob_value": 8, "seed": seed,
+                "weight_decay": 0.0, "max_grad_norm": 1.0, "train_samples": 4000, **setup}
+        return {"run_id": f"r{seed}{sorted(setup.items())}", "status": "ok", "metrics": {"accuracy": 0.5}, "spec": spec}
+
+    summary = summarize(records_frame([rec(0), rec(1), rec(0, weight_decay=0.01), rec(0, train_subset="first")]))
+    assert sorted(zip(summary.config, summary.n_seeds)) == [
+        ("lora (train_subset first, weight_decay 0.0)", 1),
+        ("lora (train_subset random, weight_decay 0.0)", 2),
+        ("lora (train_subset random, weight_decay 0.01)", 1),
+    ]
+    # a record written before train_subset existed reads as the default (random): one row, not two
+    assert len(summarize(records_frame([rec(0), rec(1, train_subset="random")]))) == 1
+
+
 def test_rerun_skips_finished_runs(sweep):
     _, out, env = sweep
     res = peftbench("run", "--model", sweep[1].parent, "--methods", "lora", "--out", out, *FAST, env=env)
