@@ -41,8 +41,10 @@ def summarize(replica_file: str, record_dirs: list[str]) -> str:
         for rec in load_records(folder).values():
             spec = rec["spec"]
             if (rec["status"] == "ok" and spec["task"] == "sst2" and spec["label"] in ("lora", "peft-lora")
-                    and spec.get("lr_source") == "method default"
-                    and spec["train_samples"] == 4000 and spec["epochs"] == 1 and spec["knob_value"] == 8):
+                    and spec.get("lr_source") == "method default" and spec["model"] == "minilm"
+                    and spec["train_samples"] == 4000 and spec["epochs"] == 1 and spec["knob_value"] == 8
+                    and spec["max_steps"] is None and spec["batch_size"] == 32 and spec["max_seq_len"] == 64
+                    and spec["warmup_ratio"] == 0.06 and spec["data_seed"] == 0):
                 who = f"peftbench {spec['method']}"
                 if (spec["weight_decay"], spec["max_grad_norm"]) != (0.0, 1.0):
                     who += f" (weight decay {spec['weight_decay']:g}, clip {spec['max_grad_norm'] or 'none'})"

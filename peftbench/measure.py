@@ -85,9 +85,9 @@ class PeakMemory:
 
 def saved_activation_bytes(model, batch) -> int:
     """Bytes autograd keeps for the backward pass of one training-mode forward on ``batch``:
-    the distinct storages saved by the graph, parameters excluded. Unlike a peak RSS this does
+    the distinct storages saved by the graph, parameters and buffers excluded. Unlike a peak RSS this does
     not depend on the allocator, so it compares methods exactly. The RNG state is restored."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     saved: dict[int, int] = {}
 
     def pack(t):

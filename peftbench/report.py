@@ -108,6 +108,12 @@ def _status(statuses) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
+def _compact(value) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in sorted(value.items()) if v is not None)
+    return str(value)
+
+
 def _tell_apart(rows: list[dict]) -> None:
     """Rows that would read alike (same task, config, size, budget) but were run under different
     settings get the differing settings in their config label, e.g. ``lora (weight_decay 0.01)``."""
@@ -117,10 +123,10 @@ def _tell_apart(rows: list[dict]) -> None:
     for group in clashes.values():
         if len(group) < 2:
             continue
-        keys = [k for k in SETUP_FIELDS if k not in ("lr", "options")
+        keys = [k for k in SETUP_FIELDS if k != "options"  # options are in the label already
                 and len({json.dumps(r["_setup"].get(k), sort_keys=True, default=str) for r in group}) > 1]
         for row in group:
-            parts = [f"{k} {row['_setup'].get(k)}" for k in keys]
+            parts = [f"{k} {_compact(row['_setup'].get(k))}" for k in keys]
             if parts:
                 row["config"] = f"{row['config']} ({', '.join(parts)})"
 
@@ -266,7 +272,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "max allocated); Δ train: its growth over the moment training started, which excludes "
         "what loading and data preparation left behind. "
         + ("Activations MB: what autograd saves for the backward pass of one training step on the "
-           "first training batch (distinct tensors, parameters excluded; allocator-independent). "
+           "first batch of training examples in file order (distinct tensors, parameters and buffers "
+           "excluded; allocator-independent). "
            if "activations MB ↓" in disp else "")
         + "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
         "(in brackets the median over seeds of each run's ratio to the base model timed in the "

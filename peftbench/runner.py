@@ -113,12 +113,12 @@ def _progress_bar(label: str, enabled: bool):
 
 def _run(spec: dict, out: Path, progress: bool) -> dict:
     from . import data as datamod
-    from .measure import checkpoint_bytes, saved_activation_bytes
+    from .measure import checkpoint_bytes
     from .method import apply_method
     from .models import load_model, load_tokenizer
     from .plugins import get_method, get_task, load_plugins
     from .tasks import load_task_data
-    from .train import TrainConfig, predict, to_device, train
+    from .train import TrainConfig, predict, train
 
     load_plugins(spec.get("plugins", ()))
     method = get_method(spec["method"])
@@ -169,6 +169,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
                       on_start=lambda total: method.on_train_start(model, total))
     finally:
         close()
+    activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device)
     method.finalize(model)
     step = max(1, len(stats.losses) // 200)
     result["train"] = {
@@ -178,18 +179,13 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         "loss_last10": float(np.mean(stats.losses[-10:])), "loss_curve_every": step,
         "loss_curve": stats.losses[::step],
     }
-    result["memory"] = stats.memory
+    result["memory"] = {**stats.memory, **activations}
 
     # evaluate
     t0 = time.perf_counter()
     pred, gold = predict(model, eval_ds, collate, device)
     result["metrics"] = task.score(pred, gold)
     result["eval_time_s"] = time.perf_counter() - t0
-
-    # activation memory of one training step on the first batch (allocator-independent)
-    first = collate([train_ds[i] for i in range(min(spec["batch_size"], len(train_ds)))])
-    result["memory"]["saved_activation_bytes"] = saved_activation_bytes(model, to_device(first, device))
-    result["memory"]["saved_activation_batch"] = list(first["input_ids"].shape)
 
     # checkpoint: what restores the tuned model (method + head; everything for full)
     ckpt_dir = Path(out) / "checkpoints"
@@ -205,6 +201,24 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     if lat:
         result["latency"] = measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat)
     return result
+
+
+def _activation_memory(model, train_ds, collate, batch_size, device) -> dict:
+    """What autograd saves for one training step on the first ``batch_size`` training examples
+    (file order), under the training autocast, on the model as trained (before finalize). A side
+    measurement: if it fails, the run keeps its results and the record says why."""
+    from .measure import saved_activation_bytes
+    from .train import autocast, to_device
+
+    first = collate([train_ds[i] for i in range(min(batch_size, len(train_ds)))])
+    out = {"saved_activation_batch": list(first["input_ids"].shape)}
+    try:
+        with autocast(torch.device(device)):
+            out["saved_activation_bytes"] = saved_activation_bytes(model, to_device(first, device))
+    except Exception as e:  # e.g. out of memory on a nearly full GPU
+        out["saved_activation_bytes"] = None
+        out["saved_activation_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return out
 
 
 def measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat) -> dict:

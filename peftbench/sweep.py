@@ -4,6 +4,7 @@ the sweep down), resuming from the records already in the output folder."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -178,8 +179,10 @@ def plan(s: SweepSettings) -> Plan:
         elif "*" in knobs and c.method.knob:
             c.method.check_knob(knobs["*"])
     for flag, value in (("--weight-decay", s.weight_decay), ("--max-grad-norm", s.max_grad_norm)):
-        if value < 0:
-            raise PeftbenchError(f"{flag} must be >= 0, got {value}")
+        if not (value >= 0 and math.isfinite(value)):
+            raise PeftbenchError(f"{flag} must be a finite number >= 0, got {value}")
+    if s.train_subset not in ("random", "first"):
+        raise PeftbenchError(f"--train-subset {s.train_subset!r}: use random or first")
     if not 0 <= s.warmup_ratio < 1:
         raise PeftbenchError(f"--warmup-ratio must be in [0, 1), got {s.warmup_ratio}")
     for flag, value in (("--epochs", s.epochs), ("--batch-size", s.batch_size)):
@@ -249,8 +252,12 @@ def plan(s: SweepSettings) -> Plan:
                     "knob": c.method.knob, "knob_value": knob_value, "budget": btext, "budget_params": bparams,
                     "budget_deviation_pct": deviation,
                     "task": task.name, "task_version": task.version, "data_dir": s.data_dir,
-                    "model": s.model, "model_revision": revision, "seed": seed, "data_seed": s.data_seed,
-                    "train_samples": s.train_samples, "train_subset": s.train_subset,
+                    "model": s.model, "model_revision": revision, "seed": seed,
+                    # unused when the first N rows are taken: fixed at its default, not splitting run ids
+                    "data_seed": 0 if (s.train_samples and s.train_subset == "first") else s.data_seed,
+                    "train_samples": s.train_samples,
+                    # settings that pick nothing are normalised, so they do not split run ids
+                    "train_subset": s.train_subset if s.train_samples else "random",
                     "lr": lrs.get(c.method.name, lrs.get("*", c.method.default_lr)),
                     "lr_source": "flag" if (c.method.name in lrs or "*" in lrs) else "method default",
                     "epochs": s.epochs, "max_steps": s.max_steps, "batch_size": s.batch_size,

@@ -77,7 +77,8 @@ def _case(tmp_path, small_data, tiny_model_dirs):
         "bad seeds": (["--seeds", "a,b"], "--seeds 'a,b': expected comma-separated integers"),
         "bad train samples": (["--train-samples", "many"], "--train-samples 'many': give a positive integer or 'all'"),
         "zero epochs": (["--epochs", "0"], "--epochs must be positive"),
-        "negative clipping norm": (["--max-grad-norm", "-1"], "--max-grad-norm must be >= 0, got -1.0"),
+        "negative clipping norm": (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number >= 0, got -1.0"),
+        "nan weight decay": (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
         "warmup ratio over 1": (["--warmup-ratio", "1.5"], "--warmup-ratio must be in [0, 1), got 1.5"),
         "missing data folder": (["--data-dir", str(tmp_path / "nowhere")], "task sst2: --data-dir="),
         "malformed data": (["--data-dir", str(bad_data)], "train.tsv:3: expected 2 tab-separated fields, found 1"),
@@ -110,7 +111,7 @@ NAMES = [
     "lr for absent method", "negative lr", "malformed knob", "knob out of range", "knob on fixed method",
     "malformed budget", "impossible budget", "budget over model", "unknown target module", "negative seed",
     "length over positions", "bad seeds", "bad train samples", "zero epochs", "negative clipping norm",
-    "warmup ratio over 1",
+    "nan weight decay", "warmup ratio over 1",
     "missing data folder", "malformed data", "data not utf-8", "not a model", "missing model path", "broken plugin", "empty plugin",
     "plugin registers nothing", "plugin hook raises", "duplicate plugin", "out is a file", "out under a file", "unknown flag", "bad device choice",
 ]

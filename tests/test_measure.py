@@ -72,15 +72,16 @@ def test_peak_memory_sees_a_known_allocation():
 def test_saved_activation_bytes_counts_what_autograd_keeps():
     from peftbench.measure import saved_activation_bytes
 
-    # y = relu(x @ W): autograd keeps x (for W's gradient) and the relu output; W itself is excluded
+    # y = relu(x @ W): autograd keeps x (for W's gradient) and the relu output; W and buffers are excluded
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.randn(16, 32))
+            self.register_buffer("buf", torch.randn(32, 4))
 
         def forward(self, x):
-            class Out:
-                loss = torch.relu(x @ self.w).sum()
+            class Out:  # w @ buf keeps the buffer for w's gradient: a buffer is not an activation
+                loss = torch.relu(x @ self.w).sum() + (self.w @ self.buf).sum()
             return Out()
 
     net = Net()

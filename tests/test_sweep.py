@@ -166,6 +166,22 @@ def test_train_subset_first_is_recorded_and_changes_the_data(tiny_model_dirs, cl
     assert runs["first"]["train"]["loss_curve"] != runs["random"]["train"]["loss_curve"]
 
 
+def test_settings_that_pick_nothing_do_not_split_run_ids(tiny_model_dirs, small_data):
+    from peftbench.sweep import SweepSettings, plan
+
+    def spec(**kw):
+        s = SweepSettings(methods="lora", model=str(tiny_model_dirs["bert"]), data_dir=str(small_data),
+                          budget="none", latency=None, **kw)
+        (one,) = plan(s).specs
+        return one
+
+    all_data = spec(train_samples=None, train_subset="first")
+    assert all_data["train_subset"] == "random" and all_data["run_id"] == spec(train_samples=None)["run_id"]
+    first = spec(train_samples=64, train_subset="first", data_seed=5)
+    assert first["data_seed"] == 0 and first["run_id"] == spec(train_samples=64, train_subset="first")["run_id"]
+    assert spec(train_samples=64, data_seed=5)["run_id"] != spec(train_samples=64)["run_id"]
+
+
 def test_rerun_failed_and_force(tiny_model_dirs, cli_env, tmp_path):
     plugin = write_plugin(tmp_path, "faults", FAULTS)
     out = tmp_path / "out"
