@@ -171,8 +171,8 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 @click.pass_context
 def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs, max_steps, train_samples,
         data_seed, train_subset, batch_size, max_seq_len, weight_decay, warmup_ratio, max_grad_norm, device, out,
-        latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force, timeout_per_run, progress,
-        plugin_files):
+        latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
+        timeout_per_run, progress, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
     from .sweep import SweepSettings, check_output_dir, plan, run_sweep
@@ -193,7 +193,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         methods=methods_, tasks=tasks_, seeds=seeds, model=model, data_dir=data_dir, knob=knob, budget=budget,
         lr=lr, epochs=epochs, max_steps=max_steps, train_samples=n_train, data_seed=data_seed,
         train_subset=train_subset, batch_size=batch_size, max_seq_len=max_seq_len, warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device, keep_checkpoint=keep_checkpoints, plugins=_plugins(ctx, plugin_files),
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device, keep_checkpoint=keep_checkpoints,
+        plugins=_plugins(ctx, plugin_files),
         latency={"batch": latency_batch, "seq_len": latency_seq_len, "min_reps": 20,
                  "min_time_s": latency_min_time, "warmup": 3} if latency else None,
     )

@@ -85,8 +85,10 @@ class PeakMemory:
 
 def saved_activation_bytes(model, batch) -> int:
     """Bytes autograd keeps for the backward pass of one training-mode forward on ``batch``:
-    the distinct storages saved by the graph, parameters and buffers excluded. Unlike a peak RSS this does
-    not depend on the allocator, so it compares methods exactly. The RNG state is restored."""
+    the distinct storages saved by the graph, parameters and buffers excluded. Unlike a peak RSS
+    this does not depend on the allocator, so it compares methods exactly. The RNG state and the
+    train/eval mode are restored (a module that updates running statistics in training mode
+    would see one extra batch)."""
     params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     saved: dict[int, int] = {}
 
