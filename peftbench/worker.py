@@ -37,6 +37,8 @@ def die_with_parent():
 def child_main(spec_file: str, out: str, progress: bool) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "pthread_sigmask"):  # the fork server's children inherit SIGINT blocked
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     # tqdm would otherwise create a named multiprocessing lock (a semaphore that a killed
     # run leaks); one process needs only a thread lock.
     from tqdm import tqdm
@@ -67,16 +69,19 @@ def context():
             _context = multiprocessing.get_context("forkserver")
             _context.set_forkserver_preload(PRELOAD)
             # The server is born with SIGINT ignored (an ignored signal survives exec): Ctrl-C
-            # reaches the sweep and the run in progress, never the server.
-            try:
+            # reaches the sweep and the run in progress, never the server. SIGINT is blocked
+            # meanwhile, so a Ctrl-C that comes while the server starts stays pending and is
+            # delivered to the sweep afterwards instead of being lost.
+            main_thread = threading.current_thread() is threading.main_thread()  # else leave signals alone
+            if main_thread:
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                 old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            except ValueError:  # not the main thread: leave signals alone
-                old = None
             try:
                 multiprocessing.forkserver.ensure_running()
             finally:
-                if old is not None:
+                if main_thread:
                     signal.signal(signal.SIGINT, old)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         else:
             _context = multiprocessing.get_context("spawn")
     return _context

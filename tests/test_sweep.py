@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,8 +112,22 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tiny_model_dirs, cli_env, tmp
     assert not list((out / "records").glob(".*"))  # no temp or spec files left behind
 
 
+def _processes_tagged(tag: str) -> int:
+    """Live processes whose environment carries PEFTBENCH_TEST_TAG=tag (Linux /proc)."""
+    n = 0
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                n += f"PEFTBENCH_TEST_TAG={tag}".encode() in (p / "environ").read_bytes().split(b"\0")
+            except OSError:
+                pass
+    return n
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
 def test_kill_the_sweep_then_resume(tiny_model_dirs, cli_env, tmp_path):
     out = tmp_path / "out"
+    cli_env = dict(cli_env, PEFTBENCH_TEST_TAG=tmp_path.name)
     args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--knob", "lora=2",
             "--seeds", "0,1,2", "--out", out, "--max-steps", "150", "--batch-size", "8", "--no-latency", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *map(str, args)], env=cli_env,
@@ -123,7 +138,10 @@ def test_kill_the_sweep_then_resume(tiny_model_dirs, cli_env, tmp_path):
     time.sleep(0.3)  # the second run is under way
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(2.0)  # the run in progress dies with the sweep (via its fork server) or finishes
+    deadline = time.time() + 120  # the run in progress dies with the sweep (via its fork server) or finishes
+    while time.time() < deadline and _processes_tagged(tmp_path.name):
+        time.sleep(0.1)
+    assert not _processes_tagged(tmp_path.name), "a run outlived its sweep by two minutes"
     first = {p.name: p.read_bytes() for p in (out / "records").glob("*.json")}
     assert 1 <= len(first) < 3
     res = peftbench(*args, env=cli_env)
