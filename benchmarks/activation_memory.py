@@ -10,22 +10,17 @@ Inputs: SST-2 dev sentences padded to the sequence length. Writes results/activa
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import sys
 
 import torch
 
-from peftbench.bench import input_texts, inputs_for
-from peftbench.budget import Counter, budget_params, parse_budget, solve
+from peftbench.bench import build_models, input_texts, inputs_for
 from peftbench.errors import PeftbenchError
 from peftbench.measure import saved_activation_bytes
-from peftbench.method import apply_method
-from peftbench.models import load_config, load_model, load_tokenizer, meta_model, quiet_transformers
-from peftbench.plugins import get_methods, get_task
+from peftbench.models import quiet_transformers
 from peftbench.records import write_atomic
 from peftbench.runner import environment
-from peftbench.sweep import reference_resolver
 
 VARIANTS = [  # (label, method, options)
     ("full fine-tuning", "full", {}),
@@ -54,24 +49,18 @@ def main(argv=None):
         texts, source = input_texts(args.data_dir)
     except PeftbenchError as e:
         sys.exit(f"Error: {e}")
-    methods = get_methods()
-    tokenizer = load_tokenizer(args.model)
-    counter = Counter(meta_model(load_config(args.model)))
-    target = budget_params(parse_budget(args.budget), counter, reference_resolver(methods))
-    torch.manual_seed(0)
-    base = load_model(args.model, get_task("sst2"), tokenizer)
+    models, tokenizer, target = build_models(args.model, args.budget, "cpu", VARIANTS)
     seqs = [int(s) for s in args.seq_lens.split(",")]
     rows = []
-    for label, name, options in VARIANTS:
-        method = methods[name]
-        knob = solve(method, options, target, counter).knob_value if method.knob else None
-        model, counts = apply_method(method, copy.deepcopy(base), knob, options)
+    for label, (model, sol, counts) in models.items():
+        if counts is None:  # the base model
+            continue
         acts = []
         for seq in seqs:
             batch = inputs_for(tokenizer, texts, args.batch, seq, "cpu")
             batch["labels"] = torch.zeros(args.batch, dtype=torch.long)
             acts.append(saved_activation_bytes(model, batch))
-        rows.append((label, f"{method.knob}={knob}" if method.knob else "-", counts.total, acts))
+        rows.append((label, f"{sol.knob}={sol.knob_value}" if sol else "-", counts.total, acts))
         print(label, [f"{a / MB:.1f} MB" for a in acts], file=sys.stderr, flush=True)
     env = environment("cpu")
     command = "python benchmarks/activation_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])

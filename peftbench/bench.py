@@ -33,7 +33,9 @@ VARIANTS = [  # (label, method, options)
 ]
 
 
-def build_models(model_id: str, budget_text: str, device: str):
+def build_models(model_id: str, budget_text: str, device: str, variants=VARIANTS):
+    """The base model and each (label, method, options) variant at the budget: label ->
+    (model, budget solution or None for a method without a knob, parameter counts)."""
     methods = get_methods()
     task = get_task("sst2")
     tokenizer = load_tokenizer(model_id)
@@ -42,10 +44,10 @@ def build_models(model_id: str, budget_text: str, device: str):
     torch.manual_seed(0)
     base = load_model(model_id, task, tokenizer, device).eval()
     models = {"Base": (base, None, None)}
-    for label, name, options in VARIANTS:
+    for label, name, options in variants:
         method = methods[name]
-        sol = solve(method, options, target, counter)
-        model, counts = apply_method(method, copy.deepcopy(base), sol.knob_value, options)
+        sol = solve(method, options, target, counter) if method.knob else None
+        model, counts = apply_method(method, copy.deepcopy(base), sol.knob_value if sol else None, options)
         with torch.no_grad():  # non-zero LoRA B / adapter up-projection: a trained-like state
             for n, p in model.named_parameters():
                 if p.requires_grad and ("lora_B" in n or ".up." in n):

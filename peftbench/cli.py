@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import PeftbenchError
+from .errors import PeftbenchError, first_line
 
 EXIT_BAD_INPUT = 2
 
@@ -298,8 +298,7 @@ def main(argv=None):
     except Exception as e:
         if debug:
             raise
-        first = (str(e).strip() or type(e).__name__).splitlines()[0]
-        click.echo(f"Error: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+        click.echo(f"Error: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug for the traceback)", err=True)
         return 1
 
 

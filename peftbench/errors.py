@@ -13,6 +13,11 @@ class UnsupportedModel(PeftbenchError):
     """A method could not find what it needs in a model."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line (its type name when the message is empty)."""
+    return (str(e).strip() or type(e).__name__).splitlines()[0]
+
+
 def closest(name, choices, n=3):
     """A 'did you mean ...' suffix for an unknown name, or ''."""
     import difflib

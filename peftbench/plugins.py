@@ -18,7 +18,7 @@ from pathlib import Path
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, closest
+from .errors import PluginError, closest, first_line
 
 DEFAULT_PLUGINS = (
     "peftbench_plugins.full",
@@ -69,7 +69,7 @@ def _load_entry_points():
         except Exception as e:  # a broken third-party package must not be a traceback
             raise PluginError(
                 f"plugin {ep.name!r} (package {dist or '?'}) failed to import: {type(e).__name__}: "
-                f"{_first_line(e)}; fix or uninstall it, or set PEFTBENCH_LOAD_PLUGINS to skip it"
+                f"{first_line(e)}; fix or uninstall it, or set PEFTBENCH_LOAD_PLUGINS to skip it"
             ) from e
         pm.register(module, name=ep.name)
 
@@ -89,7 +89,7 @@ def load_plugin_file(path) -> str:
     try:
         spec.loader.exec_module(module)
     except Exception as e:
-        raise PluginError(f"plugin file {path} failed to import: {type(e).__name__}: {_first_line(e)}") from e
+        raise PluginError(f"plugin file {path} failed to import: {type(e).__name__}: {first_line(e)}") from e
     hooks = [n for n in dir(module) if n.startswith("peftbench_") and hasattr(getattr(module, n), "peftbench_impl")]
     if not hooks:
         raise PluginError(
@@ -122,7 +122,7 @@ def _call_hook(fn, plugin: str, register):
         raise
     except Exception as e:
         raise PluginError(
-            f"plugin {plugin}: {getattr(fn, '__name__', 'hook')} raised {type(e).__name__}: {_first_line(e)};"
+            f"plugin {plugin}: {getattr(fn, '__name__', 'hook')} raised {type(e).__name__}: {first_line(e)};"
             " fix the plugin or leave it out"
         ) from e
 
@@ -131,12 +131,8 @@ def _check_hooks():
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        raise PluginError(f"plugin {pm.get_name(e.plugin)}: {_first_line(e)}") from e
+        raise PluginError(f"plugin {pm.get_name(e.plugin)}: {first_line(e)}") from e
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 def _collect(hook, kind: str, base_class) -> dict:

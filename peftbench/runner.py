@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import PeftbenchError
+from .errors import PeftbenchError, first_line
 from .records import record_path, write_atomic
 from .train import Diverged
 
@@ -217,7 +217,7 @@ def _activation_memory(model, train_ds, collate, batch_size, device) -> dict:
             out["saved_activation_bytes"] = saved_activation_bytes(model, to_device(first, device))
     except Exception as e:  # e.g. out of memory on a nearly full GPU
         out["saved_activation_bytes"] = None
-        out["saved_activation_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        out["saved_activation_error"] = f"{type(e).__name__}: {first_line(e)}"
     return out
 
 
@@ -291,7 +291,7 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
         record["status"], error = ("oom" if is_oom_error(e) else "failed"), e
     if error is not None:
         record["error_type"] = type(error).__name__
-        record["error"] = (str(error).strip() or type(error).__name__).splitlines()[0]
+        record["error"] = first_line(error)
         if not isinstance(error, PeftbenchError):
             tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")
             write_atomic(tb, "".join(traceback.format_exception(error)), text=True)

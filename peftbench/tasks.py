@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .errors import PeftbenchError
+from .errors import PeftbenchError, first_line
 
 DATA_ENV = "PEFTBENCH_DATA"
 
@@ -291,6 +291,5 @@ def _load_from_hub(task: Task) -> TaskData:
             out["label"] = df[hub.label_column].astype(float if task.is_regression else int)
             frames.append(out)
     except Exception as e:
-        first = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise PeftbenchError(f"task {task.name}: no data found ({tried}, hub {hub_id} failed: {first}); {fix}") from None
+        raise PeftbenchError(f"task {task.name}: no data found ({tried}, hub {hub_id} failed: {first_line(e)}); {fix}") from None
     return TaskData(frames[0], frames[1], f"hub:{hub_id}", f"hub:{hub_id}")

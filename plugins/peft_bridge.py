@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import peftbench
-from peftbench.errors import UnsupportedModel
+from peftbench.errors import UnsupportedModel, first_line
 from peftbench.method import head_parameter_names
 
 
@@ -144,8 +144,9 @@ class PeftMethod(peftbench.Method):
             config = self.config_cls(**kwargs)
             peft_model = peft.get_peft_model(model, config)
         except Exception as e:
-            first = (str(e).strip() or type(e).__name__).splitlines()[0]
-            raise UnsupportedModel(f"{self.name}: peft cannot apply {self.spec.config} to {type(model).__name__}: {first}") from None
+            raise UnsupportedModel(
+                f"{self.name}: peft cannot apply {self.spec.config} to {type(model).__name__}: {first_line(e)}"
+            ) from None
         for n, p in peft_model.named_parameters():
             if any(c in n for c in self.spec.constants):
                 p.requires_grad_(False)  # peft leaves them trainable when built on the meta device
