@@ -1,18 +1,23 @@
 # Fresh clone:  make run   (set up .venv, run `peftbench run --methods lora,adapter`)
 #               make test  (set up .venv, run the test suite)
+# .venv gets the exact versions of requirements/constraints.txt (the ones the suite passes with);
+# `make test-latest` tries the newest releases instead, in .venv-latest (not part of CI's gate).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
+INSTALL := torch==2.13.0 -e ".[dev]"
 # Offline defaults (override on the command line or in the environment).
 export PEFTBENCH_DATA ?= ../shared/datasets
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test bench results clean
+.PHONY: install run test test-latest versions lock bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0 -e ".[dev]"
+	$(BIN)/python -m pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt $(INSTALL)
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,11 +25,29 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/peftbench run --methods lora,adapter
 
-test: install
+test: install versions
 	$(BIN)/python -m pytest -q
+
+# The environment in one line (CI prints it first, so a red run shows at once whether it moved).
+versions: install
+	@$(BIN)/peftbench env --line
+
+test-latest:
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager $(INSTALL)
+	@.venv-latest/bin/peftbench env --line
+	.venv-latest/bin/python -m pytest -q
+
+# Regenerate requirements/constraints.txt from pyproject.toml and requirements/lock.in.
+lock:
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/python -m pip install --quiet pip-tools==$(PIP_TOOLS_VERSION)
+	.venv-tools/bin/pip-compile --quiet --upgrade --all-extras --strip-extras --no-emit-index-url \
+		--no-emit-find-links --unsafe-package torch -o requirements/constraints.txt pyproject.toml requirements/lock.in
 
 bench: install
 	$(BIN)/python benchmarks/latency.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-tools runs .pytest_cache

@@ -43,6 +43,18 @@ def _plugins(ctx, extra):
 
 
 @cli.command()
+@click.option("--line", is_flag=True, help="Library versions in one line (what CI prints first).")
+def env(line):
+    """Show the environment: library versions, devices."""
+    from .provenance import library_versions, versions_line
+
+    if line:
+        click.echo(versions_line())
+        return
+    _print_rows([("library", "version"), *library_versions().items()])
+
+
+@cli.command()
 @plugin_option
 @click.pass_context
 def methods(ctx, plugin_files):

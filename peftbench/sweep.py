@@ -329,12 +329,12 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     here when the child died, hung or was interrupted)."""
     attempt = uuid.uuid4().hex[:12]
     spec_file = records_dir(out) / f".{spec['run_id']}.spec"
-    write_atomic(spec_file, {**spec, "attempt": attempt})
     started = time.time()
     oom_kills_before = oom_kill_count()
     proc = None
     timed_out = False
-    try:
+    try:  # from the moment the spec exists, a Ctrl-C leaves a cancelled record and no spec file
+        write_atomic(spec_file, {**spec, "attempt": attempt})
         proc = worker.start(spec_file, out, progress)
         proc.join(timeout)
         if proc.exitcode is None:  # still running: hung
@@ -354,6 +354,12 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
             proc.join()
         spec_file.unlink(missing_ok=True)
     rec = _own_record(out, spec, attempt)
+    if rec is None and proc.exitcode == worker.EXIT_INTERRUPTED:
+        # the run was interrupted by a SIGINT this process did not get (e.g. `kill -INT <run pid>`):
+        # the interrupt still ends the sweep
+        write_atomic(record_path(out, spec["run_id"]),
+                     _failure_record(spec, "cancelled", "interrupted (Ctrl-C)", started, attempt))
+        raise KeyboardInterrupt
     if rec is None:  # the child died before writing its record
         rc = proc.exitcode
         if timed_out:

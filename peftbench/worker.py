@@ -4,7 +4,8 @@ Runs are started from a fork server that has already imported torch, transformer
 the built-in plugins (so a run starts in a fraction of a second instead of re-importing),
 yet every run is its own process: a crash, an OOM kill or a hang takes down only that run.
 
-Exit codes: 0 ok, 3 run recorded as not ok, 130 interrupted (nothing recorded).
+Exit codes: 0 ok, 3 run recorded as not ok, 130 interrupted (nothing recorded; the sweep records
+the run as cancelled and stops), 1 an error outside the run (traceback on stderr).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import ctypes
 import json
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
+
+EXIT_INTERRUPTED = 130
 
 PRELOAD = [
     "peftbench.runner", "peftbench.train", "peftbench.data", "peftbench.measure", "peftbench.tasks",
@@ -37,22 +42,30 @@ def die_with_parent():
 def child_main(spec_file: str, out: str, progress: bool) -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if hasattr(signal, "pthread_sigmask"):  # the fork server's children inherit SIGINT blocked
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    # tqdm would otherwise create a named multiprocessing lock (a semaphore that a killed
-    # run leaks); one process needs only a thread lock.
-    from tqdm import tqdm
-
-    tqdm.set_lock(threading.RLock())
-    code = 130
+    code = 1  # an exception that is not the run's (the run itself records its failures)
     try:
+        if hasattr(signal, "pthread_sigmask"):  # the fork server's children inherit SIGINT blocked
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        # tqdm would otherwise create a named multiprocessing lock (a semaphore that a killed
+        # run leaks); one process needs only a thread lock.
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
         from .runner import execute
 
-        record = execute(json.loads(Path(spec_file).read_text()), Path(out), progress=progress)
+        try:
+            spec = json.loads(Path(spec_file).read_text())
+        except FileNotFoundError:  # the sweep gave this attempt up (a Ctrl-C came while it started us)
+            code = EXIT_INTERRUPTED
+            return
+        record = execute(spec, Path(out), progress=progress)
         code = 0 if record["status"] == "ok" else 3
     except KeyboardInterrupt:
-        pass
+        code = EXIT_INTERRUPTED
+    except BaseException:
+        traceback.print_exc()
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the exit below
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -68,19 +81,23 @@ def context():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _context = multiprocessing.get_context("forkserver")
             _context.set_forkserver_preload(PRELOAD)
-            # The server is born with SIGINT ignored (an ignored signal survives exec): Ctrl-C
-            # reaches the sweep and the run in progress, never the server. SIGINT is blocked
-            # meanwhile, so a Ctrl-C that comes while the server starts stays pending and is
-            # delivered to the sweep afterwards instead of being lost.
+            # The server inherits SIGINT blocked from this thread (a signal mask survives exec) and
+            # imports PRELOAD with it blocked; then multiprocessing's server loop ignores SIGINT, so
+            # a Ctrl-C never kills the server. This process's own SIGINT disposition is left alone:
+            # a Ctrl-C that comes meanwhile is taken by another thread of this process (torch's
+            # threads do not block it) or stays pending for this one, and is raised here as
+            # KeyboardInterrupt either way. (Ignoring SIGINT process-wide during the start, as
+            # before, dropped a Ctrl-C that the kernel delivered to one of those threads.)
+            # multiprocessing starts its resource tracker first and unblocks SIGINT after doing so
+            # (bpo-33613), which would let the server start with SIGINT deliverable: start it now.
+            multiprocessing.resource_tracker.ensure_running()
             main_thread = threading.current_thread() is threading.main_thread()  # else leave signals alone
             if main_thread:
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                old = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 multiprocessing.forkserver.ensure_running()
             finally:
                 if main_thread:
-                    signal.signal(signal.SIGINT, old)
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         else:
             _context = multiprocessing.get_context("spawn")

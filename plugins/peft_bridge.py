@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
+import types
 from dataclasses import dataclass
 from typing import Optional
 
@@ -113,6 +115,24 @@ def _option_fields(config_cls, knob, defaults, hidden=()):
     return dataclasses.make_dataclass(f"{config_cls.__name__}Options", fields, frozen=True)
 
 
+def _forward_past_key_values_as_cache(self, *args, past_key_values=None, **kwargs):
+    if past_key_values is not None:
+        kwargs["cache"] = past_key_values
+    return type(self).forward(self, *args, **kwargs)
+
+
+def _accept_past_key_values(module) -> None:
+    """transformers 5.24 renamed the models' ``past_key_values`` argument to ``cache`` (the old
+    name stays accepted, deprecated, until 5.40), but peft <= 0.21.2 picks the module to call for
+    prefix tuning by looking for ``past_key_values`` in ``forward``'s signature and refuses
+    otherwise. Where the signature has ``cache`` and not ``past_key_values``, give this instance a
+    forward that takes ``past_key_values`` and passes it on as ``cache``: the same call peft makes
+    under transformers <= 5.23 (a bound method, so copies of the model rebind it)."""
+    params = inspect.signature(type(module).forward).parameters
+    if "cache" in params and "past_key_values" not in params:
+        module.forward = types.MethodType(_forward_past_key_values_as_cache, module)
+
+
 class PeftMethod(peftbench.Method):
     def __init__(self, kind: str, spec: Spec):
         import peft
@@ -140,6 +160,9 @@ class PeftMethod(peftbench.Method):
             kwargs = self.spec.derive(kwargs)
         if self.spec.prompt or self.spec.wrapper:
             kwargs["task_type"] = "SEQ_CLS"
+        if self.spec.config == "PrefixTuningConfig":
+            for module in {model, getattr(model, "base_model", model)}:
+                _accept_past_key_values(module)
         try:
             config = self.config_cls(**kwargs)
             peft_model = peft.get_peft_model(model, config)

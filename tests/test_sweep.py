@@ -112,16 +112,31 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tiny_model_dirs, cli_env, tmp
     assert not list((out / "records").glob(".*"))  # no temp or spec files left behind
 
 
-def _processes_tagged(tag: str) -> int:
+def _pids_tagged(tag: str) -> list[int]:
     """Live processes whose environment carries PEFTBENCH_TEST_TAG=tag (Linux /proc)."""
-    n = 0
+    pids = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                n += f"PEFTBENCH_TEST_TAG={tag}".encode() in (p / "environ").read_bytes().split(b"\0")
+                if f"PEFTBENCH_TEST_TAG={tag}".encode() in (p / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(p.name))
             except OSError:
                 pass
-    return n
+    return pids
+
+
+def _processes_tagged(tag: str) -> int:
+    return len(_pids_tagged(tag))
+
+
+def _is_run(pid: int) -> bool:
+    """A run process (a fork-server child executing child_main), not the sweep or the fork server."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return b"forkserver" in Path(f"/proc/{parent}/cmdline").read_bytes() and b"forkserver" in cmdline
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
@@ -244,21 +259,78 @@ def test_atomic_write_leaves_old_record_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["r.json"]
 
 
-@pytest.mark.parametrize("delay", [0.3, 4.0])  # while the fork server starts / while a run trains
-def test_ctrl_c_records_cancelled_and_leaves_nothing_half_written(tiny_model_dirs, cli_env, tmp_path, delay):
+MARKER = '''
+import os
+from pathlib import Path
+
+import peftbench
+from peftbench_plugins.lora import LoRA
+
+
+class Marked(LoRA):
+    """LoRA that creates the file $PEFTBENCH_TEST_MARK at its first training forward."""
+    name = "marked"
+
+    def apply(self, model, knob_value, **options):
+        model = super().apply(model, knob_value, **options)
+
+        def mark(module, args, output):
+            if module.training:
+                Path(os.environ["PEFTBENCH_TEST_MARK"]).touch()
+        model.register_forward_hook(mark)
+        return model
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(Marked())
+'''
+
+
+def _start_marked_sweep(tiny_model_dirs, cli_env, tmp_path):
+    """A two-run sweep of a method that marks its first training step; returns (proc, out, mark)."""
     out = tmp_path / "out"
-    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--seeds", "0,1",
-            "--out", out, "--max-steps", "2000", "--batch-size", "8", "--no-latency", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *map(str, args)], env=cli_env,
+    mark = tmp_path / "training-started"
+    plugin = write_plugin(tmp_path, "marker", MARKER)
+    env = dict(cli_env, PEFTBENCH_TEST_MARK=str(mark), PEFTBENCH_TEST_TAG=tmp_path.name)
+    args = ["run", "--plugins", plugin, "--model", tiny_model_dirs["bert"], "--methods", "marked",
+            "--knob", "marked=2", "--seeds", "0,1", "--out", out, "--epochs", "1000", "--batch-size", "8",
+            "--no-latency", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *map(str, args)], env=env,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "records").glob(".*.spec")):
-        time.sleep(0.05)
-    time.sleep(delay)
-    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    _, err = proc.communicate(timeout=120)
+    return proc, out, mark
+
+
+def _wait_for(condition, proc, what):
+    deadline = time.time() + 300
+    while time.time() < deadline and not condition() and proc.poll() is None:
+        time.sleep(0.01)
+    assert condition(), f"the sweep never reached {what}"
+
+
+@pytest.mark.parametrize("when", ["starting", "training"])
+def test_ctrl_c_records_cancelled_and_leaves_nothing_half_written(tiny_model_dirs, cli_env, tmp_path, when):
+    """SIGINT to the sweep's process group (a terminal's Ctrl-C) as soon as the first run's spec is
+    written (while the fork server and the run start), or once the run has done a training step."""
+    proc, out, mark = _start_marked_sweep(tiny_model_dirs, cli_env, tmp_path)
+    _wait_for((lambda: list((out / "records").glob(".*.spec"))) if when == "starting" else mark.exists, proc, when)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Interrupted" in err.splitlines()[-1]
     recs = list(load_records(out).values())
-    assert [r["status"] for r in recs] == ["cancelled"]
+    assert [r["status"] for r in recs] == ["cancelled"]  # the second run never started
     assert sorted(p.name for p in (out / "records").iterdir()) == [f"{recs[0]['run_id']}.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_sigint_to_the_run_alone_still_stops_the_sweep(tiny_model_dirs, cli_env, tmp_path):
+    """A run interrupted by a SIGINT that the sweep did not get (it exits 130) ends the sweep too."""
+    proc, out, mark = _start_marked_sweep(tiny_model_dirs, cli_env, tmp_path)
+    _wait_for(mark.exists, proc, "training")
+    runs = [pid for pid in _pids_tagged(tmp_path.name) if _is_run(pid)]
+    assert len(runs) == 1, runs
+    os.kill(runs[0], signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert [r["status"] for r in load_records(out).values()] == ["cancelled"]
