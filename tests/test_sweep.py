@@ -296,8 +296,11 @@ def _start_marked_sweep(tiny_model_dirs, cli_env, tmp_path):
     args = ["run", "--plugins", plugin, "--model", tiny_model_dirs["bert"], "--methods", "marked",
             "--knob", "marked=2", "--seeds", "0,1", "--out", out, "--epochs", "1000", "--batch-size", "8",
             "--no-latency", "--no-progress"]
+    # SIGINT at its default: a test run started from a background job (`cmd &` in a script) would
+    # otherwise hand the sweep an ignored SIGINT, as that shell does to its background commands
     proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *map(str, args)], env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, out, mark
 
 
