@@ -1,4 +1,8 @@
-"""peftbench: compare parameter-efficient fine-tuning methods at matched budgets."""
+"""peftbench: compare parameter-efficient fine-tuning methods at matched budgets.
+
+What a plugin needs: ``peftbench.hookimpl``, and the classes it registers: ``peftbench.Method``,
+``peftbench.Task`` (with ``peftbench.HubSource``) and ``peftbench.Metric``.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -10,4 +14,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-__all__ = ["Method", "hookimpl", "__version__"]
+__all__ = ["HubSource", "Method", "Metric", "Task", "hookimpl", "__version__"]
+
+
+def __getattr__(name):  # Task, Metric, HubSource: imported on first use (they pull in pandas)
+    if name in ("Task", "Metric", "HubSource"):
+        from . import tasks
+
+        return getattr(tasks, name)
+    raise AttributeError(f"module 'peftbench' has no attribute {name!r}")

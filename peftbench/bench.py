@@ -15,11 +15,12 @@ import sys
 
 import torch
 
-from .budget import Counter, budget_params, parse_budget, solve
+from .budget import budget_params, parse_budget, solve
 from .errors import PeftbenchError
 from .measure import time_interleaved
 from .method import apply_method
-from .models import load_config, load_model, load_tokenizer, meta_model
+from .models import counter as make_counter
+from .models import load_config, load_model, load_tokenizer
 from .plugins import get_methods, get_task
 from .runner import environment, resolve_device
 from .sweep import reference_resolver
@@ -39,7 +40,7 @@ def build_models(model_id: str, budget_text: str, device: str, variants=VARIANTS
     methods = get_methods()
     task = get_task("sst2")
     tokenizer = load_tokenizer(model_id)
-    counter = Counter(meta_model(load_config(model_id)))
+    counter = make_counter(load_config(model_id))
     target = budget_params(parse_budget(budget_text), counter, reference_resolver(methods))
     torch.manual_seed(0)
     base = load_model(model_id, task, tokenizer, device).eval()

@@ -13,7 +13,7 @@ import copy
 import re
 from dataclasses import dataclass
 
-from .errors import PeftbenchError
+from .errors import PeftbenchError, PluginFailure
 from .method import apply_method
 
 MAX_DEVIATION_PCT = 25.0
@@ -91,21 +91,39 @@ class Solution:
 
 
 class Counter:
-    """Counts a method's own parameters on a meta-device copy of the model; cached."""
+    """Counts a method's own parameters on a meta-device copy of the model; cached.
 
-    def __init__(self, meta_model):
+    A method whose ``apply`` cannot run on the meta device (it reads values, e.g. with ``.item()``)
+    is counted on a real CPU copy built from the config by ``build_real()`` instead (random
+    weights: the count does not depend on them); ``fallbacks`` says which methods were, and why.
+    """
+
+    def __init__(self, meta_model, build_real=None):
         self.meta = meta_model
         from .method import base_parameter_count
 
         self.base = base_parameter_count(meta_model)
         self._cache: dict = {}
+        self._build_real = build_real
+        self._real = None
+        self.fallbacks: dict[str, str] = {}
 
     def count(self, method, options: dict, knob) -> int:
         key = (method.name, repr(sorted(options.items())), knob)
         if key not in self._cache:
-            _, counts = apply_method(method, copy.deepcopy(self.meta), knob, options)
-            self._cache[key] = counts.method
+            self._cache[key] = self._count(method, options, knob)
         return self._cache[key]
+
+    def _count(self, method, options, knob) -> int:
+        try:
+            return apply_method(method, copy.deepcopy(self.meta), knob, options)[1].method
+        except PluginFailure as e:
+            if self._build_real is None:
+                raise
+            self.fallbacks.setdefault(method.name, str(e))
+        if self._real is None:
+            self._real = self._build_real()
+        return apply_method(method, copy.deepcopy(self._real), knob, options)[1].method
 
 
 def budget_params(budget: Budget, counter: Counter, resolve_ref) -> int:

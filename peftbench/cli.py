@@ -48,10 +48,16 @@ def env(line):
     """Show the environment: library versions, devices."""
     from .provenance import library_versions, versions_line
 
+    from .precision import resolve
+    from .runner import resolve_device
+
     if line:
         click.echo(versions_line())
         return
+    device = resolve_device("auto")
+    precision, why = resolve("auto", device)
     _print_rows([("library", "version"), *library_versions().items()])
+    click.echo(f"\ndevice: {device}; --precision auto -> {precision} ({why})")
 
 
 @cli.command()
@@ -73,6 +79,41 @@ def methods(ctx, plugin_files):
 
 
 @cli.command()
+@click.argument("plugin")
+@click.option("--families", default=",".join(("bert", "roberta", "gpt2", "llama")), show_default=True,
+              help="Tiny model families to check on.")
+@click.pass_context
+def check(ctx, plugin, families):
+    """Run the method contract on the methods of PLUGIN (a .py file or an installed plugin's name)."""
+    from . import testing
+    from .plugins import get_methods, load_plugin_file, load_plugins
+
+    load_plugins(_plugins(ctx, ()))
+    if plugin.endswith(".py") or Path(plugin).is_file():
+        name = load_plugin_file(plugin)
+    else:
+        name = plugin
+    methods = [m for m in get_methods().values() if m.plugin == name]
+    if not methods:
+        from .plugins import pm
+
+        known = sorted({m.plugin for m in get_methods().values()})
+        hint = "" if pm.has_plugin(name) else f" (registered plugins: {', '.join(known)})"
+        raise PeftbenchError(f"plugin {plugin} registers no methods{hint}; give a plugin file or entry-point name")
+    fams = [f.strip() for f in families.split(",") if f.strip()]
+    bad = [f for f in fams if f not in testing.FAMILIES]
+    if bad:
+        raise PeftbenchError(f"--families: unknown {', '.join(bad)}; use {', '.join(testing.FAMILIES)}")
+    results = testing.run_checks(methods, fams)
+    _print_rows([("method", "family", "check", "result", "detail"),
+                 *((r.method, r.family, r.check, r.status, r.detail[:120]) for r in results)])
+    failed = [r for r in results if r.status == "FAIL"]
+    click.echo(f"\n{len(results) - len(failed)} of {len(results)} checks passed or not applicable; {len(failed)} failed",
+               err=True)
+    ctx.exit(1 if failed else 0)
+
+
+@cli.command()
 @plugin_option
 @click.pass_context
 def tasks(ctx, plugin_files):
@@ -80,10 +121,11 @@ def tasks(ctx, plugin_files):
     from .plugins import get_tasks
 
     _load(_plugins(ctx, plugin_files))
-    rows = [("name", "version", "metrics", "labels", "max len", "data folder", "plugin")]
+    rows = [("name", "version", "metrics", "labels", "max len", "data folder", "plugin", "description")]
     for t in get_tasks().values():
         labels = "regression" if t.is_regression else str(t.num_labels)
-        rows.append((t.name, str(t.version), ",".join(t.metrics), labels, str(t.max_seq_len), t.folder, t.plugin))
+        metrics = ",".join(f"{m}{'↑' if d == 'higher' else '↓'}" for m, d in t.directions().items())
+        rows.append((t.name, str(t.version), metrics, labels, str(t.max_seq_len), t.folder, t.plugin, t.description))
     _print_rows(rows)
 
 
@@ -114,8 +156,9 @@ def _budget_rows(solutions):
 @click.pass_context
 def budget(ctx, methods_, budget, model, fmt, plugin_files):
     """Solve the knob of each method for a budget, without training."""
-    from .budget import Counter, budget_params, parse_budgets, solve
-    from .models import load_config, meta_model
+    from .budget import budget_params, parse_budgets, solve
+    from .models import counter as make_counter
+    from .models import load_config
     from .plugins import get_methods
     from .sweep import parse_methods, reference_resolver
 
@@ -123,7 +166,7 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
     all_methods = get_methods()
     choices = parse_methods(methods_, all_methods)
     budgets = parse_budgets(budget)
-    counter = Counter(meta_model(load_config(model)))
+    counter = make_counter(load_config(model))
     solutions = []
     for b in budgets:
         target = budget_params(b, counter, reference_resolver(all_methods))
@@ -169,6 +212,8 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 @click.option("--warmup-ratio", type=float, default=0.06, show_default=True)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm; 0 = none.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", default="auto", show_default=True,
+              help="auto|fp32|bf16|fp16: auto = bf16 autocast on CUDA with bf16 and on CPUs with AMX-BF16/AVX512-BF16, else fp32.")
 @click.option("--out", default=None, help="Output folder (default runs/<timestamp>); records of many sweeps may share one.")
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure inference latency.")
 @click.option("--latency-batch", type=int, default=32, show_default=True, help="N of the batch-N latency.")
@@ -177,41 +222,51 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 @click.option("--keep-checkpoints/--no-keep-checkpoints", default=True, show_default=True)
 @click.option("--rerun-failed", is_flag=True, help="Retry runs whose record is not ok.")
 @click.option("--force", is_flag=True, help="Rerun every run, even those with an ok record.")
+@click.option("--rerun-stale", is_flag=True,
+              help="Rerun runs whose ok record was made by other peftbench code or library versions than those installed.")
 @click.option("--timeout-per-run", type=float, default=None, help="Kill a run after this many seconds.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
 @plugin_option
 @click.pass_context
 def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs, max_steps, train_samples,
-        data_seed, train_subset, batch_size, max_seq_len, weight_decay, warmup_ratio, max_grad_norm, device, out,
+        data_seed, train_subset, batch_size, max_seq_len, weight_decay, warmup_ratio, max_grad_norm, device, precision, out,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
-        timeout_per_run, progress, plugin_files):
+        rerun_stale, timeout_per_run, progress, config, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
-    from .sweep import SweepSettings, check_output_dir, plan, run_sweep
+    from .sweep import SweepSettings, check_output_dir, plan_all, run_sweep
 
-    if train_samples.lower() == "all":
-        n_train = None
-    else:
-        try:
-            n_train = int(train_samples)
-        except ValueError:
-            raise PeftbenchError(f"--train-samples {train_samples!r}: give a positive integer or 'all'") from None
-    if latency_batch < 1 or (latency_seq_len is not None and latency_seq_len < 1) or latency_min_time < 0:
-        raise PeftbenchError("--latency-batch/--latency-seq-len must be positive and --latency-min-time >= 0")
     if timeout_per_run is not None and timeout_per_run <= 0:
         raise PeftbenchError(f"--timeout-per-run must be positive, got {timeout_per_run}")
+    if config:
+        from . import sweepfile
+
+        given = [f"--{p.replace('_', '-')}" for p in SWEEP_FLAGS
+                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise PeftbenchError(f"--config {config} defines the sweep; drop {', '.join(given)} (or edit the file)")
+        settings, config_out = sweepfile.load(config)
+        for s in settings:
+            s.plugins = tuple(s.plugins) + _plugins(ctx, plugin_files)
+            if data_dir:
+                s.data_dir = data_dir
+        out = out or config_out
+    else:
+        settings = [SweepSettings(
+            methods=methods_, tasks=tasks_, seeds=seeds, model=model, data_dir=data_dir, knob=knob, budget=budget,
+            lr=lr, epochs=epochs, max_steps=max_steps, train_samples=parse_train_samples(train_samples),
+            data_seed=data_seed, train_subset=train_subset, batch_size=batch_size, max_seq_len=max_seq_len,
+            warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device,
+            precision=precision, keep_checkpoint=keep_checkpoints, plugins=_plugins(ctx, plugin_files),
+            latency=latency_settings(latency, latency_batch, latency_seq_len, latency_min_time),
+        )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    settings = SweepSettings(
-        methods=methods_, tasks=tasks_, seeds=seeds, model=model, data_dir=data_dir, knob=knob, budget=budget,
-        lr=lr, epochs=epochs, max_steps=max_steps, train_samples=n_train, data_seed=data_seed,
-        train_subset=train_subset, batch_size=batch_size, max_seq_len=max_seq_len, warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device, keep_checkpoint=keep_checkpoints,
-        plugins=_plugins(ctx, plugin_files),
-        latency={"batch": latency_batch, "seq_len": latency_seq_len, "min_reps": 20,
-                 "min_time_s": latency_min_time, "warmup": 3} if latency else None,
-    )
-    the_plan = plan(settings)  # validates everything before any training starts
+    the_plan = plan_all(settings)  # validates everything before any training starts
     check_output_dir(out)
+    for message in the_plan.warnings:
+        click.echo(f"warning: {message}", err=True)
     if the_plan.solutions:
         click.echo("Budget solutions (method's own parameters, head excluded):", err=True)
         for line in _format_rows(_budget_rows(the_plan.solutions)):
@@ -225,12 +280,15 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         click.echo(f"warning: {msg}", err=True)
 
     def on_start(result, n_todo):
+        if result.replaced:
+            click.echo(f"rerunning {result.replaced} run(s) with an ok record (kept in records/superseded/)", err=True)
         if result.skipped_ok or result.skipped_failed:
             click.echo(f"skipping {result.skipped_ok} run(s) with an ok record"
                        + (f" and {result.skipped_failed} earlier failure(s) (--rerun-failed retries them)"
                           if result.skipped_failed else "") + f"; {n_todo} to run", err=True)
 
-    result = run_sweep(the_plan.specs, out, rerun_failed=rerun_failed, force=force, timeout=timeout_per_run,
+    result = run_sweep(the_plan.specs, out, rerun_failed=rerun_failed, force=force, rerun_stale=rerun_stale,
+                       timeout=timeout_per_run,
                        progress=progress, on_record=on_record, on_start=on_start, warn=warn)
     click.echo(report.to_markdown(report.summarize(report.records_frame(result.records))))
     bad = [r for r in result.records if r["status"] != "ok"]
@@ -240,12 +298,40 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         ctx.exit(1)
 
 
+def parse_train_samples(text: str) -> int | None:
+    if str(text).lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise PeftbenchError(f"--train-samples {text!r}: give a positive integer or 'all'") from None
+
+
+def latency_settings(measure: bool, batch, seq_len, min_time) -> dict | None:
+    """The latency measurement a run makes (None: none), validated."""
+    if not measure:
+        return None
+    ok = isinstance(batch, int) and batch >= 1 and (seq_len is None or (isinstance(seq_len, int) and seq_len >= 1))
+    if not ok or not isinstance(min_time, (int, float)) or min_time < 0:
+        raise PeftbenchError("--latency-batch/--latency-seq-len must be positive integers and --latency-min-time >= 0")
+    return {"batch": batch, "seq_len": seq_len, "min_reps": 20, "min_time_s": float(min_time), "warmup": 3}
+
+
+# the run options that define a sweep (what --config replaces)
+SWEEP_FLAGS = ("methods_", "tasks_", "seeds", "model", "budget", "knob", "lr", "epochs", "max_steps", "train_samples",
+               "data_seed", "train_subset", "batch_size", "max_seq_len", "weight_decay", "warmup_ratio",
+               "max_grad_norm", "device", "precision", "latency", "latency_batch", "latency_seq_len", "latency_min_time",
+               "keep_checkpoints")
+
+
 def _summary_line(rec) -> str:
     spec = rec.get("spec", {})
     knob = f" {spec.get('knob')}={spec.get('knob_value')}" if spec.get("knob") else ""
     head = f"{spec.get('label')}{knob} {spec.get('task')} seed {spec.get('seed')}"
     if rec["status"] != "ok":
-        return f"{head}: {rec['status'].upper()} - {rec.get('error')}"
+        kind = rec.get("error_type")
+        kind = f" ({kind})" if kind and kind != rec["status"] and kind not in str(rec.get("error")) else ""
+        return f"{head}: {rec['status'].upper()}{kind} - {rec.get('error')}"
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in rec["metrics"].items())
     p = rec["params"]
     t = rec["train"]
@@ -271,6 +357,7 @@ def report(dirs, fmt, output, plot, task_filter):
         records.update(load_records(Path(d), warn=lambda m: click.echo(f"warning: {m}", err=True)))
     if not records:
         raise PeftbenchError(f"no run records found in {', '.join(dirs)}")
+    _warn_stale(records.values())
     df = rep.records_frame(records.values())
     if task_filter:
         df = df[df.task.isin([t.strip() for t in task_filter.split(",")])]
@@ -282,6 +369,22 @@ def report(dirs, fmt, output, plot, task_filter):
         click.echo(text, nl=False)
     if plot:
         rep.plot(summary, plot)
+
+
+def _warn_stale(records) -> None:
+    """Say (on stderr, not in the table) which ok records other code or libraries made."""
+    from collections import Counter
+
+    from .provenance import current_environment
+    from .records import stale_reasons
+
+    current = current_environment()
+    reasons = Counter(reason for r in records if r["status"] == "ok" for reason in stale_reasons(r, current))
+    stale = sum(1 for r in records if r["status"] == "ok" and stale_reasons(r, current))
+    if stale:
+        shown = "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(4))
+        click.echo(f"warning: {stale} record(s) are stale, made by other code or libraries than installed now: {shown}; "
+                   "the same `peftbench run` with --rerun-stale refreshes them", err=True)
 
 
 def main(argv=None):

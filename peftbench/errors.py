@@ -13,6 +13,15 @@ class UnsupportedModel(PeftbenchError):
     """A method could not find what it needs in a model."""
 
 
+class PluginFailure(Exception):
+    """A plugin's code raised (not a PeftbenchError it chose to raise): the plugin's failure, named
+    with the plugin, recorded as a failed run rather than reported as peftbench's own error."""
+
+    def __init__(self, kind: str, name: str, plugin: str, what: str, error: BaseException):
+        self.error_type = type(error).__name__
+        super().__init__(f"{kind} {name} (plugin {plugin}): {what} raised {self.error_type}: {first_line(error)}")
+
+
 def first_line(e: BaseException) -> str:
     """An exception's message in one line (its type name when the message is empty)."""
     return (str(e).strip() or type(e).__name__).splitlines()[0]

@@ -18,3 +18,8 @@ def peftbench_register_methods(register):
 @hookspec
 def peftbench_register_tasks(register):
     """Register tasks: call ``register(task)`` with a ``peftbench.tasks.Task``."""
+
+
+@hookspec
+def peftbench_register_metrics(register):
+    """Register metrics: call ``register(metric)`` with a ``peftbench.Metric``."""

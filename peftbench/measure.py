@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def sync(device) -> None:
@@ -85,7 +86,8 @@ class PeakMemory:
 
 def saved_activation_bytes(model, batch) -> int:
     """Bytes autograd keeps for the backward pass of one training-mode forward on ``batch``:
-    the distinct storages saved by the graph, parameters and buffers excluded. Unlike a peak RSS
+    the distinct storages saved by the graph, parameters and buffers excluded, and so are the
+    casts autocast makes of them (a bf16 copy of a frozen weight is not an activation). Unlike a peak RSS
     this does not depend on the allocator, so it compares methods exactly. The RNG state and the
     train/eval mode are restored (a module that updates running statistics in training mode
     would see one extra batch)."""
@@ -101,15 +103,34 @@ def saved_activation_bytes(model, batch) -> int:
     device = next(model.parameters()).device
     was_training = model.training
     cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.random.fork_rng(devices=cuda), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            _WeightCasts(params) as casts:
         model.train()
         try:
             loss = model(**batch).loss
             del loss
         finally:
             model.train(was_training)
-    saved.pop(0, None)  # empty storages
+    for ptr in (0, *casts.storages):  # empty storages; autocast's low-precision copies of weights
+        saved.pop(ptr, None)
     return sum(saved.values())
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Records the storages of dtype casts of parameters and buffers (what autocast makes of a
+    weight before a matmul): saved for backward, but copies of weights, not activations."""
+
+    def __init__(self, weights: set):
+        super().__init__()
+        self.weights = weights
+        self.storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and torch.is_tensor(args[0]) \
+                and args[0].untyped_storage().data_ptr() in self.weights:
+            self.storages.add(out.untyped_storage().data_ptr())
+        return out
 
 
 def summarize(times_s) -> dict:
@@ -118,8 +139,10 @@ def summarize(times_s) -> dict:
     return {"median_ms": float(q50), "p90_ms": float(q90), "iqr_ms": float(q75 - q25), "n": int(len(ms))}
 
 
-def time_interleaved(candidates: dict, device, min_reps=20, min_time_s=2.0, warmup=3, max_reps=100_000) -> dict:
-    """Time each zero-argument callable in ``candidates``; returns name -> summary."""
+def time_interleaved(candidates: dict, device, min_reps=20, min_time_s=2.0, warmup=3, max_reps=100_000,
+                     clock=time.perf_counter) -> dict:
+    """Time each zero-argument callable in ``candidates``; returns name -> summary. ``clock`` (on
+    CPU) is injectable so that tests check the logic without timing real work."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     names = list(candidates)
@@ -142,9 +165,9 @@ def time_interleaved(candidates: dict, device, min_reps=20, min_time_s=2.0, warm
                     end.synchronize()
                     dt = start.elapsed_time(end) / 1e3
                 else:
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     candidates[name]()
-                    dt = time.perf_counter() - t0
+                    dt = clock() - t0
                 times[name].append(dt)
                 spent[name] += dt
             rnd += 1
@@ -155,8 +178,41 @@ def checkpoint_bytes(state: dict, path) -> int:
     """Save ``state`` as safetensors at ``path`` and return the file size."""
     from safetensors.torch import save_file
 
+    from .records import atomic_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # temp file in the same folder, fsynced, then renamed
+        save_file(tensors, tmp)
     return os.path.getsize(path)
+
+
+def train_flops_per_token(model, seq_len: float, extra_seq_len: int = 0) -> float:
+    """Analytic FLOPs of one training step per processed token (padding included).
+
+    Every matmul weight W (Linear/Conv1D layers, and 2-D trainable tensors used as matmuls such
+    as LoRA's A and B) costs 2|W| forward and 2|W| for the input gradient; only trainable ones
+    cost another 2|W| for their own gradient (frozen weights need none). Attention adds per layer
+    2 x 2 x (keys seen) x width forward (scores and the weighted sum), twice that backward; keys
+    seen = the sequence plus prefix positions. Input gradients are counted through every layer
+    (an upper bound when only the last layers train). Embedding lookups cost nothing.
+    """
+    from .arch import is_linear
+
+    matmul = trainable = 0
+    in_linear = set()
+    for module in model.modules():
+        if is_linear(module):
+            n = module.weight.numel()
+            in_linear.add(id(module.weight))
+            matmul += n
+            trainable += n if module.weight.requires_grad else 0
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    for p in model.parameters():
+        if p.requires_grad and p.dim() == 2 and id(p) not in in_linear and id(p) not in embeddings:
+            matmul += p.numel()
+            trainable += p.numel()
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    width = getattr(config, "hidden_size", 0) or 0
+    attention = 4 * layers * (seq_len + extra_seq_len) * width
+    return float(2 * matmul + 2 * matmul + 2 * trainable + 3 * attention)

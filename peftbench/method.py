@@ -9,6 +9,7 @@ head is the same for every method and is counted separately.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from .errors import PeftbenchError, PluginError, closest
+from .errors import PeftbenchError, PluginError, PluginFailure, closest
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class Method(ABC):
     #: Default AdamW learning rate, and where it comes from.
     default_lr: ClassVar[float] = 1e-3
     lr_reference: ClassVar[str] = ""
+    #: Bump when a change to the method changes its results; enters every run id.
+    version: ClassVar[int | str] = 1
+    #: True for a method meant to train nothing of its own (a linear probe: the head only).
+    probe: ClassVar[bool] = False
     #: A frozen dataclass of options; unknown keys are rejected.
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
@@ -110,6 +115,8 @@ class Method(ABC):
             raise PluginError(f"method {self.name}: default_lr must be a positive float")
         if not dataclasses.is_dataclass(self.Options):
             raise PluginError(f"method {self.name}: Options must be a dataclass")
+        if not isinstance(self.version, (int, str)) or isinstance(self.version, bool):
+            raise PluginError(f"method {self.name}: version must be an int or a str")
 
 
 # -- options ------------------------------------------------------------------------------
@@ -125,9 +132,26 @@ def _coerce(value, typ, key: str, owner: str):
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null", ""}):
             return None
         return _coerce(value, inner[0], key, owner)
-    if origin is tuple:
+    if origin is typing.Literal:
+        for allowed in args:  # the CLI gives strings: compare as the allowed value's type
+            try:
+                if allowed == (value if isinstance(value, type(allowed)) else _coerce(value, type(allowed), key, owner)):
+                    return allowed
+            except PeftbenchError:
+                continue
+        raise PeftbenchError(f"{owner}: option {key}={value!r} must be one of {', '.join(map(str, args))}")
+    if origin in (tuple, list):
         items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(_coerce(v.strip() if isinstance(v, str) else v, args[0], key, owner) for v in items if v != "")
+        inner = args[0] if args else str
+        out = [_coerce(v.strip() if isinstance(v, str) else v, inner, key, owner) for v in items if v != ""]
+        return tuple(out) if origin is tuple else out
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        if isinstance(value, typ):
+            return value
+        for member in typ:
+            if str(value) in (member.name, str(member.value)):
+                return member
+        raise PeftbenchError(f"{owner}: option {key}={value!r} must be one of {', '.join(m.name for m in typ)}")
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -216,15 +240,34 @@ class ParamCounts:
 
 
 def apply_method(method: Method, model: nn.Module, knob_value, options: Mapping | None = None):
-    """Apply a method, make the head trainable, and count. Returns (model, ParamCounts)."""
+    """Apply a method, make the head trainable, and count. Returns (model, ParamCounts).
+    A PeftbenchError raised by the method (it cannot handle this model or these options) passes
+    through; any other exception from its ``apply`` becomes a PluginFailure naming the method."""
     knob_value = method.check_knob(knob_value)
     base = base_parameter_count(model)
-    model = method.apply(model, knob_value, **dict(options or {}))
+    try:
+        result = method.apply(model, knob_value, **dict(options or {}))
+    except PeftbenchError:
+        raise
+    except Exception as e:
+        raise PluginFailure("method", method.name, method.plugin, "apply()", e) from e
+    if not isinstance(result, nn.Module):
+        raise PluginError(
+            f"method {method.name} (plugin {method.plugin}): apply() returned {type(result).__name__}, not the "
+            "model; end apply with `return model`"
+        )
+    model = result
     head = method.head_parameter_names(model)
     for n, p in model.named_parameters():
         if n in head:
             p.requires_grad_(True)
-    return model, count_parameters(model, base, head)
+    counts = count_parameters(model, base, head)
+    if counts.method == 0 and not method.probe:
+        raise PluginError(
+            f"method {method.name} (plugin {method.plugin}) leaves no trainable parameter of its own: it would train "
+            "the task head only; make its parameters trainable in apply(), or set probe = True if it is a linear probe"
+        )
+    return model, counts
 
 
 def count_parameters(model: nn.Module, base: int, head: set[str]) -> ParamCounts:

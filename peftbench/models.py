@@ -55,22 +55,16 @@ def load_config(model: str, num_labels: int = 2):
 
 
 def model_revision(model: str) -> str:
-    """Identifies the weights: hash of a local folder's config and weight files, else the hub commit."""
+    """Identifies the weights: a hash of a local folder's config, tokenizer and weight files (each
+    hashed in full once, cached by path, size and mtime), else the hub commit."""
+    from .provenance import file_sha256
+
     path = Path(resolve_model(model))
     if path.is_dir():
         digest = hashlib.sha256()
         for f in sorted(path.glob("*")):
-            if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin") or f.name == "vocab.txt"):
-                digest.update(f.name.encode())
-                stat = f.stat()
-                digest.update(f"{stat.st_size}".encode())
-                if stat.st_size < (1 << 20):
-                    digest.update(f.read_bytes())
-                else:  # large weights: size plus the first and last MiB
-                    with open(f, "rb") as fh:
-                        digest.update(fh.read(1 << 20))
-                        fh.seek(-(1 << 20), os.SEEK_END)
-                        digest.update(fh.read(1 << 20))
+            if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt")):
+                digest.update(f.name.encode() + b"\0" + file_sha256(f).encode())
         return "local:" + digest.hexdigest()[:16]
     try:
         return str(load_config(model)._commit_hash or "unknown")
@@ -102,17 +96,34 @@ def load_model(model: str, task, tokenizer, device="cpu"):
     if task.is_regression:
         kwargs["problem_type"] = "regression"
     try:
-        m = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(model), ignore_mismatched_sizes=True, **kwargs
+        m, info = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(model), ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
         )
     except Exception as e:
         raise PeftbenchError(f"--model {model}: cannot load it for sequence classification ({first_line(e)})") from None
+    check_only_head_reinitialised(m, info, model)
     reset_head(m)
     if m.config.pad_token_id is None:
         m.config.pad_token_id = tokenizer.pad_token_id
     if hasattr(m.config, "use_cache"):
         m.config.use_cache = False
     return m.to(device)
+
+
+def check_only_head_reinitialised(m, info: dict, model: str) -> None:
+    """``ignore_mismatched_sizes`` lets a checkpoint's classifier of another size be replaced; any
+    other base weight loaded at the wrong shape (or missing) would be silently re-initialised."""
+    from .method import head_parameter_names
+
+    head = head_parameter_names(m)
+    mismatched = [str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ()]
+    missing = [str(k) for k in info.get("missing_keys") or ()]
+    wrong = [k for k in mismatched + missing if k not in head and not k.endswith(tuple(f".{h}" for h in head))]
+    if wrong:
+        raise PeftbenchError(
+            f"--model {model}: {len(wrong)} base weight(s) do not match the checkpoint and would be initialised at "
+            f"random ({', '.join(wrong[:3])}); only the task head may be; check the model folder and its config"
+        )
 
 
 def reset_head(model) -> None:
@@ -133,11 +144,19 @@ def reset_head(model) -> None:
                     module.bias.zero_()
 
 
-def meta_model(config):
-    """The model on the meta device: shapes without memory, for counting parameters."""
+def meta_model(config, device="meta"):
+    """The model on the meta device (shapes without memory, for counting parameters), or with
+    random weights on another device."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()
-    with torch.device("meta"):
+    with torch.device(device):
         return AutoModelForSequenceClassification.from_config(config)
+
+
+def counter(config):
+    """A budget Counter for this model config (meta device; a CPU copy for methods that need one)."""
+    from .budget import Counter
+
+    return Counter(meta_model(config), build_real=lambda: meta_model(config, device="cpu"))

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 import pluggy
@@ -27,6 +28,7 @@ DEFAULT_PLUGINS = (
     "peftbench_plugins.adapter",
     "peftbench_plugins.prefix",
     "peftbench_plugins.peft_bridge",
+    "peftbench_tasks.metrics",
     "peftbench_tasks.glue",
     "peftbench_tasks.trec",
 )
@@ -38,6 +40,7 @@ pm.add_hookspecs(hookspecs)
 
 _defaults_loaded = False
 _loaded_files: dict[Path, str] = {}
+_origins: dict[str, dict] = {}  # plugin name -> where it came from (entry-point distribution)
 
 
 def load_plugins(files=()):
@@ -55,12 +58,17 @@ def load_plugins(files=()):
     _check_hooks()
 
 
+def _normalize(name: str) -> str:
+    """A distribution name as packaging compares them: peftbench_hp.extras = peftbench-hp-extras."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _load_entry_points():
     allow = os.environ.get("PEFTBENCH_LOAD_PLUGINS")
-    allowed = None if allow is None else {s.strip() for s in allow.split(",") if s.strip()}
+    allowed = None if allow is None else {_normalize(s.strip()) for s in allow.split(",") if s.strip()}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else ""
-        if allowed is not None and ep.name not in allowed and dist not in allowed:
+        if allowed is not None and _normalize(ep.name) not in allowed and _normalize(dist) not in allowed:
             continue
         if pm.has_plugin(ep.name):
             continue
@@ -72,6 +80,8 @@ def _load_entry_points():
                 f"{first_line(e)}; fix or uninstall it, or set PEFTBENCH_LOAD_PLUGINS to skip it"
             ) from e
         pm.register(module, name=ep.name)
+        _origins[ep.name] = {"kind": "entry point", "distribution": dist or None,
+                             "version": ep.dist.version if ep.dist else None}
 
 
 def load_plugin_file(path) -> str:
@@ -86,9 +96,11 @@ def load_plugin_file(path) -> str:
     if spec is None or spec.loader is None:
         raise PluginError(f"plugin file {path} is not an importable Python file; give it a .py suffix")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses (and pickling) look the module up while it runs
     try:
         spec.loader.exec_module(module)
     except Exception as e:
+        del sys.modules[module_name]
         raise PluginError(f"plugin file {path} failed to import: {type(e).__name__}: {first_line(e)}") from e
     hooks = [n for n in dir(module) if n.startswith("peftbench_") and hasattr(getattr(module, n), "peftbench_impl")]
     if not hooks:
@@ -181,6 +193,14 @@ def get_tasks() -> dict:
     return _collect(pm.hook.peftbench_register_tasks, "task", Task)
 
 
+def get_metrics() -> dict:
+    """name -> Metric."""
+    from .tasks import Metric
+
+    load_plugins()
+    return _collect(pm.hook.peftbench_register_metrics, "metric", Metric)
+
+
 def get_method(name: str):
     methods = get_methods()
     if name not in methods:
@@ -193,3 +213,29 @@ def get_task(name: str):
     if name not in tasks:
         raise PluginError(f"unknown task {name!r}{closest(name, tasks)}; `peftbench tasks` lists them")
     return tasks[name]
+
+
+def plugin_origin(name: str) -> dict:
+    """Where a registered plugin came from and a content hash of its module file:
+    ``{"plugin", "kind" (built-in / entry point / file), "module", "file", "sha256",
+    ["distribution", "version"]}``. The hash covers the plugin module's own file only; for a
+    package, the distribution version stands for the rest of it."""
+    from .provenance import file_sha256
+
+    module = pm.get_plugin(name)
+    kind = "built-in" if name in DEFAULT_PLUGINS else ("file" if name in _loaded_files.values() else "entry point")
+    info = {"plugin": name, "kind": kind, "module": getattr(module, "__name__", None), **_origins.get(name, {})}
+    info["kind"] = kind
+    path = getattr(module, "__file__", None)
+    info["file"] = str(path) if path else None
+    info["sha256"] = file_sha256(path) if path and Path(path).is_file() else None
+    return info
+
+
+def code_hash(name: str) -> str | None:
+    """What identifies a plugin's code in run ids: the content hash of its module file, plus the
+    distribution's version for a plugin from a package."""
+    info = plugin_origin(name)
+    if not info["sha256"]:
+        return info.get("version")
+    return info["sha256"][:16] + (f"@{info['version']}" if info.get("version") else "")

@@ -64,3 +64,24 @@ def file_sha256(path) -> str:
     except OSError:
         pass  # a read-only cache only costs rehashing
     return known[key]
+
+
+_HOST = None
+
+
+def host_code_hash() -> str:
+    """Content hash of the host package's Python files (every file under peftbench/): what makes a
+    record *stale* when it changes (see records.STALE_FIELDS), without changing run ids."""
+    global _HOST
+    if _HOST is None:
+        root = Path(__file__).resolve().parent
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        _HOST = digest.hexdigest()[:16]
+    return _HOST
+
+
+def current_environment() -> dict:
+    """The host code and library versions installed now, keyed as in a record's ``env``."""
+    return {"host_code": host_code_hash(), **library_versions()}

@@ -7,6 +7,7 @@ never leaves a half-written record and never destroys a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,13 +19,24 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "cancelled")
 
-# The spec fields that determine a run's result (and so its id).
+# The spec fields that determine a run's result, and so its id: what was asked for (method and
+# options, size, task, model, seeds, schedule, measurement settings) and the content of what it
+# depends on directly: the method's and the task's plugin code (content hash of the plugin's
+# module file, with the package version for a pip plugin, plus the plugin's declared version), the
+# data files' content and the model weights' content. Editing a plugin file or a data file
+# therefore reruns exactly the runs that used it.
 ID_FIELDS = (
     "method", "options", "knob", "knob_value", "budget", "budget_params", "task", "task_version",
     "model", "model_revision", "seed", "data_seed", "train_samples", "lr", "epochs", "max_steps",
     "batch_size", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device",
-    "latency", "peftbench_version", "train_subset",
+    "latency", "peftbench_version", "train_subset", "method_version", "method_code", "task_code", "data_sha",
+    "precision",
 )
+# What a record says about the rest of the code that ran, which does not enter the id: a change
+# of the host package (peftbench/) or of a library makes existing records *stale* (reports warn,
+# `peftbench run --rerun-stale` refreshes them) instead of silently invalidating every result.
+STALE_ENV_FIELDS = ("host_code", "python", "torch", "transformers", "peft", "datasets", "tokenizers", "safetensors",
+                    "accelerate", "numpy", "gguf")
 # Fields added after records were published: left out of the id at their default value, so that
 # the ids of earlier records (which lack the field) stay valid.
 ID_DEFAULTS = {"train_subset": "random"}
@@ -36,15 +48,19 @@ def run_id(spec: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def write_atomic(path: Path, data, text: bool = False) -> None:
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Yields a temp path in ``path``'s folder; once the block has written it, it is fsynced and
+    renamed over ``path`` (and the rename made durable). On any error the temp file is removed and
+    an existing ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a record is an ordinary file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data if text else json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -61,6 +77,13 @@ def write_atomic(path: Path, data, text: bool = False) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def write_atomic(path: Path, data, text: bool = False) -> None:
+    """Write a JSON record (or ``text``) atomically."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data if text else json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
 
 
 def records_dir(out: Path) -> Path:
@@ -102,3 +125,11 @@ def load_records(folder: Path, warn=None) -> dict[str, dict]:
         if rec is not None:
             out[rec["run_id"]] = rec
     return out
+
+
+def stale_reasons(record: dict, current: dict) -> list[str]:
+    """How the code and libraries that made ``record`` differ from ``current`` (an environment
+    dict as runner.environment writes it), e.g. ``["host_code 1a2b -> 3c4d", "torch 2.12 -> 2.13"]``."""
+    env = record.get("env") or {}
+    return [f"{k} {env.get(k)} -> {current.get(k)}" for k in STALE_ENV_FIELDS
+            if (k in env or k in current) and env.get(k) != current.get(k)]

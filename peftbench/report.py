@@ -27,9 +27,10 @@ CSV_COLUMNS = [
     "latency_b1_ratio", "latency_b1_merged_ratio", "latency_bN_ratio", "latency_bN_merged_ratio",
     "effective_seq_len", "checkpoint_bytes",
     "model", "lr", "epochs", "max_steps", "train_samples", "train_subset", "batch_size", "max_seq_len", "device",
-    "task_version", "machine_gflops",
+    "task_version", "machine_gflops", "precision", "mfu", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
+    "libraries",
 ]
-SETUP_FIELDS = ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device",
+SETUP_FIELDS = ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "precision",
                 "task_version", "data_seed", "train_subset", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options")
 MB = 2**20
 METHOD_ORDER = ("full", "bitfit", "lora", "adapter", "prefix")  # then the rest, alphabetically
@@ -84,17 +85,32 @@ def record_row(rec: dict) -> dict:
         "effective_seq_len": _get(rec, "latency", "effective_seq_len"),
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
+        "merged_max_abs_diff": _get(rec, "merge", "max_abs_diff") if _get(rec, "merge") else _get(
+            rec, "latency", "merged_max_abs_diff"),
+        "git_commit": _short_commit(_get(rec, "env", "git_commit")),
+        "host_code": _get(rec, "env", "host_code"),
+        "libraries": " ".join(f"{k} {_get(rec, 'env', k)}" for k in ("torch", "transformers", "peft")
+                              if _get(rec, "env", k)),
         **{k: spec.get(k) for k in ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size",
                                      "max_seq_len", "device", "task_version")},
+        "precision": spec.get("precision") or "fp32",  # records from before --precision ran fp32 on CPU
+        "mfu": _get(rec, "train", "mfu"),
         "train_subset": spec.get("train_subset") if spec.get("train_samples") else None,  # None: all examples
     }
     for name, value in metrics.items():
         row[f"m_{name}"] = value
     if metrics:
         row["metric"] = next(iter(metrics))
+        row["metric_direction"] = (rec.get("metric_directions") or {}).get(row["metric"], "higher")
     if row["budget_params"] and row["trainable_params"] is not None:
         row["budget_deviation_pct"] = 100.0 * (row["trainable_params"] - row["budget_params"]) / row["budget_params"]
     return row
+
+
+def _short_commit(commit):
+    if not commit:
+        return None
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def records_frame(records) -> pd.DataFrame:
@@ -108,10 +124,16 @@ def _status(statuses) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
-def _compact(value) -> str:
+def _setting_words(key: str, value) -> str:
+    """A setting as words for a row label, e.g. ``weight decay 0.01``, ``latency not measured``."""
+    if key == "latency":
+        if not value:
+            return "latency not measured"
+        return (f"latency batch N {value.get('batch')}, length {value.get('seq_len') or 'max'}, "
+                f">= {value.get('min_reps')} reps and {value.get('min_time_s')} s")
     if isinstance(value, dict):
-        return " ".join(f"{k}={v}" for k, v in sorted(value.items()) if v is not None)
-    return str(value)
+        value = " ".join(f"{k}={v}" for k, v in sorted(value.items()) if v is not None)
+    return f"{key.replace('_', ' ')} {value}"
 
 
 def _tell_apart(rows: list[dict]) -> None:
@@ -126,7 +148,7 @@ def _tell_apart(rows: list[dict]) -> None:
         keys = [k for k in SETUP_FIELDS if k != "options"  # options are in the label already
                 and len({json.dumps(r["_setup"].get(k), sort_keys=True, default=str) for r in group}) > 1]
         for row in group:
-            parts = [f"{k} {_compact(row['_setup'].get(k))}" for k in keys]
+            parts = [_setting_words(k, row["_setup"].get(k)) for k in keys]
             if parts:
                 row["config"] = f"{row['config']} ({', '.join(parts)})"
 
@@ -149,6 +171,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             values = ok[f"m_{row['metric']}"].astype(float)
             row["metric_mean"] = values.mean()
             row["metric_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        for c in ("git_commit", "host_code", "libraries"):  # where the row came from: every distinct value
+            values = sorted({v for v in (ok if len(ok) else g)[c] if isinstance(v, str)}) if c in g else []
+            row[c] = ",".join(values) if values else None
+        if "metric_direction" in ok and len(ok):
+            row["metric_direction"] = ok["metric_direction"].iloc[0]
         for c in metric_cols:
             name = c[2:]
             if name != row["metric"] and ok[c].notna().any():
@@ -159,9 +186,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                   "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms", "latency_base_bN_ms",
                   "latency_bN_ms", "latency_bN_merged_ms", "latency_b1_ratio", "latency_b1_merged_ratio",
                   "latency_bN_ratio", "latency_bN_merged_ratio", "checkpoint_bytes", "effective_seq_len",
-                  "budget_deviation_pct", "machine_gflops"):
+                  "budget_deviation_pct", "machine_gflops", "mfu"):
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
+        if "merged_max_abs_diff" in ok and ok.merged_max_abs_diff.notna().any():  # the worst seed
+            row["merged_max_abs_diff"] = float(ok.merged_max_abs_diff.astype(float).max())
         rows.append(row)
     _tell_apart(rows)
     out = pd.DataFrame(rows).drop(columns="_setup")
@@ -219,25 +248,34 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
         else:
             budget = "fixed" if r.fixed else ""
         metric = r.metric if isinstance(r.metric, str) else "metric"
+        arrow = "↓" if r.get("metric_direction") == "lower" else "↑"
         rows.append({
             "task": r.task, "method": r.config, "size": knob,
             "params ↓ (% base)": f"{_count(r.trainable_params)} ({_n(r.trainable_pct, '{:.3f}')}%)" if pd.notna(r.trainable_params) else "",
             "budget (dev)": budget,
-            f"metric ↑": f"{metric} {_n(r.metric_mean, '{:.4f}')}" if pd.notna(r.metric_mean) else "",
+            "metric": f"{metric} {arrow} {_n(r.metric_mean, '{:.4f}')}" if pd.notna(r.metric_mean) else "",
             "±": _n(r.metric_std, "{:.4f}"), "seeds": int(r.n_seeds),
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
+            "MFU": _n(100 * r.mfu if pd.notna(r.mfu) else None, "{:.1f}%"),
             "peak MB ↓ (Δ train)": f"{_n(r.peak_mem_mb, '{:,.0f}')} (+{_n(r.peak_mem_delta_mb, '{:,.0f}')})" if pd.notna(r.peak_mem_mb) else "",
             "activations MB ↓": _n(r.activation_mb, "{:,.1f}"),
             "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_b1_ratio),
             "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_b1_merged_ratio),
             "bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_bN_ratio),
             "bN merged": _ratio(r.latency_bN_merged_ms, r.latency_bN_merged_ratio),
+            "merge Δ": _n(r.merged_max_abs_diff, "{:.1e}"),
             "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
             "machine GF/s": _n(r.machine_gflops, "{:.0f}"),
+            "commit": r.git_commit if isinstance(r.git_commit, str) else "",
             "status": r.status,
         })
     out = pd.DataFrame(rows)
+    for col in ("merge Δ", "commit", "MFU"):  # empty for every row (records from before they were kept)
+        if col in out and (out[col] == "").all():
+            out = out.drop(columns=col)
+    if "commit" in out and out["commit"].nunique() == 1:  # one commit: said once, in the caption
+        out = out.drop(columns="commit")
     if "activations MB ↓" in out and (out["activations MB ↓"] == "").all():  # records from before it was measured
         out = out.drop(columns="activations MB ↓")
     return out
@@ -249,10 +287,28 @@ def setup_lines(summary: pd.DataFrame) -> list[str]:
     for col, label in (("model", "model"), ("train_samples", "train examples"), ("train_subset", "train subset"),
                        ("epochs", "epochs"),
                        ("max_steps", "max steps"), ("batch_size", "batch"), ("max_seq_len", "max length"),
-                       ("device", "device"), ("latency_seq_len", "latency seq len"), ("latency_N", "latency batch N")):
+                       ("device", "device"), ("precision", "precision"), ("latency_seq_len", "latency seq len"),
+                       ("latency_N", "latency batch N")):
         values = summary[col].dropna().unique() if col in summary else []
         if len(values):
-            lines.append(f"{label}: {', '.join(map(str, values))}")
+            lines.append(f"{label}: {', '.join(_plain(v) for v in values)}")
+    return lines
+
+
+def _plain(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def provenance_lines(summary: pd.DataFrame) -> list[str]:
+    """Where the rows came from: the code (git commit, content hash of peftbench/) and libraries."""
+    lines = []
+    for col, label in (("git_commit", "commit"), ("host_code", "peftbench code"), ("libraries", "libraries")):
+        values = sorted({v for cell in summary.get(col, pd.Series(dtype=object)).dropna() for v in str(cell).split(",")})
+        if len(values) == 1:
+            lines.append(f"{label} {values[0]}")
+        elif values:
+            lines.append(f"{label}s differ between rows ({', '.join(values)}"
+                         + ("; see the commit column" if col == "git_commit" else "") + ")")
     return lines
 
 
@@ -263,9 +319,11 @@ def to_markdown(summary: pd.DataFrame) -> str:
     head = "| " + " | ".join(disp.columns) + " |"
     sep = "|" + "|".join("---" for _ in disp.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False)]
+    provenance = provenance_lines(summary)
     notes = [
         "",
         "Settings: " + "; ".join(setup_lines(summary)) + ".",
+        *(["Code: " + "; ".join(provenance) + "."] if provenance else []),
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
         "Peak MB: the run process's peak memory during training (CPU: resident set size; CUDA: "
@@ -279,7 +337,11 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "(in brackets the median over seeds of each run's ratio to the base model timed in the "
         "same process); bN = batch N. Throughput and latency in ms come from separate runs: "
         "compare them across rows only as far as the machine's speed at each run's start "
-        "(machine GF/s, fp32 matmul) was steady; the ratios are same-session ratios.",
+        "(machine GF/s, fp32 matmul) was steady; the ratios are same-session ratios."
+        + (" MFU: achieved training FLOP/s (analytic FLOPs per token, frozen weights without weight "
+           "gradients) over the matmul peak measured at the run's start at its precision." if "MFU" in disp else "")
+        + (" Merge Δ: the largest absolute difference between merged and unmerged outputs (logits) over seeds."
+           if "merge Δ" in disp else ""),
     ]
     return "\n".join([head, sep, *body, *notes]) + "\n"
 

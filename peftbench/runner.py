@@ -27,7 +27,11 @@ from .train import Diverged
 DETERMINISM = {"torch_deterministic_algorithms": "warn_only", "cudnn_benchmark": False}
 
 
+CUBLAS_WORKSPACE = ":4096:8"  # what deterministic cuBLAS needs (set before CUDA starts)
+
+
 def seed_everything(seed: int) -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -62,15 +66,14 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device: str) -> dict:
-    import transformers
+def environment(device: str, precision: str = "fp32") -> dict:
+    from .provenance import host_code_hash, library_versions
 
     env = {
         "peftbench": __version__,
         "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "host_code": host_code_hash(),
+        **library_versions(),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -80,12 +83,16 @@ def environment(device: str) -> dict:
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     env["matmul_gflops"] = matmul_gflops(device)
+    if precision != "fp32":  # the peak the run's MFU is measured against
+        env[f"matmul_gflops_{precision}"] = matmul_gflops(device, precision)
     return env
 
 
-def matmul_gflops(device: str, n: int = 1024, seconds: float = 0.3) -> float:
-    """fp32 matmul throughput right now: how fast (and how loaded) this machine was."""
-    a = torch.randn(n, n, device=device)
+def matmul_gflops(device: str, precision: str = "fp32", n: int = 1024, seconds: float = 0.3) -> float:
+    """Matmul throughput right now (fp32 by default): how fast, and how loaded, this machine was."""
+    from .precision import DTYPES
+
+    a = torch.randn(n, n, device=device, dtype=DTYPES[precision])
     reps, start = 0, time.perf_counter()
     (a @ a).sum().item()  # warm-up
     start = time.perf_counter()
@@ -113,10 +120,11 @@ def _progress_bar(label: str, enabled: bool):
 
 def _run(spec: dict, out: Path, progress: bool) -> dict:
     from . import data as datamod
+    from .data import fixed_length_batch
     from .measure import checkpoint_bytes
     from .method import apply_method
     from .models import load_model, load_tokenizer
-    from .plugins import get_method, get_task, load_plugins
+    from .plugins import get_method, get_task, load_plugins, plugin_origin
     from .tasks import load_task_data
     from .train import TrainConfig, predict, train
 
@@ -124,11 +132,16 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     method = get_method(spec["method"])
     task = get_task(spec["task"])
     device = resolve_device(spec["device"])
-    result: dict = {"env": environment(device)}
+    precision = spec.get("precision", "fp32")
+    result: dict = {"env": environment(device, precision),
+                    "plugins": {"method": plugin_origin(method.plugin), "task": plugin_origin(task.plugin)}}
 
     # data
     t0 = time.perf_counter()
     taskdata = load_task_data(task, spec.get("data_dir"))
+    if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
+        raise PeftbenchError(f"task {task.name}: its data files changed since the sweep was planned "
+                             f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
     tokenizer = load_tokenizer(spec["model"])
     key = {
         "task": task.name, "version": task.version, "data": taskdata.fingerprint,
@@ -161,7 +174,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     cfg = TrainConfig(
         lr=spec["lr"], epochs=spec["epochs"], max_steps=spec["max_steps"], batch_size=spec["batch_size"],
         warmup_ratio=spec["warmup_ratio"], weight_decay=spec["weight_decay"],
-        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"],
+        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], precision=precision,
     )
     update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
     try:
@@ -169,7 +182,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
                       on_start=lambda total: method.on_train_start(model, total))
     finally:
         close()
-    activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device)
+    activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device, precision)
     method.finalize(model)
     step = max(1, len(stats.losses) // 200)
     result["train"] = {
@@ -178,13 +191,21 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         "median_step_s": float(np.median(stats.step_times)), "loss_first": stats.losses[0],
         "loss_last10": float(np.mean(stats.losses[-10:])), "loss_curve_every": step,
         "loss_curve": stats.losses[::step],
+        "padded_tokens_per_s": stats.timed_padded_tokens / stats.timed_time_s if stats.timed_time_s else None,
     }
+    result["train"].update(train_flops(model, method, stats, result["env"], precision))
     result["memory"] = {**stats.memory, **activations}
+    result["precision"] = {"train": precision, "eval": precision, "latency": precision,
+                           "requested": spec.get("precision_requested", precision),
+                           "why": spec.get("precision_why", "asked for"),
+                           "note": "mixed precision: fp32 weights and optimizer state, autocast matmuls"
+                           if precision != "fp32" else "fp32 throughout"}
 
     # evaluate
     t0 = time.perf_counter()
-    pred, gold = predict(model, eval_ds, collate, device)
+    pred, gold = predict(model, eval_ds, collate, device, precision=precision)
     result["metrics"] = task.score(pred, gold)
+    result["metric_directions"] = task.directions()
     result["eval_time_s"] = time.perf_counter() - t0
 
     # checkpoint: what restores the tuned model (method + head; everything for full)
@@ -196,14 +217,62 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         ckpt.unlink()
         result["checkpoint"]["path"] = None
 
+    # merge: the inference model of a mergeable method must give the tuned model's outputs
+    merged = None
+    if method.mergeable:
+        probe = fixed_length_batch(eval_ds, tokenizer.pad_token_id, min(8, len(eval_ds)), spec["max_seq_len"], device)
+        merged, result["merge"] = check_merge(method, model, probe, precision)
+
     # latency: base, unmerged, merged, timed interleaved in one session
     lat = spec.get("latency")
     if lat:
-        result["latency"] = measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat)
+        result["latency"] = measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, device, lat)
     return result
 
 
-def _activation_memory(model, train_ds, collate, batch_size, device) -> dict:
+MERGE_RTOL = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 1e-2}  # of the largest logit; fp32 merges differ by ~1e-6
+
+
+class MergeMismatch(RuntimeError):
+    """Merging changed the model's outputs beyond tolerance."""
+
+
+def check_merge(method, model, batch, precision="fp32"):
+    """(merged model, {"max_abs_diff", "tolerance"}), both models run at the run's precision; raises
+    MergeMismatch, failing the run, when the merged outputs differ from the unmerged ones by more
+    than the tolerance (looser under bf16, whose rounding of merged weights differs)."""
+    from .train import autocast
+
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode(), autocast(device, precision):
+        before = model(**batch).logits.float()
+    merged = method.merge(copy.deepcopy(model)).eval()
+    with torch.inference_mode(), autocast(device, precision):
+        after = merged(**batch).logits.float()
+    diff = float((after - before).abs().max())
+    tolerance = MERGE_RTOL[precision] * max(1.0, float(before.abs().max()))
+    if not diff <= tolerance:
+        raise MergeMismatch(f"merging {method.name} changed the outputs: max |merged - unmerged| logit {diff:.3g} "
+                            f"> tolerance {tolerance:.3g}; the method's merge() is wrong")
+    return merged, {"max_abs_diff": diff, "tolerance": tolerance}
+
+
+def train_flops(model, method, stats, env, precision) -> dict:
+    """Achieved training FLOP/s and its fraction of the matmul peak measured at run start at the
+    run's precision (MFU), from an analytic count of the training FLOPs per processed token."""
+    from .measure import train_flops_per_token
+
+    if not stats.timed_padded_tokens or not stats.timed_time_s:
+        return {}
+    seq_len = stats.timed_padded_tokens / stats.timed_samples  # mean padded length of a training example
+    per_token = train_flops_per_token(model, seq_len, method.extra_sequence_length(model))
+    achieved = per_token * stats.timed_padded_tokens / stats.timed_time_s / 1e9
+    peak = env.get(f"matmul_gflops_{precision}", env.get("matmul_gflops"))
+    return {"flops_per_token": per_token, "achieved_gflops": achieved, "mfu": achieved / peak if peak else None}
+
+
+def _activation_memory(model, train_ds, collate, batch_size, device, precision="fp32") -> dict:
     """What autograd saves for one training step on the first ``batch_size`` training examples
     (file order), under the training autocast, on the model as trained (before finalize). A side
     measurement: if it fails, the run keeps its results and the record says why."""
@@ -213,7 +282,7 @@ def _activation_memory(model, train_ds, collate, batch_size, device) -> dict:
     first = collate([train_ds[i] for i in range(min(batch_size, len(train_ds)))])
     out = {"saved_activation_batch": list(first["input_ids"].shape)}
     try:
-        with autocast(torch.device(device)):
+        with autocast(device, precision):
             out["saved_activation_bytes"] = saved_activation_bytes(model, to_device(first, device))
     except Exception as e:  # e.g. out of memory on a nearly full GPU
         out["saved_activation_bytes"] = None
@@ -221,10 +290,18 @@ def _activation_memory(model, train_ds, collate, batch_size, device) -> dict:
     return out
 
 
-def measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat) -> dict:
+def measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, device, lat) -> dict:
+    """Base, unmerged and merged timed interleaved, each call under the run's precision."""
     from .data import fixed_length_batch
     from .measure import time_interleaved
     from .models import load_model
+    from .train import autocast
+
+    precision = spec.get("precision", "fp32")
+
+    def call(m, batch):
+        with autocast(device, precision):
+            return m(**batch)
 
     seq_len = lat["seq_len"] or spec["max_seq_len"]
     sizes = {"b1": 1, "bN": lat["batch"]}
@@ -232,20 +309,15 @@ def measure_latency(method, model, spec, task, tokenizer, eval_ds, device, lat) 
     base = load_model(spec["model"], task, tokenizer, device).eval()
     model.eval()
     models = {"base": base, "unmerged": model}
-    out = {"seq_len": seq_len, "batch_N": lat["batch"], "extra_seq_len": method.extra_sequence_length(model)}
+    out = {"seq_len": seq_len, "batch_N": lat["batch"], "extra_seq_len": method.extra_sequence_length(model),
+           "precision": precision}
     out["effective_seq_len"] = seq_len + out["extra_seq_len"]
-    if method.mergeable:
-        with torch.inference_mode():
-            before = model(**batches["bN"]).logits.float()
-        merged = method.merge(copy.deepcopy(model)).eval()
-        with torch.inference_mode():
-            after = merged(**batches["bN"]).logits.float()
-        out["merged_max_abs_diff"] = float((after - before).abs().max())
+    if merged is not None:
         out["merged_is_plain"] = [type(m) for m in merged.modules()] == [type(m) for m in base.modules()]
         models["merged"] = merged
     timings = {}
     for size, batch in batches.items():  # one interleaved session per batch size
-        candidates = {f"{name}_{size}": (lambda m=m, b=batch: m(**b)) for name, m in models.items()}
+        candidates = {f"{name}_{size}": (lambda m=m, b=batch: call(m, b)) for name, m in models.items()}
         timings.update(time_interleaved(
             candidates, device, min_reps=lat["min_reps"], min_time_s=lat["min_time_s"], warmup=lat["warmup"]
         ))
@@ -290,7 +362,7 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     except Exception as e:
         record["status"], error = ("oom" if is_oom_error(e) else "failed"), e
     if error is not None:
-        record["error_type"] = type(error).__name__
+        record["error_type"] = getattr(error, "error_type", type(error).__name__)  # a plugin's: its exception
         record["error"] = first_line(error)
         if not isinstance(error, PeftbenchError):
             tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, worker
-from .budget import Budget, Counter, budget_params, parse_budgets, solve, split_top
-from .errors import PeftbenchError, closest
+from .budget import Budget, budget_params, parse_budgets, solve, split_top
+from .errors import PeftbenchError, PluginFailure, closest
 from .method import non_default_options, options_dict
-from .records import load_records, read_record, record_path, records_dir, run_id, write_atomic
+from .records import load_records, read_record, record_path, records_dir, run_id, stale_reasons, write_atomic
 
 DEFAULT_BUDGET = "lora:r=8"
 
@@ -139,6 +139,7 @@ class SweepSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     device: str = "auto"
+    precision: str = "auto"
     latency: dict | None = field(default_factory=lambda: {"batch": 32, "seq_len": None, "min_reps": 20, "min_time_s": 2.0, "warmup": 3})
     keep_checkpoint: bool = True
     plugins: tuple = ()
@@ -148,12 +149,26 @@ class SweepSettings:
 class Plan:
     specs: list
     solutions: list  # budget solutions, for display
+    warnings: list = field(default_factory=list)
+
+
+@dataclass
+class Sizing:
+    """One method configuration's size in the plan (and why its runs cannot start, if so)."""
+
+    choice: MethodChoice
+    knob_value: int | None
+    budget: str | None = None
+    budget_params: int | None = None
+    deviation: float | None = None
+    error: Exception | None = None
 
 
 def plan(s: SweepSettings) -> Plan:
     """Validate everything and expand into run specs, before any training starts."""
-    from .models import load_config, load_tokenizer, meta_model, model_revision
-    from .plugins import get_methods, get_task, load_plugins
+    from .models import counter, load_config, load_tokenizer, model_revision
+    from .plugins import code_hash, get_methods, get_task, load_plugins
+    from .precision import resolve as resolve_precision
     from .runner import resolve_device
     from .tasks import load_task_data
 
@@ -192,10 +207,15 @@ def plan(s: SweepSettings) -> Plan:
         if value is not None and value < 1:
             raise PeftbenchError(f"{flag} must be a positive integer, got {value}")
     device = resolve_device(s.device)
+    precision, precision_why = resolve_precision(s.precision, device)
 
     # data (read fully: malformed files are reported with file and line now) and model
+    task_data = []
     for task in tasks:
-        load_task_data(task, s.data_dir)
+        try:
+            task_data.append(load_task_data(task, s.data_dir))
+        except PluginFailure as e:  # the task's reader crashed: its runs are recorded failed
+            task_data.append(e)
     config = load_config(s.model)
     load_tokenizer(s.model)
     revision = model_revision(s.model)
@@ -210,48 +230,56 @@ def plan(s: SweepSettings) -> Plan:
     # knobs: explicit --knob, else the budget(s), else each method's default
     budget_text = s.budget if s.budget is not None else (None if knobs.get("*") else DEFAULT_BUDGET)
     budgets: list[Budget] = [] if budget_text in (None, "none") else parse_budgets(budget_text)
-    counter = Counter(meta_model(config)) if budgets else None
+    count = counter(config)
     resolve_ref = reference_resolver(methods)
-    sizings = []  # (choice, knob_value, budget_text, budget_params, deviation_pct)
+    sizings: list[Sizing] = []
     solutions = []
     for c in choices:
         m = c.method
         explicit = knobs.get(m.name, knobs.get("*") if m.knob else None)
         if m.knob is None or explicit is not None or not budgets:
             value = explicit if m.knob else None
-            sizings.append((c, value if value is not None else m.default_knob, None, None, None))
+            sizings.append(Sizing(c, value if value is not None else m.default_knob))
             continue
         for b in budgets:
-            target = budget_params(b, counter, resolve_ref)
-            sol = solve(m, c.options, target, counter, c.label)
+            target = budget_params(b, count, resolve_ref)
+            try:
+                sol = solve(m, c.options, target, count, c.label)
+            except PluginFailure as e:  # the method's own code failed: its runs are recorded failed
+                sizings.append(Sizing(c, None, b.text, target, error=e))
+                continue
             solutions.append((b.text, sol))
-            sizings.append((c, sol.knob_value, b.text, target, sol.deviation_pct))
-    # apply every configuration once on the meta device: an option or architecture the method
-    # cannot handle is an error now, not one failed run per seed
-    counter = counter or Counter(meta_model(config))
-    for c, knob_value, *_ in sizings:
-        try:
-            counter.count(c.method, c.options, knob_value)
-        except PeftbenchError:
-            raise
-        except Exception:  # e.g. a third-party method that cannot run on the meta device; its run reports it
-            pass
+            sizings.append(Sizing(c, sol.knob_value, b.text, target, sol.deviation_pct))
+    # apply every configuration once: an option or architecture the method cannot handle is an
+    # error now (exit 2), not one failed run per seed; a method whose code crashes fails its runs
+    for z in sizings:
+        if z.error is None:
+            try:
+                count.count(z.choice.method, z.choice.options, z.knob_value)
+            except PluginFailure as e:
+                z.error = e
     if budgets:  # show what the fixed methods cost next to the budget
-        for c in choices:
-            if c.method.knob is None:
+        for z in sizings:
+            if z.choice.method.knob is None and z.error is None:
                 for b in budgets:
-                    target = budget_params(b, counter, resolve_ref)
-                    solutions.append((b.text, solve(c.method, c.options, target, counter, c.label)))
+                    target = budget_params(b, count, resolve_ref)
+                    solutions.append((b.text, solve(z.choice.method, z.choice.options, target, count, z.choice.label)))
+    warnings = [f"method {name} cannot be applied on the meta device ({why}); its parameters were counted on a "
+                "CPU copy of the model built from its config" for name, why in count.fallbacks.items()]
 
     specs, seen = [], set()
-    for task in tasks:
-        for c, knob_value, btext, bparams, deviation in sizings:
+    for task, data in zip(tasks, task_data):
+        for z in sizings:
+            c = z.choice
+            error = z.error or (data if isinstance(data, PluginFailure) else None)
             for seed in seeds:
                 spec = {
                     "method": c.method.name, "label": c.label, "options": c.options,
-                    "knob": c.method.knob, "knob_value": knob_value, "budget": btext, "budget_params": bparams,
-                    "budget_deviation_pct": deviation,
-                    "task": task.name, "task_version": task.version, "data_dir": s.data_dir,
+                    "method_version": c.method.version, "method_code": code_hash(c.method.plugin),
+                    "knob": c.method.knob, "knob_value": z.knob_value, "budget": z.budget,
+                    "budget_params": z.budget_params, "budget_deviation_pct": z.deviation,
+                    "task": task.name, "task_version": task.version, "task_code": code_hash(task.plugin),
+                    "data_dir": s.data_dir, "data_sha": None if error else data.fingerprint,
                     "model": s.model, "model_revision": revision, "seed": seed,
                     # unused when the first N rows are taken: fixed at its default, not splitting run ids
                     "data_seed": 0 if (s.train_samples and s.train_subset == "first") else s.data_seed,
@@ -263,14 +291,31 @@ def plan(s: SweepSettings) -> Plan:
                     "epochs": s.epochs, "max_steps": s.max_steps, "batch_size": s.batch_size,
                     "max_seq_len": s.max_seq_len or task.max_seq_len, "warmup_ratio": s.warmup_ratio,
                     "weight_decay": s.weight_decay, "max_grad_norm": s.max_grad_norm, "device": device,
+                    "precision": precision, "precision_requested": s.precision, "precision_why": precision_why,
                     "latency": s.latency, "keep_checkpoint": s.keep_checkpoint,
                     "plugins": [str(Path(p).resolve()) for p in s.plugins], "peftbench_version": __version__,
                 }
+                if error is not None:  # recorded as a failed run without starting it
+                    spec["plan_error"] = str(error)
+                    spec["plan_error_type"] = error.error_type
                 spec["run_id"] = run_id(spec)
                 if spec["run_id"] not in seen:
                     seen.add(spec["run_id"])
                     specs.append(spec)
-    return Plan(specs, solutions)
+    return Plan(specs, solutions, warnings)
+
+
+def plan_all(settings: list) -> Plan:
+    """Several sweeps (e.g. the entries of a sweep file) as one plan; a run planned twice runs once."""
+    plans = [plan(s) for s in settings]
+    specs, seen = [], set()
+    for p in plans:
+        for spec in p.specs:
+            if spec["run_id"] not in seen:
+                seen.add(spec["run_id"])
+                specs.append(spec)
+    return Plan(specs, [sol for p in plans for sol in p.solutions],
+                list(dict.fromkeys(w for p in plans for w in p.warnings)))
 
 
 # -- execution ---------------------------------------------------------------------------
@@ -328,8 +373,13 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     """Run one spec in its own process and return its record (written by the child, or
     here when the child died, hung or was interrupted)."""
     attempt = uuid.uuid4().hex[:12]
-    spec_file = records_dir(out) / f".{spec['run_id']}.spec"
     started = time.time()
+    if spec.get("plan_error"):  # a plugin crashed while the sweep was planned: nothing to start
+        rec = _failure_record(spec, "failed", spec["plan_error"], started, attempt)
+        rec["error_type"] = spec.get("plan_error_type")
+        write_atomic(record_path(out, spec["run_id"]), rec)
+        return rec
+    spec_file = records_dir(out) / f".{spec['run_id']}.spec"
     oom_kills_before = oom_kill_count()
     proc = None
     timed_out = False
@@ -383,23 +433,30 @@ class SweepResult:
     records: list
     skipped_ok: int = 0
     skipped_failed: int = 0
+    replaced: int = 0  # ok records rerun (--force, --rerun-stale); the old ones are in records/superseded/
     ran: int = 0
 
 
-def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, timeout=None, progress=True,
+def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, rerun_stale=False, timeout=None, progress=True,
               on_record=None, on_start=None, warn=None) -> SweepResult:
-    """Run what has no ok record yet. ``on_start(result, n_todo)`` is called once the skips are known,
-    ``on_record(record, i, n_todo)`` after each run."""
+    """Run what has no ok record yet (with ``rerun_stale``, also what has an ok record made by other
+    host code or libraries than the installed ones). ``on_start(result, n_todo)`` is called once the
+    skips are known, ``on_record(record, i, n_todo)`` after each run."""
+    from .provenance import current_environment
+
     out = Path(out)
     check_output_dir(out)
     existing = load_records(out, warn=warn)
     result = SweepResult(records=[])
     todo = []
+    current = current_environment() if rerun_stale else None
     for spec in specs:
         rec = existing.get(spec["run_id"])
-        if rec and force and rec["status"] == "ok":  # a rerun replaces the record: keep the old result
+        replace = force or (rerun_stale and rec is not None and bool(stale_reasons(rec, current)))
+        if rec and replace and rec["status"] == "ok":  # a rerun replaces the record: keep the old result
             write_atomic(records_dir(out) / "superseded" / f"{spec['run_id']}.{rec.get('attempt') or 'old'}.json", rec)
-        if rec and not force:
+            result.replaced += 1
+        if rec and not replace:
             if rec["status"] == "ok":
                 result.skipped_ok += 1
                 result.records.append(rec)

@@ -17,53 +17,32 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .errors import PeftbenchError, first_line
+from .errors import PeftbenchError, PluginFailure, closest, first_line
 
 DATA_ENV = "PEFTBENCH_DATA"
 
 
-# -- metrics (higher is better for all of them) -------------------------------------------
-def _accuracy(pred, gold):
-    from sklearn.metrics import accuracy_score
+# -- metrics ---------------------------------------------------------------------------
+@dataclass
+class Metric:
+    """A task metric: ``fn(predictions, gold) -> float`` (NumPy arrays), its direction and a description.
+    Registered through the ``peftbench_register_metrics`` hook; tasks name metrics by ``name``."""
 
-    return float(accuracy_score(gold, pred))
+    name: str
+    fn: Callable
+    higher_is_better: bool = True
+    description: str = ""
+    plugin: str = field(default="?", compare=False)
 
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
 
-def _f1(pred, gold):
-    from sklearn.metrics import f1_score
+    def validate(self):
+        from .errors import PluginError
 
-    return float(f1_score(gold, pred))
-
-
-def _mcc(pred, gold):
-    from sklearn.metrics import matthews_corrcoef
-
-    return float(matthews_corrcoef(gold, pred))
-
-
-def _pearson(pred, gold):
-    from scipy.stats import pearsonr
-
-    if np.std(pred) == 0 or np.std(gold) == 0:
-        return 0.0  # a constant prediction has no correlation
-    return float(pearsonr(pred, gold)[0])
-
-
-def _spearman(pred, gold):
-    from scipy.stats import spearmanr
-
-    if np.std(pred) == 0 or np.std(gold) == 0:
-        return 0.0
-    return float(spearmanr(pred, gold)[0])
-
-
-METRICS: dict[str, Callable] = {
-    "accuracy": _accuracy,
-    "f1": _f1,
-    "mcc": _mcc,
-    "pearson": _pearson,
-    "spearman": _spearman,
-}
+        if not callable(self.fn):
+            raise PluginError(f"metric {self.name}: fn must be callable as fn(predictions, gold) -> float")
 
 
 @dataclass(frozen=True)
@@ -109,15 +88,36 @@ class Task:
 
     def validate(self):
         from .errors import PluginError
+        from .plugins import get_metrics
 
-        unknown = [m for m in self.metrics if m not in METRICS]
+        known = get_metrics()
+        unknown = [m for m in self.metrics if m not in known]
         if unknown:
-            raise PluginError(f"task {self.name}: unknown metrics {unknown}; known: {', '.join(METRICS)}")
+            raise PluginError(f"task {self.name}: unknown metric(s) {', '.join(unknown)}{closest(unknown[0], known)}; "
+                              f"registered metrics: {', '.join(known)}")
         if self.format not in ("tsv", "jsonl") and self.reader is None:
             raise PluginError(f"task {self.name}: format {self.format!r} needs a reader")
 
     def score(self, pred, gold) -> dict[str, float]:
-        return {m: METRICS[m](np.asarray(pred), np.asarray(gold)) for m in self.metrics}
+        from .plugins import get_metrics
+
+        known = get_metrics()
+        out = {}
+        for name in self.metrics:
+            try:
+                out[name] = float(known[name].fn(np.asarray(pred), np.asarray(gold)))
+            except PeftbenchError:
+                raise
+            except Exception as e:
+                raise PluginFailure("metric", name, known[name].plugin, "scoring", e) from e
+        return out
+
+    def directions(self) -> dict[str, str]:
+        """metric name -> "higher" or "lower" (is better), for records and reports."""
+        from .plugins import get_metrics
+
+        known = get_metrics()
+        return {name: known[name].direction for name in self.metrics}
 
     # -- reading -------------------------------------------------------------------------
     def read(self, path: Path) -> pd.DataFrame:
@@ -253,6 +253,10 @@ def load_task_data(task: Task, data_dir: str | None = None) -> TaskData:
                 raise PeftbenchError(f"{path}:{_first_bad_line(path)}: not UTF-8 text; re-save the file as UTF-8") from None
             except OSError as e:
                 raise PeftbenchError(f"{path}: cannot read it ({e.strerror or e}); check the file and its permissions") from None
+            except PeftbenchError:
+                raise
+            except Exception as e:  # the task's reader crashed: the plugin's failure, not bad data
+                raise PluginFailure("task", task.name, task.plugin, f"reading {path.name}", e) from e
         for df, name in zip(frames, (task.train_file, task.eval_file)):
             if len(df) == 0:
                 raise PeftbenchError(f"{folder / name}: no examples; is this the right file?")

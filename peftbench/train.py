@@ -1,13 +1,13 @@
 """The training loop and evaluation: plain torch, readable in one sitting.
 
 AdamW over the trainable parameters only, linear warmup then linear decay, gradient
-clipping, bf16 autocast on CUDA. Throughput is timed over the training steps after a few
-warm-up steps; evaluation is timed separately.
+clipping, autocast at the run's precision (see precision.py; fp16 with a gradient scaler).
+Throughput is timed over the training steps after a few warm-up steps; evaluation is timed
+separately.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    precision: str = "fp32"
     timing_warmup_steps: int = 3
 
 
@@ -45,6 +46,7 @@ class TrainStats:
     timed_time_s: float = 0.0  # steps after the timing warm-up
     timed_samples: int = 0
     timed_tokens: int = 0  # non-padding tokens
+    timed_padded_tokens: int = 0  # what the model computed on, padding included
     step_times: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)
 
@@ -57,10 +59,10 @@ class TrainStats:
         return self.timed_tokens / self.timed_time_s if self.timed_time_s else None
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device, precision: str = "fp32"):
+    from .precision import autocast as _autocast
+
+    return _autocast(device, precision)
 
 
 def total_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -96,6 +98,7 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
     warm = min(cfg.timing_warmup_steps, steps - 1)
     stats = TrainStats()
     after_step = on_start(steps) if on_start else None
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
     model.train()  # from_pretrained returns eval mode; dropout is part of training cost
     batches = iter(loader)
@@ -110,12 +113,20 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
             sync(device)
             t0 = time.perf_counter()
             batch = to_device(batch, device)
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 loss = model(**batch).loss
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
             if cfg.max_grad_norm:  # 0: no clipping
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             if after_step:
                 after_step(step + 1)
             scheduler.step()
@@ -132,6 +143,7 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
                 stats.timed_time_s += dt
                 stats.timed_samples += batch["input_ids"].shape[0]
                 stats.timed_tokens += int(batch["attention_mask"].sum())
+                stats.timed_padded_tokens += batch["input_ids"].numel()
             if progress:
                 progress(step + 1, steps, value, stats.samples_per_s)
         stats.train_time_s = time.perf_counter() - start
@@ -156,7 +168,7 @@ def static_memory(model, optimizer) -> dict:
 
 
 @torch.no_grad()
-def predict(model, dataset, collate, device, batch_size=128):
+def predict(model, dataset, collate, device, batch_size=128, precision="fp32"):
     """Predictions (class ids, or floats for regression) and gold labels."""
     device = torch.device(device)
     model.eval()
@@ -164,7 +176,7 @@ def predict(model, dataset, collate, device, batch_size=128):
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in loader:
         labels = batch.pop("labels")
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(**to_device(batch, device)).logits.float().cpu()
         preds.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
         golds.append(labels)

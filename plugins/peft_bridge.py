@@ -145,6 +145,7 @@ class PeftMethod(peftbench.Method):
         self.mergeable = spec.mergeable
         self.default_lr = spec.lr
         self.lr_reference = "peft examples / the method's paper"
+        self.version = f"1+peft{peft.__version__}"  # peft does the work: its release is part of the method
         self.description = spec.description + f" ({spec.config})"
         self.Options = _option_fields(self.config_cls, spec.knob, spec.defaults, spec.hidden)
 

@@ -15,18 +15,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ.pop("PEFTBENCH_PLUGINS", None)
 
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    LlamaConfig,
-    LlamaForSequenceClassification,
-    RobertaConfig,
-    RobertaForSequenceClassification,
-)
-
+from peftbench import testing  # noqa: E402
 from peftbench.models import quiet_transformers  # noqa: E402
 
 quiet_transformers()
@@ -34,51 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 30522  # MiniLM's tokenizer, reused by the tiny models saved to disk
 
 
-def tiny_bert(num_labels=2, vocab=1000, **kw):
-    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, num_labels=num_labels, **kw)
-    return BertForSequenceClassification(cfg)
-
-
-def tiny_roberta(num_labels=2, vocab=1000, **kw):
-    cfg = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=130, num_labels=num_labels,
-                        pad_token_id=1, bos_token_id=0, eos_token_id=2, **kw)
-    return RobertaForSequenceClassification(cfg)
-
-
-def tiny_gpt2(num_labels=2, vocab=1000, **kw):
-    cfg = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128, num_labels=num_labels,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=1, **kw)
-    return GPT2ForSequenceClassification(cfg)
-
-
-def tiny_llama(num_labels=2, vocab=1000, **kw):
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                      num_labels=num_labels, pad_token_id=0, bos_token_id=1, eos_token_id=1, **kw)
-    return LlamaForSequenceClassification(cfg)
-
-
-FAMILIES = {"bert": tiny_bert, "roberta": tiny_roberta, "gpt2": tiny_gpt2, "llama": tiny_llama}
+FAMILIES = dict.fromkeys(testing.FAMILIES)
 
 
 def make_model(family, seed=0, **kw):
-    torch.manual_seed(seed)
-    return FAMILIES[family](**kw)
+    return testing.tiny_model(family, seed=seed, **kw)
 
 
-def batch(vocab=1000, seed=1, bsz=3, length=9, labels=True):
-    """Token ids with right padding in the last row (pad id 0 is never used for real tokens)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (bsz, length), generator=g)
-    mask = torch.ones(bsz, length, dtype=torch.long)
-    mask[-1, length - 3:] = 0
-    ids[-1, length - 3:] = 0
-    out = {"input_ids": ids, "attention_mask": mask}
-    if labels:
-        out["labels"] = torch.tensor([i % 2 for i in range(bsz)])
-    return out
+batch = testing.tiny_batch
 
 
 @pytest.fixture(autouse=True, scope="session")

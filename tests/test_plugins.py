@@ -96,18 +96,23 @@ def test_misspelled_hook_is_reported(plugin_manager, tmp_path):
 def test_entry_points_respect_load_plugins(monkeypatch, plugin_manager):
     import importlib.metadata as md
 
+    loads = []
+
     class FakeEP:
         name, dist = "thirdparty", None
 
         def load(self):
+            loads.append(self.name)
             raise ImportError("should not be loaded")
 
     monkeypatch.setattr(md, "entry_points", lambda group: [FakeEP()])
     monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "")
     plugins._load_entry_points()  # empty list: none loaded
+    assert loads == [] and not plugin_manager.has_plugin("thirdparty")
     monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "thirdparty")
     with pytest.raises(PluginError, match=r"plugin 'thirdparty' \(package \?\) failed to import: ImportError"):
         plugins._load_entry_points()
+    assert loads == ["thirdparty"]
 
 
 def test_local_plugin_file_via_cli(tmp_path):

@@ -56,11 +56,22 @@ def test_prefix_changes_outputs_and_padding_still_masked(family):
     model = _with_prefix(family, "sdpa")
     out = _logits(model, inputs)
     assert not torch.allclose(out, base)
-    noisy = {k: v.clone() for k, v in inputs.items()}
-    noisy["input_ids"][-1, -3:] = 5  # change padded positions (attention_mask 0) only
-    if family == "gpt2":
-        return  # GPT-2 pools at the last non-pad token by id, so pad ids must stay pads
-    torch.testing.assert_close(_logits(model, noisy), out, atol=1e-6, rtol=1e-5)
+    if family == "bert":
+        noisy = {k: v.clone() for k, v in inputs.items()}
+        noisy["input_ids"][-1, -3:] = 5  # change padded positions (attention_mask 0) only
+        torch.testing.assert_close(_logits(model, noisy), out, atol=1e-6, rtol=1e-5)
+        return
+    # GPT-2 is causal: right padding sits after every real token anyway, and its pooling finds the
+    # last token by pad id; pad on the left instead, where only the mask hides the pads
+    ids = inputs["input_ids"][:1].clone()
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    noisy = ids.clone()
+    noisy[0, :3] = 5
+    with torch.no_grad():
+        a = model.eval().base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = model.base_model(input_ids=noisy, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(a[:, 3:], b[:, 3:], atol=1e-6, rtol=1e-5)
 
 
 def test_reparam_folds_into_plain_prefix():

@@ -20,6 +20,8 @@ from peftbench.method import freeze
 
 
 class Fault(peftbench.Method):
+    probe = True  # trains the head only
+
     def apply(self, model, knob_value=None, **options):
         freeze(model)
         calls = {"n": 0}
@@ -92,9 +94,14 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tiny_model_dirs, cli_env, tmp
     plugin = write_plugin(tmp_path, "faults", FAULTS)
     out = tmp_path / "out"
     res = peftbench("run", "--plugins", plugin, "--model", tiny_model_dirs["bert"],
-                    "--methods", "boom,nan,exit,lora,sigkill,hang,oom,bitfit", "--knob", "lora=2",
-                    "--timeout-per-run", "12", "--out", out, *FAST, env=cli_env)
+                    "--methods", "boom,nan,exit,lora,sigkill,oom,bitfit", "--knob", "lora=2",
+                    "--out", out, *FAST, env=cli_env)
     assert res.returncode == 1, res.stderr
+    assert "5 run(s) did not finish ok" in res.stderr.splitlines()[-1]
+    # only the test about timeouts uses one (passing runs under load must not turn into timeouts)
+    hang = peftbench("run", "--plugins", plugin, "--model", tiny_model_dirs["bert"], "--methods", "hang",
+                     "--timeout-per-run", "5", "--out", out, *FAST, env=cli_env)
+    assert hang.returncode == 1, hang.stderr
     recs = by_label(out)
     status = {k.split("/")[0]: r["status"] for k, r in recs.items()}
     assert status == {"boom": "failed", "nan": "diverged", "exit": "failed", "lora": "ok",
@@ -107,8 +114,7 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tiny_model_dirs, cli_env, tmp
     assert "loss became nan at step 2" in recs["nan/s0"]["error"]
     assert "exited with code 7" in recs["exit/s0"]["error"]
     assert "SIGKILL" in recs["sigkill/s0"]["error"]
-    assert "--timeout-per-run 12 s" in recs["hang/s0"]["error"]
-    assert "6 run(s) did not finish ok" in res.stderr.splitlines()[-1]
+    assert "--timeout-per-run 5 s" in recs["hang/s0"]["error"]
     assert not list((out / "records").glob(".*"))  # no temp or spec files left behind
 
 

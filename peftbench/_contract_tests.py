@@ -1,0 +1,33 @@
+"""The contract matrix as pytest tests, added by ``pytest -p peftbench.testing --peftbench-methods ...``."""
+
+import pytest
+
+from peftbench.testing import CHECKS, FAMILIES, ContractFailure, NotApplicable
+
+
+def pytest_generate_tests(metafunc):
+    from peftbench.plugins import get_methods, load_plugins
+
+    config = metafunc.config
+    load_plugins(config.getoption("peftbench_plugins"))
+    methods = get_methods()
+    names = [n.strip() for n in config.getoption("peftbench_methods").split(",") if n.strip()]
+    unknown = [n for n in names if n not in methods]
+    if unknown:
+        raise pytest.UsageError(f"--peftbench-methods: unknown method(s) {', '.join(unknown)}")
+    families = [f.strip() for f in config.getoption("peftbench_families").split(",") if f.strip()]
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        raise pytest.UsageError(f"--peftbench-families: unknown {', '.join(bad)}; use {', '.join(FAMILIES)}")
+    cases = [(n, f, c) for n in names for f in families for c in CHECKS]
+    metafunc.parametrize("method,family,check", [(methods[n], f, c) for n, f, c in cases],
+                         ids=[f"{n}-{f}-{c.replace(' ', '_')}" for n, f, c in cases])
+
+
+def test_peftbench_contract(method, family, check):
+    try:
+        CHECKS[check](method, family)
+    except NotApplicable as e:
+        pytest.skip(f"{method.name} does not apply to {family}: {e}")
+    except ContractFailure as e:
+        pytest.fail(f"{method.name} on {family}: {e}", pytrace=False)

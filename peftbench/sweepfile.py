@@ -1,0 +1,151 @@
+"""Declarative sweeps: ``peftbench run --config sweep.toml``.
+
+A sweep file holds what the ``run`` flags say, with the same names (``max_steps`` for
+``--max-steps``) and the same validation; unknown keys are rejected. Top-level keys are
+defaults; each ``[[sweep]]`` table is one sweep that overrides them (none: the top level is the
+one sweep); ``[task.<name>]`` tables override the schedule for one task (e.g. more epochs on a
+harder task). ``out`` is relative to the file's folder, so a results folder can keep the file
+that made it::
+
+    out = "."
+    tasks = ["sst2", "trec"]
+    seeds = [0, 1, 2]
+    keep_checkpoints = false
+
+    [[sweep]]
+    methods = ["full", "lora", "adapter[placement=pfeiffer]"]
+    budget = "lora:r=8"
+
+    [[sweep]]
+    methods = ["peft-adalora"]
+    lr = { peft-adalora = 1e-2 }
+
+    [task.trec]
+    train_samples = "all"
+    epochs = 2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from .errors import PeftbenchError, closest
+
+# key -> how a value becomes the SweepSettings field (lists and tables become the flag's text)
+_LISTS = ("methods", "tasks", "seeds", "budget", "plugins")
+_TABLES = ("knob", "lr")
+_SCALARS = ("model", "data_dir", "epochs", "max_steps", "train_samples", "data_seed", "train_subset", "batch_size",
+            "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device", "keep_checkpoints",
+            "latency", "latency_batch", "latency_seq_len", "latency_min_time", "precision")
+KEYS = (*_LISTS, *_TABLES, *_SCALARS)
+TASK_KEYS = ("epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "lr", "warmup_ratio",
+             "weight_decay", "max_grad_norm", "data_seed", "train_subset")
+FILE_KEYS = ("out", "sweep", "task")
+
+
+def _check_keys(table: dict, allowed, where: str, path) -> None:
+    for key in table:
+        if key not in allowed:
+            raise PeftbenchError(f"{path}: unknown key {key!r} in {where}{closest(key, allowed)}; "
+                                 f"valid keys: {', '.join(allowed)}")
+
+
+def _text(key, value, path) -> str | None:
+    if value is None:
+        return None
+    if key in _TABLES:
+        if isinstance(value, dict):
+            return ",".join(f"{k}={v}" for k, v in value.items())
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise PeftbenchError(f"{path}: {key} = {value!r} is not a valid value; give a string, a number or a list")
+
+
+def settings_from(values: dict, path):
+    """The SweepSettings for one sweep entry (keys already merged and checked)."""
+    from .cli import latency_settings, parse_train_samples
+    from .sweep import SweepSettings
+
+    kw = {}
+    for key in ("methods", "tasks", "seeds", "budget", "knob", "lr"):
+        if key in values:
+            kw[key] = _text(key, values[key], path)
+    for key in ("model", "data_dir", "train_subset", "device", "precision"):
+        if key in values:
+            kw[key] = str(values[key])
+    for key, cast in (("epochs", float), ("max_steps", int), ("data_seed", int), ("batch_size", int),
+                      ("max_seq_len", int), ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float)):
+        if key in values:
+            value = values[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
+                raise PeftbenchError(f"{path}: {key} = {value!r} must be a{'n integer' if cast is int else ' number'}")
+            kw[key] = cast(value)
+    if "train_samples" in values:
+        kw["train_samples"] = parse_train_samples(str(values["train_samples"]))
+    if "keep_checkpoints" in values:
+        kw["keep_checkpoint"] = _bool(values["keep_checkpoints"], "keep_checkpoints", path)
+    if "plugins" in values:
+        plugins = values["plugins"] if isinstance(values["plugins"], list) else [values["plugins"]]
+        kw["plugins"] = tuple(str((Path(path).parent / p).resolve()) for p in plugins)
+    if "methods" not in kw:
+        raise PeftbenchError(f"{path}: a sweep needs methods = [...]")
+    measure = _bool(values.get("latency", True), "latency", path)
+    kw["latency"] = latency_settings(measure, values.get("latency_batch", 32), values.get("latency_seq_len"),
+                                     values.get("latency_min_time", 2.0))
+    valid = {f.name for f in dataclasses.fields(SweepSettings)}
+    return SweepSettings(**{k: v for k, v in kw.items() if k in valid})
+
+
+def _bool(value, key, path) -> bool:
+    if not isinstance(value, bool):
+        raise PeftbenchError(f"{path}: {key} = {value!r} must be true or false")
+    return value
+
+
+def load(path) -> tuple[list, Path | None]:
+    """The sweep file at ``path`` as a list of SweepSettings (one per sweep entry and task) and
+    its ``out`` folder (None if it names none)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PeftbenchError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PeftbenchError(f"--config {path}: not valid TOML ({e})") from None
+    _check_keys(data, (*KEYS, *FILE_KEYS), "the top level", path)
+    defaults = {k: v for k, v in data.items() if k in KEYS}
+    entries = data.get("sweep", [{}])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise PeftbenchError(f"{path}: write each sweep as a [[sweep]] table")
+    per_task = data.get("task", {})
+    if not isinstance(per_task, dict):
+        raise PeftbenchError(f"{path}: write per-task settings as [task.<name>] tables")
+    for name, table in per_task.items():
+        _check_keys(table, TASK_KEYS, f"[task.{name}]", path)
+    out = data.get("out")
+    all_tasks = set()
+    settings = []
+    for i, entry in enumerate(entries, 1):
+        _check_keys(entry, KEYS, f"[[sweep]] number {i}", path)
+        merged = {**defaults, **entry}
+        tasks = merged.get("tasks", ["sst2"])
+        tasks = tasks if isinstance(tasks, list) else [t for t in str(tasks).split(",") if t.strip()]
+        groups: dict = {}  # tasks with the same overrides are planned together
+        all_tasks.update(t.strip() for t in tasks)
+        for task in tasks:
+            groups.setdefault(repr(sorted(per_task.get(task.strip(), {}).items())), []).append(task.strip())
+        for names in groups.values():
+            overrides = per_task.get(names[0], {})
+            if "lr" in overrides and "lr" in merged and isinstance(merged["lr"], dict) and isinstance(overrides["lr"], dict):
+                overrides = {**overrides, "lr": {**merged["lr"], **overrides["lr"]}}
+            settings.append(settings_from({**merged, **overrides, "tasks": names}, path))
+    unused = sorted(set(per_task) - all_tasks)
+    if unused:
+        raise PeftbenchError(f"{path}: [task.{unused[0]}] names a task that no sweep runs; add it to tasks or remove the table")
+    return settings, (path.parent / out).resolve() if out is not None else None

@@ -1,0 +1,247 @@
+"""The contract every method plugin must keep, for built-in and third-party methods alike.
+
+Each check applies a method to tiny models of several families (built from configs in code,
+no downloads) and raises ``ContractFailure`` naming the property that does not hold:
+
+- ``trains only its own parameters and the head``: after a few optimizer steps no frozen base
+  weight changed, the head trained, and some of the method's own parameters trained;
+- ``count grows with the knob``: the method's trainable count rises strictly with its knob
+  (the budget solver relies on it), or stays fixed for a method without one;
+- ``checkpoint restores the model``: ``trainable_state`` saved as safetensors and loaded into a
+  fresh model whose method was initialised under a *different* seed gives the trained outputs;
+- ``merge keeps the outputs``: ``merge`` gives the unmerged outputs; for a mergeable method the
+  merged model is a plain base model (same module types and parameter count), for the others
+  ``merge`` is the identity.
+
+Use it three ways: ``peftbench check FILE.py|ENTRY_POINT`` prints a pass/fail table;
+``pytest -p peftbench.testing --peftbench-methods NAME[,NAME]`` adds the matrix to a test run
+(``--peftbench-plugins FILE.py`` loads local plugin files first); or call ``run_checks`` /
+``CHECKS`` from your own tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UnsupportedModel
+
+FAMILIES = ("bert", "roberta", "gpt2", "llama")
+
+
+def tiny_model(family: str, seed: int = 0, num_labels: int = 2, vocab: int = 1000, **kw):
+    """A two-layer sequence-classification model of ``family`` with random weights from ``seed``."""
+    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
+                              LlamaConfig, LlamaForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification)
+
+    common = dict(num_labels=num_labels, vocab_size=vocab, **kw)
+    torch.manual_seed(seed)
+    if family == "bert":
+        return BertForSequenceClassification(BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=128, **common))
+    if family == "roberta":
+        return RobertaForSequenceClassification(RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common))
+    if family == "gpt2":
+        return GPT2ForSequenceClassification(GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=128, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+            **common))
+    if family == "llama":
+        return LlamaForSequenceClassification(LlamaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+            **common))
+    raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+
+
+def tiny_batch(vocab: int = 1000, seed: int = 1, bsz: int = 3, length: int = 9, labels: bool = True) -> dict:
+    """Token ids with right padding in the last row (pad id 0 is never used for real tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (bsz, length), generator=g)
+    mask = torch.ones(bsz, length, dtype=torch.long)
+    mask[-1, length - 3:] = 0
+    ids[-1, length - 3:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if labels:
+        out["labels"] = torch.tensor([i % 2 for i in range(bsz)])
+    return out
+
+
+class ContractFailure(AssertionError):
+    """A method breaks the contract; the message names the property."""
+
+
+class NotApplicable(Exception):
+    """The method does not apply to this model family (it said so with UnsupportedModel)."""
+
+
+def prepared(method, family: str, knob: int = 4, seed: int = 0, method_seed: int | None = None):
+    """(model, counts): ``family``'s tiny model (base weights from ``seed``) with ``method`` applied,
+    its own random initialisation drawn under ``method_seed`` (default: right after the base)."""
+    from .method import apply_method
+
+    model = tiny_model(family, seed=seed)
+    if method_seed is not None:
+        torch.manual_seed(method_seed)
+    try:
+        return apply_method(method, model, knob if method.knob else None)
+    except UnsupportedModel as e:
+        raise NotApplicable(str(e)) from None
+
+
+def outputs(model, inputs) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+
+def train_steps(model, steps: int = 4, lr: float = 1e-2) -> None:
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    for i in range(steps):
+        loss = model(**tiny_batch(seed=10 + i)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def _fail(what: str, detail: str = ""):
+    raise ContractFailure(what + (f": {detail}" if detail else ""))
+
+
+def check_trains_only_its_own_parameters(method, family):
+    model, counts = prepared(method, family)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = method.head_parameter_names(model)
+    if not head or not head <= trainable:
+        _fail("the head is not trainable", ", ".join(sorted(head - trainable)[:3]))
+    if counts.head != sum(p.numel() for n, p in model.named_parameters() if n in head):
+        _fail("head parameters miscounted")
+    train_steps(model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    frozen_changed = changed - trainable
+    if frozen_changed:
+        _fail("trains frozen weights", ", ".join(sorted(frozen_changed)[:3]))
+    if not changed & head:
+        _fail("the head did not train")
+    if not getattr(method, "probe", False) and not changed & (trainable - head):
+        _fail("none of the method's own parameters trained")
+
+
+def check_count_grows_with_knob(method, family):
+    counts = [prepared(method, family, knob=k)[1].method for k in (1, 2, 3, 8)]
+    if method.knob and not all(a < b for a, b in zip(counts, counts[1:])):
+        _fail(f"trainable count does not grow strictly with {method.knob}", f"{counts} at 1, 2, 3, 8")
+    if not method.knob and len(set(counts)) != 1:
+        _fail("a method without a knob changes its count", str(counts))
+
+
+def check_checkpoint_restores(method, family):
+    from safetensors.torch import load_file
+
+    from .measure import checkpoint_bytes
+
+    model, _ = prepared(method, family)
+    train_steps(model)
+    method.finalize(model)
+    inputs = tiny_batch(seed=3)
+    expected = outputs(model, inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.safetensors"
+        if checkpoint_bytes(method.trainable_state(model), path) <= 0:
+            _fail("checkpoint is empty")
+        # same base weights, the method's own initialisation under another seed: a checkpoint
+        # that leaves out a random tensor the method needs (e.g. a frozen random projection) fails
+        fresh, _ = prepared(method, family, method_seed=1234)
+        method.finalize(fresh)
+        method.load_trainable_state(fresh, load_file(path))
+    got = outputs(fresh, inputs)
+    if not torch.allclose(got, expected, atol=1e-6, rtol=1e-5):
+        _fail("checkpoint does not restore the trained model",
+              f"max |difference| {float((got - expected).abs().max()):.3g} after loading trainable_state")
+
+
+def check_merge_keeps_outputs(method, family):
+    model, _ = prepared(method, family)
+    train_steps(model)
+    method.finalize(model)
+    inputs = tiny_batch(seed=4)
+    unmerged = outputs(model, inputs)
+    if not method.mergeable:
+        if method.merge(model) is not model:
+            _fail("merge of a non-mergeable method must return the model unchanged")
+        return
+    merged = method.merge(copy.deepcopy(model))
+    got = outputs(merged, inputs)
+    if not torch.allclose(got, unmerged, atol=1e-5, rtol=1e-5):
+        _fail("merge changes outputs", f"max |difference| {float((got - unmerged).abs().max()):.3g}")
+    base = tiny_model(family)
+    if [type(m) for m in merged.modules()] != [type(m) for m in base.modules()]:
+        _fail("merged model is not a plain base model", "its module types differ from the base model's")
+    if sum(p.numel() for p in merged.parameters()) != sum(p.numel() for p in base.parameters()):
+        _fail("merged model has a different parameter count than the base model")
+
+
+CHECKS = {
+    "trains only its own parameters and the head": check_trains_only_its_own_parameters,
+    "count grows with the knob": check_count_grows_with_knob,
+    "checkpoint restores the model": check_checkpoint_restores,
+    "merge keeps the outputs": check_merge_keeps_outputs,
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    method: str
+    family: str
+    check: str
+    status: str  # "pass", "FAIL", "n/a"
+    detail: str = ""
+
+
+def run_checks(methods, families=FAMILIES) -> list[Result]:
+    """Every check on every (method, family); a method that does not apply to a family is n/a."""
+    results = []
+    for method in methods:
+        for family in families:
+            for check, fn in CHECKS.items():
+                try:
+                    fn(method, family)
+                except NotApplicable as e:
+                    results.append(Result(method.name, family, check, "n/a", str(e)))
+                except ContractFailure as e:
+                    results.append(Result(method.name, family, check, "FAIL", str(e)))
+                except Exception as e:  # the method crashed: that is a failure of the check too
+                    results.append(Result(method.name, family, check, "FAIL", f"raised {type(e).__name__}: {e}"))
+                else:
+                    results.append(Result(method.name, family, check, "pass"))
+    return results
+
+
+# -- the pytest plugin -------------------------------------------------------------------
+def pytest_addoption(parser):
+    group = parser.getgroup("peftbench", "peftbench method contract")
+    group.addoption("--peftbench-methods", default=None,
+                    help="comma list of registered methods to run the peftbench contract on")
+    group.addoption("--peftbench-plugins", action="append", default=[], metavar="FILE.py",
+                    help="load a local peftbench plugin file first (repeatable)")
+    group.addoption("--peftbench-families", default=",".join(FAMILIES),
+                    help=f"tiny model families to check on (default {','.join(FAMILIES)})")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if not config.getoption("peftbench_methods"):
+        return
+    import pytest
+
+    module = pytest.Module.from_parent(session, path=Path(__file__).with_name("_contract_tests.py"))
+    items.extend(session.genitems(module))

@@ -1,0 +1,55 @@
+"""peftbench's built-in metrics, registered through the same hook a third-party plugin uses."""
+
+import numpy as np
+
+import peftbench
+from peftbench.tasks import Metric
+
+
+def accuracy(pred, gold):
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(gold, pred))
+
+
+def f1(pred, gold):
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, pred))
+
+
+def mcc(pred, gold):
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(gold, pred))
+
+
+def pearson(pred, gold):
+    from scipy.stats import pearsonr
+
+    if np.std(pred) == 0 or np.std(gold) == 0:
+        return 0.0  # a constant prediction has no correlation
+    return float(pearsonr(pred, gold)[0])
+
+
+def spearman(pred, gold):
+    from scipy.stats import spearmanr
+
+    if np.std(pred) == 0 or np.std(gold) == 0:
+        return 0.0
+    return float(spearmanr(pred, gold)[0])
+
+
+METRICS = (
+    Metric("accuracy", accuracy, description="fraction of examples classified correctly (scikit-learn)"),
+    Metric("f1", f1, description="F1 of the positive class (scikit-learn)"),
+    Metric("mcc", mcc, description="Matthews correlation coefficient (scikit-learn)"),
+    Metric("pearson", pearson, description="Pearson correlation (scipy; 0 for a constant prediction)"),
+    Metric("spearman", spearman, description="Spearman rank correlation (scipy; 0 for a constant prediction)"),
+)
+
+
+@peftbench.hookimpl
+def peftbench_register_metrics(register):
+    for metric in METRICS:
+        register(metric)

@@ -1,0 +1,243 @@
+"""What a third-party plugin author hits: each reproducer ends as a one-line error or a failed
+record that names the method and its plugin (issue: plugin authors first)."""
+
+import enum
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import pytest
+
+from conftest import make_model, write_plugin
+from peftbench.errors import PeftbenchError, PluginError
+from peftbench.method import apply_method, parse_options
+from peftbench.plugins import get_methods, load_plugin_file
+
+FAST = ["--max-steps", "2", "--batch-size", "8", "--no-latency", "--no-progress", "--train-samples", "32"]
+
+
+def peftbench(*args, env):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def records(out):
+    return [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+
+
+FUTURE = '''
+from __future__ import annotations
+from dataclasses import dataclass
+import peftbench
+from peftbench.method import freeze
+
+
+@dataclass(frozen=True)
+class LNOptions:
+    eps_scale: float = 1.0
+    names: tuple[str, ...] = ("LayerNorm",)
+
+
+class LNTuning(peftbench.Method):
+    name = "ln-tuning"
+    Options = LNOptions
+
+    def apply(self, model, knob_value=None, **options):
+        opts = self.options(**options)
+        freeze(model)
+        for n, p in model.named_parameters():
+            if any(k in n for k in opts.names):
+                p.requires_grad_(True)
+        return model
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(LNTuning())
+'''
+
+
+def test_future_annotations_and_dataclass_options_import(plugin_manager, tmp_path):
+    load_plugin_file(write_plugin(tmp_path, "ln", FUTURE))
+    method = get_methods()["ln-tuning"]
+    assert method.options(names="LayerNorm,norm").names == ("LayerNorm", "norm")
+    _, counts = apply_method(method, make_model("bert"), None)
+    assert counts.method == 2 * 2 * 2 * 32 + 2 * 32  # per layer 2 LayerNorms (weight+bias) + embeddings
+
+
+METHOD_TEMPLATE = '''
+import peftbench
+from peftbench.method import freeze
+
+
+class M(peftbench.Method):
+    name = "{name}"
+    knob = {knob!r}
+    default_knob = {default_knob!r}
+
+    def apply(self, model, knob_value=None, **options):
+        freeze(model)
+        {body}
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(M())
+'''
+
+TRAIN_BIASES = "[p.requires_grad_(True) for n, p in model.named_parameters() if n.endswith('.bias')]"
+CASES = {
+    # bug 2: apply cannot run on the meta device (reads a value)
+    "needs-real": ("float(next(model.parameters()).sum().item())\n        " + TRAIN_BIASES + "\n        return model",
+                   None, None),
+    # bug 3: apply raises
+    "keyerror": ("raise KeyError('missing_layer')", "r", 4),
+    # bug 4: nothing of its own is trained
+    "probe-by-accident": ("return model", None, None),
+    # bug 5: forgets to return the model
+    "no-return": (TRAIN_BIASES, None, None),
+}
+
+
+def _plugin(tmp_path, name):
+    body, knob, default = CASES[name]
+    return write_plugin(tmp_path, name.replace("-", "_"), METHOD_TEMPLATE.format(
+        name=name, knob=knob, default_knob=default, body=body))
+
+
+def test_apply_that_needs_real_tensors_is_counted_on_a_cpu_copy(tiny_model_dirs, cli_env, tmp_path):
+    out = tmp_path / "out"
+    res = peftbench("run", "--plugins", _plugin(tmp_path, "needs-real"), "--model", tiny_model_dirs["bert"],
+                    "--methods", "needs-real,lora", "--out", out, *FAST, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    assert "warning: method needs-real cannot be applied on the meta device" in res.stderr
+    assert "counted on a CPU copy" in res.stderr
+    rec = next(r for r in records(out) if r["spec"]["method"] == "needs-real")
+    assert rec["status"] == "ok" and rec["params"]["method"] > 0
+
+
+@pytest.mark.parametrize("budget", [["--knob", "keyerror=4"], ["--budget", "lora:r=2"]])
+def test_apply_that_raises_is_a_failed_run_naming_method_and_plugin(tiny_model_dirs, cli_env, tmp_path, budget):
+    path = _plugin(tmp_path, "keyerror")
+    out = tmp_path / "out"
+    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "keyerror,bitfit",
+                    "--out", out, *budget, *FAST, env=cli_env)
+    assert res.returncode == 1, res.stderr
+    assert "internal error" not in res.stderr
+    rec = next(r for r in records(out) if r["spec"]["method"] == "keyerror")
+    assert rec["status"] == "failed" and rec["error_type"] == "KeyError"
+    assert rec["error"] == f"method keyerror (plugin {path}): apply() raised KeyError: 'missing_layer'"
+    assert f"keyerror r=" in res.stderr and "FAILED - method keyerror (plugin" in res.stderr
+    assert "KeyError: 'missing_layer'" in res.stderr
+    assert [r["status"] for r in records(out) if r["spec"]["method"] == "bitfit"] == ["ok"]  # the sweep went on
+
+
+def test_task_reader_that_raises_is_a_failed_run_naming_the_task(tiny_model_dirs, cli_env, tmp_path):
+    body = '''
+import peftbench
+from peftbench import Task
+
+
+def reader(path, task):
+    raise ValueError("cannot parse " + path.name)
+
+
+@peftbench.hookimpl
+def peftbench_register_tasks(register):
+    register(Task(name="broken", version=1, folder="SST-2", train_file="train.tsv", eval_file="dev.tsv",
+                  text_columns=("sentence",), label_column="label", format="custom", reader=reader))
+'''
+    path = write_plugin(tmp_path, "broken_task", body)
+    out = tmp_path / "out"
+    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",
+                    "--tasks", "broken,sst2", "--out", out, *FAST, env=cli_env)
+    assert res.returncode == 1, res.stderr
+    by_task = {r["spec"]["task"]: r for r in records(out)}
+    assert by_task["sst2"]["status"] == "ok"
+    assert by_task["broken"]["status"] == "failed" and by_task["broken"]["error_type"] == "ValueError"
+    assert by_task["broken"]["error"] == (f"task broken (plugin {path}): reading train.tsv raised ValueError: "
+                                          "cannot parse train.tsv")
+
+
+@pytest.mark.parametrize("name,message", [
+    ("probe-by-accident", "leaves no trainable parameter of its own: it would train the task head only"),
+    ("no-return", "apply() returned NoneType, not the model; end apply with `return model`"),
+])
+def test_method_mistakes_are_one_line_errors_naming_the_method(tiny_model_dirs, cli_env, tmp_path, name, message):
+    path = _plugin(tmp_path, name)
+    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", name,
+                    "--out", tmp_path / "out", *FAST, env=cli_env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert f"method {name} (plugin {path})" in res.stderr and message in res.stderr
+
+
+def test_a_declared_probe_may_train_the_head_only(plugin_manager, tmp_path):
+    body = METHOD_TEMPLATE.format(name="probe", knob=None, default_knob=None, body="return model")
+    load_plugin_file(write_plugin(tmp_path, "probe", body.replace('name = "probe"', 'name = "probe"\n    probe = True')))
+    _, counts = apply_method(get_methods()["probe"], make_model("bert"), None)
+    assert counts.method == 0 and counts.head > 0
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass(frozen=True)
+class Rich:
+    mode: Literal["fast", "exact"] = "fast"
+    level: Literal[1, 2, 3] = 1
+    layers: list[int] = None
+    color: Color = Color.RED
+    maybe: Optional[Literal["a", "b"]] = None
+
+
+def test_literal_list_and_enum_options():
+    opts = parse_options(Rich, {"mode": "exact", "level": "2", "layers": "0,3", "color": "blue", "maybe": "b"}, "m")
+    assert opts == Rich("exact", 2, [0, 3], Color.BLUE, "b")
+    assert parse_options(Rich, {"color": "RED", "maybe": "none"}, "m").color is Color.RED
+    with pytest.raises(PeftbenchError, match=r"mode='slow' must be one of fast, exact"):
+        parse_options(Rich, {"mode": "slow"}, "m")
+    with pytest.raises(PeftbenchError, match=r"level='7' must be one of 1, 2, 3"):
+        parse_options(Rich, {"level": "7"}, "m")
+    with pytest.raises(PeftbenchError, match=r"color='green' must be one of RED, BLUE"):
+        parse_options(Rich, {"color": "green"}, "m")
+    with pytest.raises(PeftbenchError, match=r"option layers='x' is not a valid int"):
+        parse_options(Rich, {"layers": "0,x"}, "m")
+
+
+def test_load_plugins_names_are_normalised_like_packaging(monkeypatch, plugin_manager):
+    import importlib.metadata as md
+
+    from peftbench import plugins
+
+    loaded = []
+
+    class Dist:
+        name, version = "peftbench_HP.extras", "1.2"
+
+    class EP:
+        name, dist = "hp", Dist()
+
+        def load(self):
+            loaded.append(self.name)
+            return type("Module", (), {})()
+
+    monkeypatch.setattr(md, "entry_points", lambda group: [EP()])
+    monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "other-package")
+    plugins._load_entry_points()
+    assert loaded == []  # not allowed: not loaded
+    monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "peftbench-hp-extras")
+    plugins._load_entry_points()
+    assert loaded == ["hp"] and plugins.plugin_origin("hp")["distribution"] == "peftbench_HP.extras"
+    plugin_manager.unregister(name="hp")
+
+
+def test_method_version_must_be_int_or_str(plugin_manager, tmp_path):
+    body = METHOD_TEMPLATE.format(name="versioned", knob=None, default_knob=None, body="return model")
+    load_plugin_file(write_plugin(tmp_path, "versioned", body.replace(
+        'name = "versioned"', 'name = "versioned"\n    version = 1.5')))
+    with pytest.raises(PluginError, match="version must be an int or a str"):
+        get_methods()

@@ -1,0 +1,73 @@
+"""Published results cannot drift from their records: every committed table regenerates from
+its committed records, every folder's sweep file plans exactly the runs its records hold, and
+no published record comes from an uncommitted tree."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, shared_datasets
+from peftbench import report
+from peftbench.records import load_records
+
+RESULTS = ROOT / "results"
+FOLDERS = sorted(p.parent for p in RESULTS.glob("*/records"))
+FORMATS = {"table.md": "md", "table.csv": "csv", "table.tex": "latex", "table.html": "html"}
+# what a record's settings must agree on with the sweep file's plan (identity hashes of code are
+# left out: code moves on; a record's code is shown per row and flagged stale by `report`)
+SETTINGS = ("method", "label", "options", "knob", "knob_value", "budget", "budget_params", "task", "task_version",
+            "model", "seed", "data_seed", "train_samples", "train_subset", "lr", "epochs", "max_steps", "batch_size",
+            "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "keep_checkpoint", "precision")
+DEFAULTS = {"train_subset": "random", "precision": "fp32"}  # fields older records lack, at their default then
+
+
+def test_there_are_published_folders():
+    assert {f.name for f in FOLDERS} >= {"sst2-minilm", "trec-minilm", "sst2-anchor-check"}
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_tables_regenerate_from_records(folder):
+    records = load_records(folder)
+    summary = report.summarize(report.records_frame(records.values()))
+    tables = [name for name in FORMATS if (folder / name).exists()]
+    assert "table.md" in tables
+    for name in tables:
+        expected = report.render(summary, FORMATS[name])
+        assert (folder / name).read_text() == expected, (
+            f"{folder.name}/{name} differs from `peftbench report {folder.relative_to(ROOT)} --format "
+            f"{FORMATS[name]}`; regenerate it (see results/README.md)")
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_no_published_record_comes_from_an_uncommitted_tree(folder):
+    dirty = [p.name for p in (folder / "records").glob("*.json")
+             if str(json.loads(p.read_text()).get("env", {}).get("git_commit")).endswith("-dirty")]
+    assert not dirty, f"{folder.name}: records made from a dirty tree: {dirty[:3]}"
+
+
+def _settings(spec: dict) -> dict:
+    return {k: spec.get(k, DEFAULTS.get(k)) for k in SETTINGS}
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
+    """The folder's sweep.toml, planned now (nothing runs), asks for the same runs, with the same
+    settings and data, as the ok records hold: the published command is the one that made them."""
+    from peftbench import sweepfile
+    from peftbench.sweep import plan_all
+
+    data = shared_datasets()
+    if data is None:
+        pytest.skip("the shared datasets are not available")
+    monkeypatch.setenv("PEFTBENCH_DATA", str(data))
+    settings, out = sweepfile.load(folder / "sweep.toml")
+    assert out == folder.resolve()
+    planned = [_settings(s) | {"data": s["data_sha"]} for s in plan_all(settings).specs]
+    published = [_settings(r["spec"]) | {"data": r["data"]["fingerprint"]}
+                 for r in load_records(folder).values() if r["status"] == "ok"]
+    key = lambda d: json.dumps(d, sort_keys=True, default=str)  # noqa: E731
+    missing = sorted(set(map(key, planned)) - set(map(key, published)))
+    extra = sorted(set(map(key, published)) - set(map(key, planned)))
+    assert not missing and not extra, f"planned but not published: {missing[:2]}; published but not planned: {extra[:2]}"
+    assert len(published) == len(set(map(key, published))), "two ok records for the same run"
