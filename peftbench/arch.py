@@ -104,3 +104,27 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def fused_qkv_slices(model: nn.Module, name: str, module: nn.Module) -> dict:
+    """Which output features of a fused q/k/v projection belong to q, k and v: role -> index
+    tensor. GPT-2's ``c_attn`` is [q | k | v]; BLOOM's and GPT-NeoX's ``query_key_value`` are
+    per head [q, k, v] of head_dim each. Other fused layouts are not known: an error, so that
+    nothing adapts a whole fused matrix when q or v alone was asked for."""
+    import torch
+
+    config = model.config
+    _, n_out = linear_features(module)
+    model_type = getattr(config, "model_type", "")
+    if model_type == "gpt2" or name.endswith("c_attn"):
+        third = n_out // 3
+        return {role: torch.arange(i * third, (i + 1) * third) for i, role in enumerate("qkv")}
+    if model_type in ("bloom", "gpt_neox"):
+        heads = config.num_attention_heads
+        head_dim = n_out // (3 * heads)
+        base = torch.arange(heads)[:, None] * 3 * head_dim
+        return {role: (base + i * head_dim + torch.arange(head_dim)[None, :]).reshape(-1) for i, role in enumerate("qkv")}
+    raise UnsupportedModel(
+        f"the fused projection {name} of {type(model).__name__} has a q/k/v layout peftbench does not know; "
+        "adapt the whole fused layer explicitly (LoRA: target_modules=qkv)"
+    )

@@ -23,7 +23,7 @@ from .models import counter as make_counter
 from .models import load_config, load_model, load_tokenizer
 from .plugins import get_methods, get_task
 from .runner import environment, resolve_device
-from .sweep import reference_resolver
+from .plan import reference_resolver
 
 VARIANTS = [  # (label, method, options)
     ("LoRA (unmerged)", "lora", {}),

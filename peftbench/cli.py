@@ -123,7 +123,7 @@ def tasks(ctx, plugin_files):
     _load(_plugins(ctx, plugin_files))
     rows = [("name", "version", "metrics", "labels", "max len", "data folder", "plugin", "description")]
     for t in get_tasks().values():
-        labels = "regression" if t.is_regression else str(t.num_labels)
+        labels = "generation" if t.kind == "generation" else "regression" if t.is_regression else str(t.num_labels)
         metrics = ",".join(f"{m}{'↑' if d == 'higher' else '↓'}" for m, d in t.directions().items())
         rows.append((t.name, str(t.version), metrics, labels, str(t.max_seq_len), t.folder, t.plugin, t.description))
     _print_rows(rows)
@@ -160,7 +160,7 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
     from .models import counter as make_counter
     from .models import load_config
     from .plugins import get_methods
-    from .sweep import parse_methods, reference_resolver
+    from .plan import parse_methods, reference_resolver
 
     _load(_plugins(ctx, plugin_files))
     all_methods = get_methods()
@@ -226,6 +226,13 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
               help="Rerun runs whose ok record was made by other peftbench code or library versions than those installed.")
 @click.option("--timeout-per-run", type=float, default=None, help="Kill a run after this many seconds.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--eval-split", default=None, help="Generation tasks: the split to evaluate on (E2E: test or dev; default test).")
+@click.option("--eval-samples", type=int, default=None, help="Generation tasks: score only the first N inputs (recorded).")
+@click.option("--num-beams", type=int, default=1, show_default=True, help="Generation: beam size (1 = greedy).")
+@click.option("--length-penalty", type=float, default=1.0, show_default=True, help="Generation: beam length penalty.")
+@click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True, help="Generation: block repeated n-grams.")
+@click.option("--max-new-tokens", type=int, default=None, help="Generation: at most this many new tokens (default: the task's).")
+@click.option("--meteor/--no-meteor", default=True, show_default=True, help="Generation: score METEOR (needs Java).")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
 @plugin_option
@@ -233,10 +240,12 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs, max_steps, train_samples,
         data_seed, train_subset, batch_size, max_seq_len, weight_decay, warmup_ratio, max_grad_norm, device, precision, out,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
-        rerun_stale, timeout_per_run, progress, config, plugin_files):
+        rerun_stale, timeout_per_run, progress, eval_split, eval_samples, num_beams, length_penalty,
+        no_repeat_ngram_size, max_new_tokens, meteor, config, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
-    from .sweep import SweepSettings, check_output_dir, plan_all, run_sweep
+    from .plan import SweepSettings, plan_all
+    from .sweep import check_output_dir, run_sweep
 
     if timeout_per_run is not None and timeout_per_run <= 0:
         raise PeftbenchError(f"--timeout-per-run must be positive, got {timeout_per_run}")
@@ -261,6 +270,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device,
             precision=precision, keep_checkpoint=keep_checkpoints, plugins=_plugins(ctx, plugin_files),
             latency=latency_settings(latency, latency_batch, latency_seq_len, latency_min_time),
+            eval_split=eval_split, eval_samples=eval_samples, num_beams=num_beams, length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens, meteor=meteor,
         )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     the_plan = plan_all(settings)  # validates everything before any training starts
@@ -321,7 +332,8 @@ def latency_settings(measure: bool, batch, seq_len, min_time) -> dict | None:
 SWEEP_FLAGS = ("methods_", "tasks_", "seeds", "model", "budget", "knob", "lr", "epochs", "max_steps", "train_samples",
                "data_seed", "train_subset", "batch_size", "max_seq_len", "weight_decay", "warmup_ratio",
                "max_grad_norm", "device", "precision", "latency", "latency_batch", "latency_seq_len", "latency_min_time",
-               "keep_checkpoints")
+               "keep_checkpoints", "eval_split", "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size",
+               "max_new_tokens", "meteor")
 
 
 def _summary_line(rec) -> str:
@@ -335,8 +347,47 @@ def _summary_line(rec) -> str:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in rec["metrics"].items())
     p = rec["params"]
     t = rec["train"]
+    speed = f"{t['samples_per_s']:.1f} samples/s" if t.get("samples_per_s") else "not trained"
     return (f"{head}: {metrics} | {p['method']:,} params ({p['method_pct']:.3f}%) + head {p['head']:,} | "
-            f"{t['samples_per_s']:.1f} samples/s | {rec['duration_s']:.0f} s")
+            f"{speed} | {rec['duration_s']:.0f} s")
+
+
+@cli.command()
+@click.argument("predictions", type=click.Path(dir_okay=False))
+@click.option("--task", "task_name", default="e2e", show_default=True, help="A generation task.")
+@click.option("--split", default=None, help="The split the outputs are for (E2E: test or dev; default the task's).")
+@click.option("--data-dir", default=None, help="Folder holding the task folders (else PEFTBENCH_DATA).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--meteor/--no-meteor", default=True, show_default=True, help="Score METEOR (needs Java).")
+@plugin_option
+@click.pass_context
+def score(ctx, predictions, task_name, split, data_dir, fmt, meteor, plugin_files):
+    """Score any system's outputs for a generation task: PREDICTIONS has one line per distinct
+    input of the split, in the order of first appearance (E2E: per MR of the official CSV)."""
+    import json
+
+    from .plugins import get_task
+    from .tasks import load_task_data
+
+    _load(_plugins(ctx, plugin_files))
+    task = get_task(task_name)
+    if task.kind != "generation":
+        raise PeftbenchError(f"--task {task_name} is not a generation task; score scores generated text (e.g. e2e)")
+    split = task.split(split)
+    data = load_task_data(task, data_dir, split)
+    try:
+        lines = Path(predictions).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PeftbenchError(f"{predictions}: cannot read it as UTF-8 text ({e})") from None
+    if len(lines) != len(data.eval):
+        raise PeftbenchError(f"{predictions} has {len(lines)} lines but the {task.name} {split} split has "
+                             f"{len(data.eval)} distinct inputs; give one output per input, in the split's order")
+    metrics = [m for m in task.metrics if meteor or m != "meteor"]
+    scores = task.score([ln.strip() for ln in lines], list(data.eval["references"]), metrics)
+    if fmt == "json":
+        click.echo(json.dumps({"task": task.name, "split": split, "outputs": len(lines), **scores}, indent=1))
+    else:
+        _print_rows([("metric", "score"), *((k, f"{v:.4f}") for k, v in scores.items())])
 
 
 @cli.command()

@@ -29,9 +29,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()[:16]
 
 
-def tokenize(task, frame, tokenizer, max_len: int, key_parts: dict):
-    """A ``datasets.Dataset`` of input_ids / attention_mask / [token_type_ids] / labels,
-    cached on disk under a key built from ``key_parts`` (task, data, tokenizer, max_len)."""
+def cached(key_parts: dict, build):
+    """A ``datasets.Dataset`` of the columns ``build()`` returns, cached on disk under a key built
+    from ``key_parts`` (task, data, tokenizer, max length, split): built once, then loaded."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -42,13 +42,7 @@ def tokenize(task, frame, tokenizer, max_len: int, key_parts: dict):
             return datasets.load_from_disk(str(path))
         except Exception:
             shutil.rmtree(path, ignore_errors=True)  # a damaged cache entry is rebuilt
-    texts = [frame[c].tolist() for c in ("text_a", "text_b") if c in frame]
-    enc = tokenizer(*texts, truncation=True, max_length=max_len)
-    labels = frame["label"].to_numpy()
-    if task.is_regression:
-        labels = labels.astype(np.float32) * task.label_scale
-    columns = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-    ds = datasets.Dataset.from_dict({**columns, "labels": labels.tolist()})
+    ds = datasets.Dataset.from_dict(build())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
@@ -58,6 +52,22 @@ def tokenize(task, frame, tokenizer, max_len: int, key_parts: dict):
     except OSError:
         pass  # a read-only cache folder only costs re-tokenising
     return ds
+
+
+def tokenize(task, frame, tokenizer, max_len: int, key_parts: dict):
+    """A ``datasets.Dataset`` of input_ids / attention_mask / [token_type_ids] / labels for a
+    classification task, cached (see ``cached``)."""
+
+    def build():
+        texts = [frame[c].tolist() for c in ("text_a", "text_b") if c in frame]
+        enc = tokenizer(*texts, truncation=True, max_length=max_len)
+        labels = frame["label"].to_numpy()
+        if task.is_regression:
+            labels = labels.astype(np.float32) * task.label_scale
+        columns = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        return {**columns, "labels": labels.tolist()}
+
+    return cached(key_parts, build)
 
 
 def subset_indices(n_total: int, n: int, how: str, data_seed: int) -> np.ndarray:

@@ -210,13 +210,22 @@ def freeze(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """A language model whose output layer is the vocabulary (``*ForCausalLM``, also wrapped by
+    peft): its LM head belongs to the frozen base, there is no new task head."""
+    return any(cls.__name__.endswith(("ForCausalLM", "LMHeadModel")) for cls in type(model).__mro__)
+
+
 def head_parameter_names(model: nn.Module) -> set[str]:
-    """Parameters outside the base model (``model.base_model_prefix``): the task head."""
+    """Parameters outside the base model (``model.base_model_prefix``): the task head (none for a
+    causal LM)."""
+    if is_causal_lm(model):
+        return set()
     prefix = getattr(model, "base_model_prefix", "")
     if not prefix or not hasattr(model, prefix):
         raise PeftbenchError(
             f"{type(model).__name__} has no base model under base_model_prefix; use a transformers "
-            "*ForSequenceClassification model"
+            "*ForSequenceClassification or *ForCausalLM model"
         )
     return {n for n, _ in model.named_parameters() if not n.startswith(prefix + ".")}
 

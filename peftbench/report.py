@@ -27,7 +27,10 @@ CSV_COLUMNS = [
     "latency_b1_ratio", "latency_b1_merged_ratio", "latency_bN_ratio", "latency_bN_merged_ratio",
     "effective_seq_len", "checkpoint_bytes",
     "model", "lr", "epochs", "max_steps", "train_samples", "train_subset", "batch_size", "max_seq_len", "device",
-    "task_version", "machine_gflops", "precision", "mfu", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
+    "task_version", "machine_gflops", "precision", "mfu", "generated_tokens_per_s",
+    *(f"gen_{what}_{size}{tag}" for size in ("b1", "bN") for what in ("ttft", "per_token")
+      for tag in ("_ms", "_ratio", "_merged_ratio")),
+    "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
     "libraries",
 ]
 SETUP_FIELDS = ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "precision",
@@ -85,6 +88,12 @@ def record_row(rec: dict) -> dict:
         "effective_seq_len": _get(rec, "latency", "effective_seq_len"),
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
+        "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
+        # generation latency: the unmerged model's ms, and unmerged / merged over the base (same process)
+        **{f"gen_{what}_{size}{tag}": _get(rec, "latency", key)
+           for size in ("b1", "bN") for what in ("ttft", "per_token")
+           for tag, key in (("_ms", f"unmerged_{what}_ms_{size}"), ("_ratio", f"ratio_unmerged_{what}_{size}"),
+                            ("_merged_ratio", f"ratio_merged_{what}_{size}"))},
         "merged_max_abs_diff": _get(rec, "merge", "max_abs_diff") if _get(rec, "merge") else _get(
             rec, "latency", "merged_max_abs_diff"),
         "git_commit": _short_commit(_get(rec, "env", "git_commit")),
@@ -186,7 +195,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                   "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms", "latency_base_bN_ms",
                   "latency_bN_ms", "latency_bN_merged_ms", "latency_b1_ratio", "latency_b1_merged_ratio",
                   "latency_bN_ratio", "latency_bN_merged_ratio", "checkpoint_bytes", "effective_seq_len",
-                  "budget_deviation_pct", "machine_gflops", "mfu"):
+                  "budget_deviation_pct", "machine_gflops", "mfu", "generated_tokens_per_s",
+                  *(c for c in CSV_COLUMNS if c.startswith("gen_"))):
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
         if "merged_max_abs_diff" in ok and ok.merged_max_abs_diff.notna().any():  # the worst seed
@@ -264,6 +274,11 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_b1_merged_ratio),
             "bN ms ↓ (vs base)": _ratio(r.latency_bN_ms, r.latency_bN_ratio),
             "bN merged": _ratio(r.latency_bN_merged_ms, r.latency_bN_merged_ratio),
+            "TTFT b1 ms (vs base)": _ratio(r.get("gen_ttft_b1_ms"), r.get("gen_ttft_b1_ratio")),
+            "per token b1 ms (vs base)": _ratio(r.get("gen_per_token_b1_ms"), r.get("gen_per_token_b1_ratio")),
+            "per token b1 merged": _n(r.get("gen_per_token_b1_merged_ratio"), "{:.2f}x"),
+            "per token bN ms (vs base)": _ratio(r.get("gen_per_token_bN_ms"), r.get("gen_per_token_bN_ratio")),
+            "gen tok/s ↑": _n(r.get("generated_tokens_per_s"), "{:.0f}"),
             "merge Δ": _n(r.merged_max_abs_diff, "{:.1e}"),
             "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
             "machine GF/s": _n(r.machine_gflops, "{:.0f}"),
@@ -271,7 +286,9 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "status": r.status,
         })
     out = pd.DataFrame(rows)
-    for col in ("merge Δ", "commit", "MFU"):  # empty for every row (records from before they were kept)
+    for col in ("merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
+                "per token bN ms (vs base)", "gen tok/s ↑", "b1 ms ↓ (vs base)", "b1 merged", "bN ms ↓ (vs base)",
+                "bN merged"):  # empty for every row (not measured, or records from before they were kept)
         if col in out and (out[col] == "").all():
             out = out.drop(columns=col)
     if "commit" in out and out["commit"].nunique() == 1:  # one commit: said once, in the caption
@@ -341,7 +358,11 @@ def to_markdown(summary: pd.DataFrame) -> str:
         + (" MFU: achieved training FLOP/s (analytic FLOPs per token, frozen weights without weight "
            "gradients) over the matmul peak measured at the run's start at its precision." if "MFU" in disp else "")
         + (" Merge Δ: the largest absolute difference between merged and unmerged outputs (logits) over seeds."
-           if "merge Δ" in disp else ""),
+           if "merge Δ" in disp else "")
+        + (" Generation: TTFT = time to first token (the prefill), per token = time per further output token, "
+           "each for the unmerged model, in brackets over the base model timed in the same process; merged = the "
+           "merged model's per-token ratio; gen tok/s = tokens generated per second while evaluating."
+           if "per token b1 ms (vs base)" in disp else ""),
     ]
     return "\n".join([head, sep, *body, *notes]) + "\n"
 

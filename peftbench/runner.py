@@ -123,7 +123,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     from .data import fixed_length_batch
     from .measure import checkpoint_bytes
     from .method import apply_method
-    from .models import load_model, load_tokenizer
+    from .models import load_model, load_tokenizer, model_source
     from .plugins import get_method, get_task, load_plugins, plugin_origin
     from .tasks import load_task_data
     from .train import TrainConfig, predict, train
@@ -138,7 +138,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
 
     # data
     t0 = time.perf_counter()
-    taskdata = load_task_data(task, spec.get("data_dir"))
+    taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"))
     if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
         raise PeftbenchError(f"task {task.name}: its data files changed since the sweep was planned "
                              f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
@@ -147,18 +147,27 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         "task": task.name, "version": task.version, "data": taskdata.fingerprint,
         "tokenizer": datamod.tokenizer_fingerprint(tokenizer), "max_len": spec["max_seq_len"],
     }
-    train_ds = datamod.tokenize(task, taskdata.train, tokenizer, spec["max_seq_len"], {**key, "split": "train"})
-    eval_ds = datamod.tokenize(task, taskdata.eval, tokenizer, spec["max_seq_len"], {**key, "split": "eval"})
+    generation = task.kind == "generation"
+    if generation:
+        from .generation import run as gen
+
+        train_ds, evaluation, collate = gen.prepare(task, taskdata, tokenizer, spec, key)
+        eval_ds = train_ds  # tokenised examples for the merge check and activation count
+    else:
+        train_ds = datamod.tokenize(task, taskdata.train, tokenizer, spec["max_seq_len"], {**key, "split": "train"})
+        eval_ds = evaluation = datamod.tokenize(task, taskdata.eval, tokenizer, spec["max_seq_len"],
+                                                {**key, "split": "eval"})
+        collate = datamod.Collator(tokenizer.pad_token_id, task.is_regression)
     n_train_total = len(train_ds)
     if spec.get("train_samples") and spec["train_samples"] < len(train_ds):
         train_ds = train_ds.select(datamod.subset_indices(
             len(train_ds), spec["train_samples"], spec.get("train_subset", "random"), spec["data_seed"]))
-    collate = datamod.Collator(tokenizer.pad_token_id, task.is_regression)
     result["data"] = {
         "source": taskdata.source, "fingerprint": taskdata.fingerprint, "train_examples": len(train_ds),
-        "train_examples_available": n_train_total, "eval_examples": len(eval_ds),
-        "prep_time_s": time.perf_counter() - t0,
+        "train_examples_available": n_train_total, "eval_examples": len(evaluation),
+        "eval_split": spec.get("eval_split"), "prep_time_s": time.perf_counter() - t0,
     }
+    result["model"] = {"name": spec["model"], "revision": spec.get("model_revision"), "source": model_source(spec["model"])}
 
     # model + method
     seed_everything(spec["seed"])
@@ -188,11 +197,15 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     result["train"] = {
         "steps": stats.steps, "epochs_done": stats.epochs_done, "train_time_s": stats.train_time_s,
         "timed_steps": stats.timed_steps, "samples_per_s": stats.samples_per_s, "tokens_per_s": stats.tokens_per_s,
-        "median_step_s": float(np.median(stats.step_times)), "loss_first": stats.losses[0],
-        "loss_last10": float(np.mean(stats.losses[-10:])), "loss_curve_every": step,
+        "median_step_s": float(np.median(stats.step_times)) if stats.step_times else None,
+        "loss_first": stats.losses[0] if stats.losses else None,
+        "loss_last10": float(np.mean(stats.losses[-10:])) if stats.losses else None, "loss_curve_every": step,
         "loss_curve": stats.losses[::step],
         "padded_tokens_per_s": stats.timed_padded_tokens / stats.timed_time_s if stats.timed_time_s else None,
     }
+    if stats.timed_target_tokens:  # a causal LM: the tokens it learns and the prompt tokens it reads
+        result["train"]["target_tokens_per_s"] = stats.timed_target_tokens / stats.timed_time_s
+        result["train"]["prompt_tokens_per_s"] = (stats.timed_tokens - stats.timed_target_tokens) / stats.timed_time_s
     result["train"].update(train_flops(model, method, stats, result["env"], precision))
     result["memory"] = {**stats.memory, **activations}
     result["precision"] = {"train": precision, "eval": precision, "latency": precision,
@@ -203,9 +216,12 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
 
     # evaluate
     t0 = time.perf_counter()
-    pred, gold = predict(model, eval_ds, collate, device, precision=precision)
-    result["metrics"] = task.score(pred, gold)
-    result["metric_directions"] = task.directions()
+    if generation:
+        result.update(gen.evaluate(task, model, tokenizer, evaluation, spec, out, device, precision))
+    else:
+        pred, gold = predict(model, eval_ds, collate, device, precision=precision)
+        result["metrics"] = task.score(pred, gold)
+    result["metric_directions"] = {m: d for m, d in task.directions().items() if m in result["metrics"]}
     result["eval_time_s"] = time.perf_counter() - t0
 
     # checkpoint: what restores the tuned model (method + head; everything for full)
@@ -225,7 +241,12 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
 
     # latency: base, unmerged, merged, timed interleaved in one session
     lat = spec.get("latency")
-    if lat:
+    if lat and generation:
+        models = {"base": load_model(spec["model"], task, tokenizer, device), "unmerged": model}
+        if merged is not None:
+            models["merged"] = merged
+        result["latency"] = gen.latency(models, tokenizer, task, evaluation, spec, device, precision)
+    elif lat:
         result["latency"] = measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, device, lat)
     return result
 

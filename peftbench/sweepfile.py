@@ -38,7 +38,8 @@ _LISTS = ("methods", "tasks", "seeds", "budget", "plugins")
 _TABLES = ("knob", "lr")
 _SCALARS = ("model", "data_dir", "epochs", "max_steps", "train_samples", "data_seed", "train_subset", "batch_size",
             "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device", "keep_checkpoints",
-            "latency", "latency_batch", "latency_seq_len", "latency_min_time", "precision")
+            "latency", "latency_batch", "latency_seq_len", "latency_min_time", "precision", "eval_split",
+            "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "meteor")
 KEYS = (*_LISTS, *_TABLES, *_SCALARS)
 TASK_KEYS = ("epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "lr", "warmup_ratio",
              "weight_decay", "max_grad_norm", "data_seed", "train_subset")
@@ -70,17 +71,19 @@ def _text(key, value, path) -> str | None:
 def settings_from(values: dict, path):
     """The SweepSettings for one sweep entry (keys already merged and checked)."""
     from .cli import latency_settings, parse_train_samples
-    from .sweep import SweepSettings
+    from .plan import SweepSettings
 
     kw = {}
     for key in ("methods", "tasks", "seeds", "budget", "knob", "lr"):
         if key in values:
             kw[key] = _text(key, values[key], path)
-    for key in ("model", "data_dir", "train_subset", "device", "precision"):
+    for key in ("model", "data_dir", "train_subset", "device", "precision", "eval_split"):
         if key in values:
             kw[key] = str(values[key])
     for key, cast in (("epochs", float), ("max_steps", int), ("data_seed", int), ("batch_size", int),
-                      ("max_seq_len", int), ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float)):
+                      ("max_seq_len", int), ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
+                      ("eval_samples", int), ("num_beams", int), ("length_penalty", float),
+                      ("no_repeat_ngram_size", int), ("max_new_tokens", int)):
         if key in values:
             value = values[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
@@ -88,6 +91,8 @@ def settings_from(values: dict, path):
             kw[key] = cast(value)
     if "train_samples" in values:
         kw["train_samples"] = parse_train_samples(str(values["train_samples"]))
+    if "meteor" in values:
+        kw["meteor"] = _bool(values["meteor"], "meteor", path)
     if "keep_checkpoints" in values:
         kw["keep_checkpoint"] = _bool(values["keep_checkpoints"], "keep_checkpoints", path)
     if "plugins" in values:

@@ -26,10 +26,11 @@ DATA_ENV = "PEFTBENCH_DATA"
 @dataclass
 class Metric:
     """A task metric: ``fn(predictions, gold) -> float`` (NumPy arrays), its direction and a description.
-    Registered through the ``peftbench_register_metrics`` hook; tasks name metrics by ``name``."""
+    Registered through the ``peftbench_register_metrics`` hook; tasks name metrics by ``name``.
+    ``fn`` may be None for a metric that a task's own scorer computes (generation metrics)."""
 
     name: str
-    fn: Callable
+    fn: Callable | None
     higher_is_better: bool = True
     description: str = ""
     plugin: str = field(default="?", compare=False)
@@ -41,8 +42,8 @@ class Metric:
     def validate(self):
         from .errors import PluginError
 
-        if not callable(self.fn):
-            raise PluginError(f"metric {self.name}: fn must be callable as fn(predictions, gold) -> float")
+        if self.fn is not None and not callable(self.fn):
+            raise PluginError(f"metric {self.name}: fn must be callable as fn(predictions, gold) -> float, or None")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ class Task:
         return self.metrics[0]
 
     @property
+    def kind(self) -> str:
+        """"classification" (regression included) or "generation" (see generation/task.py)."""
+        return "classification"
+
+    @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
@@ -95,7 +101,7 @@ class Task:
         if unknown:
             raise PluginError(f"task {self.name}: unknown metric(s) {', '.join(unknown)}{closest(unknown[0], known)}; "
                               f"registered metrics: {', '.join(known)}")
-        if self.format not in ("tsv", "jsonl") and self.reader is None:
+        if self.kind == "classification" and self.format not in ("tsv", "jsonl") and self.reader is None:
             raise PluginError(f"task {self.name}: format {self.format!r} needs a reader")
 
     def score(self, pred, gold) -> dict[str, float]:
@@ -104,6 +110,9 @@ class Task:
         known = get_metrics()
         out = {}
         for name in self.metrics:
+            if known[name].fn is None:
+                raise PeftbenchError(f"task {self.name}: metric {name} has no function of its own (a generation "
+                                     "task's scorer computes it); give the task a metric with fn")
             try:
                 out[name] = float(known[name].fn(np.asarray(pred), np.asarray(gold)))
             except PeftbenchError:
@@ -222,13 +231,13 @@ def _hub_unreachable() -> str | None:
     return None
 
 
-def locate(task: Task, data_dir: str | None = None) -> Path | None:
+def locate(task: Task, data_dir: str | None = None, files=None) -> Path | None:
     """The task's local folder, or None when neither --data-dir nor PEFTBENCH_DATA is set.
     A given folder that lacks the task's files is an error: no silent switch of source."""
     for flag, root in (("--data-dir", data_dir), (DATA_ENV, os.environ.get(DATA_ENV))):
         if root:
             folder = Path(root).expanduser() / task.folder
-            missing = [f for f in (task.train_file, task.eval_file) if not (folder / f).is_file()]
+            missing = [f for f in (files or (task.train_file, task.eval_file)) if not (folder / f).is_file()]
             if missing:
                 raise PeftbenchError(
                     f"task {task.name}: {flag}={root} has no {task.folder}/{missing[0]}; point {flag} "
@@ -238,8 +247,14 @@ def locate(task: Task, data_dir: str | None = None) -> Path | None:
     return None
 
 
-def load_task_data(task: Task, data_dir: str | None = None) -> TaskData:
+def load_task_data(task: Task, data_dir: str | None = None, split: str | None = None) -> TaskData:
+    """The task's training and evaluation data (``split``: a generation task's eval split)."""
     import hashlib
+
+    if task.kind == "generation":
+        from .generation.task import load_data
+
+        return load_data(task, data_dir, split)
 
     folder = locate(task, data_dir)
     if folder is not None:

@@ -11,7 +11,12 @@ no downloads) and raises ``ContractFailure`` naming the property that does not h
   fresh model whose method was initialised under a *different* seed gives the trained outputs;
 - ``merge keeps the outputs``: ``merge`` gives the unmerged outputs; for a mergeable method the
   merged model is a plain base model (same module types and parameter count), for the others
-  ``merge`` is the identity.
+  ``merge`` is the identity;
+- on causal LMs (GPT-2, LLaMA with tied embeddings, BLOOM's fused ``query_key_value``) also
+  ``loss on target tokens only`` and ``generation: cache, padding, EOS`` (``generate`` with the KV
+  cache equals greedy decoding by full forward passes, a prompt generates the same alone and in a
+  left-padded batch, each sequence stops at its own EOS).
+  The LM head is part of the frozen base there: a method may not train it unless it says so.
 
 Use it three ways: ``peftbench check FILE.py|ENTRY_POINT`` prints a pass/fail table;
 ``pytest -p peftbench.testing --peftbench-methods NAME[,NAME]`` adds the matrix to a test run
@@ -30,17 +35,30 @@ import torch
 
 from .errors import UnsupportedModel
 
-FAMILIES = ("bert", "roberta", "gpt2", "llama")
+FAMILIES = ("bert", "roberta", "gpt2", "llama")  # sequence classification
+CAUSAL_FAMILIES = ("gpt2-lm", "llama-lm", "bloom-lm")  # causal language models (generation tasks)
+EOS = 1  # the tiny causal models' EOS (and BOS) token id; 0 is padding
 
 
 def tiny_model(family: str, seed: int = 0, num_labels: int = 2, vocab: int = 1000, **kw):
-    """A two-layer sequence-classification model of ``family`` with random weights from ``seed``."""
-    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
-                              LlamaConfig, LlamaForSequenceClassification, RobertaConfig,
-                              RobertaForSequenceClassification)
+    """A two-layer model of ``family`` with random weights from ``seed``: sequence classification,
+    or a causal LM for the ``-lm`` families (tied embeddings for LLaMA and BLOOM)."""
+    from transformers import (BertConfig, BertForSequenceClassification, BloomConfig, BloomForCausalLM, GPT2Config,
+                              GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                              LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
-    common = dict(num_labels=num_labels, vocab_size=vocab, **kw)
     torch.manual_seed(seed)
+    if family.endswith("-lm"):
+        lm = {"vocab_size": vocab, "pad_token_id": 0, "bos_token_id": EOS, "eos_token_id": EOS, **kw}
+        if family == "gpt2-lm":
+            return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **lm))
+        if family == "llama-lm":
+            return LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                num_key_value_heads=2, intermediate_size=64,
+                                                max_position_embeddings=128, tie_word_embeddings=True, **lm))
+        if family == "bloom-lm":
+            return BloomForCausalLM(BloomConfig(hidden_size=32, n_layer=2, n_head=4, **lm))
+    common = dict(num_labels=num_labels, vocab_size=vocab, **kw)
     if family == "bert":
         return BertForSequenceClassification(BertConfig(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -58,18 +76,23 @@ def tiny_model(family: str, seed: int = 0, num_labels: int = 2, vocab: int = 100
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=64, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=1,
             **common))
-    raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+    raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES + CAUSAL_FAMILIES)}")
 
 
-def tiny_batch(vocab: int = 1000, seed: int = 1, bsz: int = 3, length: int = 9, labels: bool = True) -> dict:
-    """Token ids with right padding in the last row (pad id 0 is never used for real tokens)."""
+def tiny_batch(vocab: int = 1000, seed: int = 1, bsz: int = 3, length: int = 9, labels: bool = True,
+               family: str = "bert") -> dict:
+    """Token ids with right padding in the last row (pad id 0 is never used for real tokens). For
+    a causal LM the labels are the ids, -100 on a 3-token "prompt" and on padding."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (bsz, length), generator=g)
     mask = torch.ones(bsz, length, dtype=torch.long)
     mask[-1, length - 3:] = 0
     ids[-1, length - 3:] = 0
     out = {"input_ids": ids, "attention_mask": mask}
-    if labels:
+    if labels and family.endswith("-lm"):
+        out["labels"] = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+        out["labels"][:, :3] = -100
+    elif labels:
         out["labels"] = torch.tensor([i % 2 for i in range(bsz)])
     return out
 
@@ -102,12 +125,14 @@ def outputs(model, inputs) -> torch.Tensor:
         return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
 
 
-def train_steps(model, steps: int = 4, lr: float = 1e-2) -> None:
+def train_steps(model, steps: int = 4, lr: float = 1e-2, family: str = "bert") -> None:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # a probe on a causal LM trains nothing at all
+        return
     opt = torch.optim.AdamW(params, lr=lr)
     for i in range(steps):
-        loss = model(**tiny_batch(seed=10 + i)).loss
+        loss = model(**tiny_batch(seed=10 + i, family=family)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -122,16 +147,19 @@ def check_trains_only_its_own_parameters(method, family):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     head = method.head_parameter_names(model)
-    if not head or not head <= trainable:
+    causal = family.endswith("-lm")
+    if causal and head:
+        _fail("a causal LM has no task head, yet the method names one", ", ".join(sorted(head)[:3]))
+    if not causal and (not head or not head <= trainable):
         _fail("the head is not trainable", ", ".join(sorted(head - trainable)[:3]))
     if counts.head != sum(p.numel() for n, p in model.named_parameters() if n in head):
         _fail("head parameters miscounted")
-    train_steps(model)
+    train_steps(model, family=family)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     frozen_changed = changed - trainable
     if frozen_changed:
         _fail("trains frozen weights", ", ".join(sorted(frozen_changed)[:3]))
-    if not changed & head:
+    if not causal and not changed & head:
         _fail("the head did not train")
     if not getattr(method, "probe", False) and not changed & (trainable - head):
         _fail("none of the method's own parameters trained")
@@ -151,9 +179,9 @@ def check_checkpoint_restores(method, family):
     from .measure import checkpoint_bytes
 
     model, _ = prepared(method, family)
-    train_steps(model)
+    train_steps(model, family=family)
     method.finalize(model)
-    inputs = tiny_batch(seed=3)
+    inputs = tiny_batch(seed=3, family=family)
     expected = outputs(model, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state.safetensors"
@@ -172,9 +200,9 @@ def check_checkpoint_restores(method, family):
 
 def check_merge_keeps_outputs(method, family):
     model, _ = prepared(method, family)
-    train_steps(model)
+    train_steps(model, family=family)
     method.finalize(model)
-    inputs = tiny_batch(seed=4)
+    inputs = tiny_batch(seed=4, family=family)
     unmerged = outputs(model, inputs)
     if not method.mergeable:
         if method.merge(model) is not model:
@@ -191,12 +219,85 @@ def check_merge_keeps_outputs(method, family):
         _fail("merged model has a different parameter count than the base model")
 
 
+def check_loss_on_targets_only(method, family):
+    """A causal LM's loss reaches the logits of the positions that predict a target token and no
+    others (prompt and padding carry no loss); a regulariser a method adds does not matter here."""
+    model, _ = prepared(method, family)
+    if not any(p.requires_grad for p in model.parameters()):
+        return  # nothing trains: no loss reaches anything
+    batch = tiny_batch(seed=5, family=family)
+    model.train()
+    out = model(**batch)
+    out.logits.retain_grad()
+    out.loss.backward()
+    rows = out.logits.grad.abs().sum(-1) > 0  # (batch, positions) that the loss reached
+    labels = batch["labels"]
+    expected = labels[:, 1:] != -100  # position t predicts token t + 1
+    if rows.shape[1] == labels.shape[1]:
+        if not torch.equal(rows[:, :-1], expected) or rows[:, -1].any():
+            _fail("the loss reaches positions other than those predicting target tokens")
+    elif int(rows.sum()) != int(expected.sum()):  # virtual tokens prepended (prompt tuning)
+        _fail("the loss reaches more or fewer positions than there are target tokens",
+              f"{int(rows.sum())} vs {int(expected.sum())}")
+
+
+def _greedy_by_forward(model, ids, steps):
+    """Greedy decoding by full forward passes, no cache: the reference for ``generate``."""
+    for _ in range(steps):
+        token = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, token], 1)
+    return ids
+
+
+def check_generation(method, family):
+    """``generate`` with the KV cache equals greedy decoding by full forward passes; a prompt
+    gives the same output alone as inside a left-padded batch; each sequence stops at its EOS."""
+    model, _ = prepared(method, family)
+    train_steps(model, family=family)
+    method.finalize(model)
+    model.eval()
+    g = torch.Generator().manual_seed(7)
+    kw = dict(max_new_tokens=4, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+              pad_token_id=0, use_cache=True)
+    same = torch.randint(3, 1000, (2, 5), generator=g)
+    with torch.no_grad():
+        cached = model.generate(input_ids=same, attention_mask=torch.ones_like(same), eos_token_id=None, **kw)
+        if not torch.equal(cached, _greedy_by_forward(model, same, kw["max_new_tokens"])):
+            _fail("generation with the KV cache differs from greedy decoding by full forward passes")
+        prompts = [torch.randint(3, 1000, (n,), generator=g) for n in (5, 2)]
+        length = max(len(p) for p in prompts)
+        ids = torch.stack([torch.cat([torch.zeros(length - len(p), dtype=torch.long), p]) for p in prompts])
+        mask = (ids != 0).long()
+        batched = model.generate(input_ids=ids, attention_mask=mask, eos_token_id=None, **kw)[:, length:]
+        for row, p in enumerate(prompts):
+            alone = model.generate(input_ids=p[None], attention_mask=torch.ones_like(p[None]), eos_token_id=None, **kw)
+            if not torch.equal(alone[0, len(p):], batched[row]):
+                _fail("left padding changes what a prompt generates", f"alone {alone[0, len(p):].tolist()}, "
+                      f"in a batch {batched[row].tolist()}")
+        stop = int(batched[0, 1])  # a token the first prompt generates, made the EOS
+        stopped = model.generate(input_ids=ids, attention_mask=mask, eos_token_id=stop, **kw)[:, length:]
+    for row in range(len(prompts)):
+        free, got = batched[row].tolist(), stopped[row].tolist()
+        end = free.index(stop) + 1 if stop in free else len(free)
+        if got[:end] != free[:end] or any(t != 0 for t in got[end:]):
+            _fail("a sequence did not stop at its EOS", f"row {row}: {got} with EOS {stop}, free run {free}")
+
+
 CHECKS = {
     "trains only its own parameters and the head": check_trains_only_its_own_parameters,
     "count grows with the knob": check_count_grows_with_knob,
     "checkpoint restores the model": check_checkpoint_restores,
     "merge keeps the outputs": check_merge_keeps_outputs,
 }
+CAUSAL_CHECKS = {
+    **CHECKS,
+    "loss on target tokens only": check_loss_on_targets_only,
+    "generation: cache, padding, EOS": check_generation,
+}
+
+
+def checks_for(family: str) -> dict:
+    return CAUSAL_CHECKS if family.endswith("-lm") else CHECKS
 
 
 @dataclass(frozen=True)
@@ -208,12 +309,12 @@ class Result:
     detail: str = ""
 
 
-def run_checks(methods, families=FAMILIES) -> list[Result]:
+def run_checks(methods, families=FAMILIES + CAUSAL_FAMILIES) -> list[Result]:
     """Every check on every (method, family); a method that does not apply to a family is n/a."""
     results = []
     for method in methods:
         for family in families:
-            for check, fn in CHECKS.items():
+            for check, fn in checks_for(family).items():
                 try:
                     fn(method, family)
                 except NotApplicable as e:
@@ -234,8 +335,8 @@ def pytest_addoption(parser):
                     help="comma list of registered methods to run the peftbench contract on")
     group.addoption("--peftbench-plugins", action="append", default=[], metavar="FILE.py",
                     help="load a local peftbench plugin file first (repeatable)")
-    group.addoption("--peftbench-families", default=",".join(FAMILIES),
-                    help=f"tiny model families to check on (default {','.join(FAMILIES)})")
+    group.addoption("--peftbench-families", default=",".join(FAMILIES + CAUSAL_FAMILIES),
+                    help=f"tiny model families to check on (default {','.join(FAMILIES + CAUSAL_FAMILIES)})")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -47,6 +47,7 @@ class TrainStats:
     timed_samples: int = 0
     timed_tokens: int = 0  # non-padding tokens
     timed_padded_tokens: int = 0  # what the model computed on, padding included
+    timed_target_tokens: int = 0  # tokens with a loss (a causal LM's targets; 0 for classification)
     step_times: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)
 
@@ -90,6 +91,8 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
     after each optimizer step, before the gradients are cleared."""
     device = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # nothing to train (the untuned base model of a generation task)
+        return TrainStats(memory=static_memory(model, None))
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = total_steps(len(dataset), cfg)
     scheduler = linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
@@ -144,6 +147,8 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
                 stats.timed_samples += batch["input_ids"].shape[0]
                 stats.timed_tokens += int(batch["attention_mask"].sum())
                 stats.timed_padded_tokens += batch["input_ids"].numel()
+                if batch["labels"].dim() == 2:
+                    stats.timed_target_tokens += int((batch["labels"] != -100).sum())
             if progress:
                 progress(step + 1, steps, value, stats.samples_per_s)
         stats.train_time_s = time.perf_counter() - start
@@ -160,7 +165,7 @@ def static_memory(model, optimizer) -> dict:
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     optim_bytes = sum(
         t.numel() * t.element_size()
-        for state in optimizer.state.values()
+        for state in (optimizer.state.values() if optimizer is not None else ())
         for t in state.values()
         if torch.is_tensor(t)
     )

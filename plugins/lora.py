@@ -3,6 +3,11 @@
 A is random (Kaiming-uniform), B is zero, so the model starts exactly at W0; W0 is frozen.
 ``merge`` folds W0 + (alpha/r) B A into the base layer and removes the LoRA modules, leaving
 a plain model with zero added latency. Works on nn.Linear and GPT-2's Conv1D (fan_in_fan_out).
+
+On a fused q/k/v projection (GPT-2's ``c_attn``, BLOOM's ``query_key_value``), the roles q, k, v
+adapt only their slices of the output, each with its own A and B (as the LoRA paper's GPT-2
+code does with ``enable_lora=[True, False, True]``); ``target_modules=qkv`` (or the module's
+name) adapts the whole fused matrix, an explicit choice.
 """
 
 from __future__ import annotations
@@ -16,19 +21,19 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import peftbench
-from peftbench.arch import find_by_suffix, find_role, linear_features, replace_module
+from peftbench.arch import find_by_suffix, find_role, fused_qkv_slices, linear_features, replace_module
 from peftbench.errors import UnsupportedModel
 from peftbench.method import freeze
 
 # Role shorthands accepted in target_modules; anything else is a module-name suffix.
-ROLES = {"q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",), "ffn": ("ffn_in", "ffn_out")}
+ROLES = {"q": ("q",), "k": ("k",), "v": ("v",), "o": ("o",), "qkv": ("qkv",), "ffn": ("ffn_in", "ffn_out")}
 
 
 @dataclass(frozen=True)
 class LoRAOptions:
     alpha: float = 16.0
     dropout: float = 0.1
-    #: roles q, k, v, o, ffn, or module-name suffixes (e.g. "query", "c_attn")
+    #: roles q, k, v, o, qkv (a whole fused projection), ffn, or module-name suffixes (e.g. "query", "c_attn")
     target_modules: tuple[str, ...] = ("q", "v")
 
     def __post_init__(self):
@@ -78,25 +83,79 @@ class LoRALayer(nn.Module):
             self.merged = False
 
 
-def lora_layers(model: nn.Module) -> list[tuple[str, LoRALayer]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALayer)]
+class SlicedLoRALayer(nn.Module):
+    """A frozen fused q/k/v projection plus one low-rank update per adapted slice of its output:
+    h[idx] += (alpha/r) B A x for each adapted role, the other slices untouched."""
+
+    def __init__(self, base: nn.Module, slices: dict, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        n_in, _ = linear_features(base)
+        w = base.weight
+        self.roles = sorted(slices)
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        for role in self.roles:
+            self.register_buffer(f"index_{role}", slices[role].to(w.device), persistent=False)
+            self.lora_A[role] = nn.Parameter(torch.empty(r, n_in, device=w.device, dtype=w.dtype))
+            self.lora_B[role] = nn.Parameter(torch.zeros(len(slices[role]), r, device=w.device, dtype=w.dtype))
+            nn.init.kaiming_uniform_(self.lora_A[role], a=math.sqrt(5))
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        _, n_out = linear_features(self.base)
+        A = self.lora_A[self.roles[0]]
+        delta = torch.zeros(n_out, A.shape[1], device=A.device, dtype=A.dtype)
+        for role in self.roles:
+            delta[getattr(self, f"index_{role}")] = (self.lora_B[role] @ self.lora_A[role]) * self.scaling
+        return delta.T if self.fan_in_fan_out else delta
+
+    def forward(self, x):
+        out = self.base(x)
+        if self.merged:
+            return out
+        x = self.dropout(x)
+        for role in self.roles:
+            update = F.linear(F.linear(x, self.lora_A[role]), self.lora_B[role]) * self.scaling
+            out = out.index_add(-1, getattr(self, f"index_{role}"), update.to(out.dtype))
+        return out
+
+    merge = LoRALayer.merge
+    unmerge = LoRALayer.unmerge
 
 
-def resolve_targets(model: nn.Module, targets) -> dict[str, nn.Module]:
-    found: dict[str, nn.Module] = {}
+ANY_LORA = (LoRALayer, SlicedLoRALayer)
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ANY_LORA)]
+
+
+def resolve_targets(model: nn.Module, targets) -> dict[str, tuple[nn.Module, set | None]]:
+    """module name -> (module, roles of its output to adapt, or None for the whole matrix)."""
+    found: dict[str, tuple[nn.Module, set | None]] = {}
     for target in targets:
+        sliced = False
         if target in ROLES:
             hits = [hit for role in ROLES[target] for hit in find_role(model, role)]
             if not hits and target in ("q", "k", "v"):
-                hits = find_role(model, "qkv")  # fused projection, e.g. GPT-2's c_attn
+                hits, sliced = find_role(model, "qkv"), True  # a fused projection: only this role's slice
         else:
             hits = find_by_suffix(model, target)
         if not hits:
             raise UnsupportedModel(
                 f"lora: found no linear layers for target {target!r} in {type(model).__name__}; "
-                "use roles q,k,v,o,ffn or module-name suffixes in target_modules"
+                "use roles q,k,v,o,qkv,ffn or module-name suffixes in target_modules"
             )
-        found.update(hits)
+        for name, module in hits:
+            _, roles = found.get(name, (module, set()))
+            if not sliced or roles is None:
+                found[name] = (module, None)  # the whole matrix was asked for
+            else:
+                found[name] = (module, roles | {target})
     return found
 
 
@@ -113,10 +172,15 @@ class LoRA(peftbench.Method):
     def apply(self, model, knob_value, **options):
         opts = self.options(**options)
         freeze(model)
-        for name, module in resolve_targets(model, opts.target_modules).items():
-            if isinstance(module, LoRALayer):
+        for name, (module, roles) in resolve_targets(model, opts.target_modules).items():
+            if isinstance(module, ANY_LORA):
                 continue
-            replace_module(model, name, LoRALayer(module, knob_value, opts.alpha, opts.dropout))
+            if roles is None:
+                layer = LoRALayer(module, knob_value, opts.alpha, opts.dropout)
+            else:
+                slices = fused_qkv_slices(model, name, module)
+                layer = SlicedLoRALayer(module, {r: slices[r] for r in roles}, knob_value, opts.alpha, opts.dropout)
+            replace_module(model, name, layer)
         return model
 
     def merge(self, model):

@@ -21,7 +21,7 @@ from typing import Optional
 
 import peftbench
 from peftbench.errors import UnsupportedModel, first_line
-from peftbench.method import head_parameter_names
+from peftbench.method import head_parameter_names, is_causal_lm
 
 
 def available() -> bool:
@@ -160,8 +160,14 @@ class PeftMethod(peftbench.Method):
         if self.spec.derive:
             kwargs = self.spec.derive(kwargs)
         if self.spec.prompt or self.spec.wrapper:
-            kwargs["task_type"] = "SEQ_CLS"
-        if self.spec.config == "PrefixTuningConfig":
+            kwargs["task_type"] = "CAUSAL_LM" if is_causal_lm(model) else "SEQ_CLS"
+        if self.spec.prompt and is_causal_lm(model):
+            # checked with tests/test_method_contract.py's generation check: generate's logits differ from
+            # peft's own forward (by ~0.2 at the first token on GPT-2, prefix on LLaMA) and BLOOM fails outright
+            raise UnsupportedModel(f"{self.name}: peft {peft.__version__}'s prompt learning does not generate what its "
+                                   "forward computes on causal LMs here; use the native prefix (or lora, adapter) "
+                                   "for generation tasks")
+        if self.spec.config == "PrefixTuningConfig" and not is_causal_lm(model):  # peft's SEQ_CLS path checks
             for module in {model, getattr(model, "base_model", model)}:
                 _accept_past_key_values(module)
         try:
@@ -182,7 +188,7 @@ class PeftMethod(peftbench.Method):
         return model
 
     def head_parameter_names(self, model):
-        if not (self.spec.prompt or self.spec.wrapper):
+        if not (self.spec.prompt or self.spec.wrapper) or is_causal_lm(model):
             return head_parameter_names(model)
         inner = model.get_base_model()
         heads = {n.split(".", 1)[0] for n in head_parameter_names(inner)}

@@ -53,6 +53,9 @@ SLICES = {
     "STS-B": {"train.tsv": 81, "dev.tsv": 41},
     "MRPC": {"train.jsonl": 80, "validation.jsonl": 40},
     "TREC": {"train_5500.label": 120, "TREC_10.label": 40},
+    # E2E: the official CSVs (header + rows) and their row-aligned LoRA-format files
+    "E2E": {"lora/train.txt": 64, "devset.csv": 31, "lora/valid.txt": 30, "testset_w_refs.csv": 31,
+            "lora/test.txt": 30},
 }
 
 
@@ -66,6 +69,7 @@ def small_data(tmp_path_factory) -> Path:
     for folder, files in SLICES.items():
         (dst / folder).mkdir()
         for name, n in files.items():
+            (dst / folder / name).parent.mkdir(parents=True, exist_ok=True)
             with open(src / folder / name, encoding="utf-8", errors="replace") as f:
                 lines = [next(f) for _ in range(n)]
             (dst / folder / name).write_text("".join(lines), encoding="utf-8")
@@ -81,16 +85,23 @@ def minilm_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory, minilm_tokenizer):
-    """Tiny random BERT and GPT-2 saved with MiniLM's tokenizer, loadable by --model PATH."""
+    """Tiny random BERT, GPT-2 and causal LLaMA / GPT-2 LMs saved with MiniLM's tokenizer (with
+    [SEP] as EOS for the causal ones), loadable by --model PATH."""
+    import copy
+
     root = tmp_path_factory.mktemp("models")
     dirs = {}
-    for family in ("bert", "gpt2"):
-        model = make_model(family, vocab=VOCAB)
-        if family == "gpt2":
-            model.config.pad_token_id = minilm_tokenizer.pad_token_id
+    causal_tokenizer = copy.deepcopy(minilm_tokenizer)
+    causal_tokenizer.eos_token = "[SEP]"
+    for family in ("bert", "gpt2", "llama-lm", "gpt2-lm"):
+        causal = family.endswith("-lm")
+        tok = causal_tokenizer if causal else minilm_tokenizer
+        extra = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.cls_token_id} if causal else {}
+        model = make_model(family, vocab=VOCAB, **extra)
+        model.config.pad_token_id = tok.pad_token_id
         path = root / f"tiny-{family}"
         model.save_pretrained(path)
-        minilm_tokenizer.save_pretrained(path)
+        tok.save_pretrained(path)
         dirs[family] = path
     return dirs
 

@@ -15,7 +15,7 @@ from peftbench.budget import Counter, brute_force, budget_params, parse_budget, 
 from peftbench.errors import PeftbenchError
 from peftbench.method import freeze
 from peftbench.plugins import get_methods
-from peftbench.sweep import reference_resolver
+from peftbench.plan import reference_resolver
 
 
 def _meta(family):

@@ -32,10 +32,12 @@ def test_layer_matches_the_formula_on_linear_and_conv1d():
 
 
 def test_merge_then_unmerge_restores_w0():
-    model, _ = apply_method(LORA, make_model("gpt2"), 4)
+    model, _ = apply_method(LORA, make_model("gpt2"), 4)  # q and v slices of the fused c_attn
     for _, layer in lora_layers(model):
         with torch.no_grad():
-            layer.lora_B.normal_()
+            for name, p in layer.named_parameters():
+                if name.startswith("lora_B"):
+                    p.normal_()
     w0 = {n: layer.base.weight.detach().clone() for n, layer in lora_layers(model)}
     model.eval()
     inputs = {k: v for k, v in batch().items() if k != "labels"}

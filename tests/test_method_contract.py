@@ -13,17 +13,18 @@ from conftest import make_model
 from peftbench.errors import UnsupportedModel
 from peftbench.method import apply_method
 from peftbench.plugins import get_methods
-from peftbench.testing import CHECKS, FAMILIES, NotApplicable
+from peftbench.testing import CAUSAL_FAMILIES, FAMILIES, NotApplicable, checks_for
 
 METHODS = get_methods()
-CASES = [(m, f, c) for m in METHODS for f in FAMILIES for c in CHECKS]
+CASES = [(m, f, c) for m in METHODS for f in FAMILIES + CAUSAL_FAMILIES for c in checks_for(f)]
 
 
 @pytest.mark.parametrize("name,family,check", CASES)
 def test_contract(name, family, check):
-    """peftbench.testing's checks (what `peftbench check` and `pytest -p peftbench.testing` run)."""
+    """peftbench.testing's checks (what `peftbench check` and `pytest -p peftbench.testing` run), on
+    classifiers and causal LMs."""
     try:
-        CHECKS[check](METHODS[name], family)
+        checks_for(family)[check](METHODS[name], family)
     except NotApplicable as e:
         pytest.skip(f"{name} does not apply to {family}: {e}")
 

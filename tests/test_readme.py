@@ -13,7 +13,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def _plugin_source() -> str:
-    section = README.split("## Writing a method plugin", 1)[1]
+    section = README.split("## Writing plugins", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

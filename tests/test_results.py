@@ -55,7 +55,7 @@ def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
     """The folder's sweep.toml, planned now (nothing runs), asks for the same runs, with the same
     settings and data, as the ok records hold: the published command is the one that made them."""
     from peftbench import sweepfile
-    from peftbench.sweep import plan_all
+    from peftbench.plan import plan_all
 
     data = shared_datasets()
     if data is None:

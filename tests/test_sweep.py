@@ -206,7 +206,7 @@ def test_train_subset_first_is_recorded_and_changes_the_data(tiny_model_dirs, cl
 
 
 def test_settings_that_pick_nothing_do_not_split_run_ids(tiny_model_dirs, small_data):
-    from peftbench.sweep import SweepSettings, plan
+    from peftbench.plan import SweepSettings, plan
 
     def spec(**kw):
         s = SweepSettings(methods="lora", model=str(tiny_model_dirs["bert"]), data_dir=str(small_data),

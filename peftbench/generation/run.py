@@ -1,0 +1,49 @@
+"""The generation-task steps of a run (runner.py calls them): data, evaluation by generation,
+generation latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import Collator, tokenize_pairs
+from .generate import Decoding, generate_all, generation_latency
+
+
+def prepare(task, taskdata, tokenizer, spec, key) -> tuple:
+    """(train dataset, eval frame (first ``eval_samples`` inputs), collator)."""
+    train_ds = tokenize_pairs(task, taskdata.train, tokenizer, spec["max_seq_len"], {**key, "split": "train"})
+    evaluation = taskdata.eval
+    if spec.get("eval_samples"):
+        evaluation = evaluation.iloc[: spec["eval_samples"]]
+    return train_ds, evaluation, Collator(tokenizer.pad_token_id)
+
+
+def decoding(spec, task) -> Decoding:
+    g = dict(spec.get("generation") or {})
+    g.setdefault("max_new_tokens", task.max_new_tokens)
+    return Decoding(**g)
+
+
+def evaluate(task, model, tokenizer, evaluation, spec, out: Path, device, precision) -> dict:
+    """Generate one output per eval input, score it against its references, keep the outputs
+    (``<out>/predictions/<run_id>.txt``, one line per input, in the split's order)."""
+    from ..records import write_atomic
+
+    prompts = [task.prompt.format(source=s) for s in evaluation["source"]]
+    gen = generate_all(model, tokenizer, prompts, decoding(spec, task), device, precision)
+    outputs = [task.postprocess(t) if task.postprocess else t for t in gen["texts"]]
+    metrics = task.score(outputs, list(evaluation["references"]), spec.get("metrics") or task.metrics)
+    path = Path(out) / "predictions" / f"{spec['run_id']}.txt"
+    write_atomic(path, "".join(o.replace("\n", " ") + "\n" for o in outputs), text=True)
+    return {"metrics": metrics, "generation": {
+        "inputs": len(prompts), "new_tokens": gen["new_tokens"], "seconds": gen["seconds"],
+        "tokens_per_s": gen["new_tokens"] / gen["seconds"] if gen["seconds"] else None,
+        "decoding": decoding(spec, task).as_dict(), "predictions": str(path),
+        "examples": [{"source": s, "output": o} for s, o in list(zip(evaluation["source"], outputs))[:3]],
+    }}
+
+
+def latency(models: dict, tokenizer, task, evaluation, spec, device, precision) -> dict:
+    prompts = [task.prompt.format(source=s) for s in evaluation["source"]]
+    return generation_latency(models, tokenizer, prompts, device, precision, spec["latency"])
+

