@@ -137,6 +137,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
                     "plugins": {"method": plugin_origin(method.plugin), "task": plugin_origin(task.plugin)}}
 
     # data
+    clock = [time.perf_counter()]  # wall time per phase, for the harness-overhead benchmark
+    phases = result["phases_s"] = {}
     t0 = time.perf_counter()
     taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"))
     if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
@@ -169,6 +171,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     }
     result["model"] = {"name": spec["model"], "revision": spec.get("model_revision"), "source": model_source(spec["model"])}
 
+    phases["data"] = _lap(clock)
     # model + method
     seed_everything(spec["seed"])
     model = load_model(spec["model"], task, tokenizer, device)
@@ -179,6 +182,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         "method_pct": counts.pct,
     }
 
+    phases["model"] = _lap(clock)
     # train
     cfg = TrainConfig(
         lr=spec["lr"], epochs=spec["epochs"], max_steps=spec["max_steps"], batch_size=spec["batch_size"],
@@ -214,6 +218,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
                            "note": "mixed precision: fp32 weights and optimizer state, autocast matmuls"
                            if precision != "fp32" else "fp32 throughout"}
 
+    phases["train"] = _lap(clock)
     # evaluate
     t0 = time.perf_counter()
     if generation:
@@ -224,6 +229,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     result["metric_directions"] = {m: d for m, d in task.directions().items() if m in result["metrics"]}
     result["eval_time_s"] = time.perf_counter() - t0
 
+    phases["eval"] = _lap(clock)
     # checkpoint: what restores the tuned model (method + head; everything for full)
     ckpt_dir = Path(out) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -233,12 +239,14 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         ckpt.unlink()
         result["checkpoint"]["path"] = None
 
+    phases["checkpoint"] = _lap(clock)
     # merge: the inference model of a mergeable method must give the tuned model's outputs
     merged = None
     if method.mergeable:
         probe = fixed_length_batch(eval_ds, tokenizer.pad_token_id, min(8, len(eval_ds)), spec["max_seq_len"], device)
         merged, result["merge"] = check_merge(method, model, probe, precision)
 
+    phases["merge"] = _lap(clock)
     # latency: base, unmerged, merged, timed interleaved in one session
     lat = spec.get("latency")
     if lat and generation:
@@ -248,7 +256,15 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         result["latency"] = gen.latency(models, tokenizer, task, evaluation, spec, device, precision)
     elif lat:
         result["latency"] = measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, device, lat)
+    phases["latency"] = _lap(clock)
     return result
+
+
+def _lap(clock: list) -> float:
+    """Seconds since the last lap."""
+    now = time.perf_counter()
+    elapsed, clock[0] = now - clock[0], now
+    return elapsed
 
 
 MERGE_RTOL = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 1e-2}  # of the largest logit; fp32 merges differ by ~1e-6
