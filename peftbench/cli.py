@@ -233,6 +233,12 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 @click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True, help="Generation: block repeated n-grams.")
 @click.option("--max-new-tokens", type=int, default=None, help="Generation: at most this many new tokens (default: the task's).")
 @click.option("--meteor/--no-meteor", default=True, show_default=True, help="Generation: score METEOR (needs Java).")
+@click.option("--lr-search", is_flag=True,
+              help="Choose each method's learning rate on held-out training data (a grid around its default).")
+@click.option("--lr-grid", multiple=True, help="Search these rates for a method, e.g. lora=1e-4,3e-4,1e-3 (repeatable).")
+@click.option("--val-samples", type=int, default=500, show_default=True,
+              help="Learning-rate search: training examples held out to score the candidates on.")
+@click.option("--search-seeds", default="0", show_default=True, help="Learning-rate search: seeds per candidate.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
 @plugin_option
@@ -241,7 +247,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         data_seed, train_subset, batch_size, max_seq_len, weight_decay, warmup_ratio, max_grad_norm, device, precision, out,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
         rerun_stale, timeout_per_run, progress, eval_split, eval_samples, num_beams, length_penalty,
-        no_repeat_ngram_size, max_new_tokens, meteor, config, plugin_files):
+        no_repeat_ngram_size, max_new_tokens, meteor, lr_search, lr_grid, val_samples, search_seeds, config,
+        plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
     from .plan import SweepSettings, plan_all
@@ -272,6 +279,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             latency=latency_settings(latency, latency_batch, latency_seq_len, latency_min_time),
             eval_split=eval_split, eval_samples=eval_samples, num_beams=num_beams, length_penalty=length_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens, meteor=meteor,
+            lr_search=lr_search, lr_grid=tuple(lr_grid), val_samples=val_samples, search_seeds=search_seeds,
         )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     the_plan = plan_all(settings)  # validates everything before any training starts
@@ -282,7 +290,9 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         click.echo("Budget solutions (method's own parameters, head excluded):", err=True)
         for line in _format_rows(_budget_rows(the_plan.solutions)):
             click.echo("  " + line, err=True)
-    click.echo(f"{len(the_plan.specs)} run(s) -> {out}", err=True)
+    click.echo(f"{len(the_plan.specs) + len(the_plan.templates)} run(s) -> {out}"
+               + (f", after {len(the_plan.searches)} learning-rate search run(s) -> {out / 'search'}"
+                  if the_plan.searches else ""), err=True)
 
     def on_record(rec, i, n):
         click.echo(f"[{i}/{n}] {_summary_line(rec)}", err=True)
@@ -298,9 +308,18 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
                        + (f" and {result.skipped_failed} earlier failure(s) (--rerun-failed retries them)"
                           if result.skipped_failed else "") + f"; {n_todo} to run", err=True)
 
-    result = run_sweep(the_plan.specs, out, rerun_failed=rerun_failed, force=force, rerun_stale=rerun_stale,
-                       timeout=timeout_per_run,
-                       progress=progress, on_record=on_record, on_start=on_start, warn=warn)
+    options = dict(rerun_failed=rerun_failed, force=force, rerun_stale=rerun_stale, timeout=timeout_per_run,
+                   progress=progress, on_record=on_record, on_start=on_start, warn=warn)
+    specs = the_plan.specs
+    if the_plan.searches:  # first the search on held-out training data, then the runs at the chosen rates
+        from . import lrsearch
+
+        searched = run_sweep(the_plan.searches, out / "search", **options)
+        finals, lines = lrsearch.finals(the_plan.templates, {r["run_id"]: r for r in searched.records})
+        for line in lines:
+            click.echo(f"learning rate chosen: {line}", err=True)
+        specs = specs + finals
+    result = run_sweep(specs, out, **options)
     click.echo(report.to_markdown(report.summarize(report.records_frame(result.records))))
     bad = [r for r in result.records if r["status"] != "ok"]
     click.echo(f"{len(result.records) - len(bad)} of {len(result.records)} run(s) ok; records in {out}/records", err=True)
@@ -333,7 +352,7 @@ SWEEP_FLAGS = ("methods_", "tasks_", "seeds", "model", "budget", "knob", "lr", "
                "data_seed", "train_subset", "batch_size", "max_seq_len", "weight_decay", "warmup_ratio",
                "max_grad_norm", "device", "precision", "latency", "latency_batch", "latency_seq_len", "latency_min_time",
                "keep_checkpoints", "eval_split", "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size",
-               "max_new_tokens", "meteor")
+               "max_new_tokens", "meteor", "lr_search", "lr_grid", "val_samples", "search_seeds")
 
 
 def _summary_line(rec) -> str:

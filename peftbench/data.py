@@ -83,6 +83,25 @@ def subset_indices(n_total: int, n: int, how: str, data_seed: int) -> np.ndarray
     return np.sort(np.random.default_rng(data_seed).choice(n_total, n, replace=False))
 
 
+def validation_split(n_total: int, n_val: int, seed: int, labels=None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(validation indices, remaining indices, stratified?): ``n_val`` examples held out of the
+    training data, seeded, stratified by ``labels`` when given (classification) and possible."""
+    from sklearn.model_selection import train_test_split
+
+    from .errors import PeftbenchError
+
+    if not 0 < n_val < n_total:
+        raise PeftbenchError(f"--val-samples {n_val}: the training file has {n_total} examples; hold out fewer")
+    idx = np.arange(n_total)
+    try:
+        pool, val = train_test_split(idx, test_size=n_val, random_state=seed, stratify=labels)
+        stratified = labels is not None
+    except ValueError:  # a class too small to split: held out at random, and the record says so
+        pool, val = train_test_split(idx, test_size=n_val, random_state=seed)
+        stratified = False
+    return np.sort(val), np.sort(pool), stratified
+
+
 class Collator:
     """Pads each batch to its own longest sequence (dynamic padding)."""
 

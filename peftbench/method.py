@@ -201,7 +201,13 @@ def non_default_options(opts) -> dict:
 
 
 def options_dict(opts) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()}
+    """The options as JSON values (what a run spec holds): tuples as lists, enums by name."""
+    def plain(v):
+        if isinstance(v, enum.Enum):
+            return v.name
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(opts).items()}
 
 
 # -- freezing, the head, counting --------------------------------------------------------

@@ -146,6 +146,11 @@ class SweepSettings:
     no_repeat_ngram_size: int = 0
     max_new_tokens: int | None = None  # the task's default
     meteor: bool = True  # False: leave METEOR (Java) out
+    # learning rates searched on held-out training data (lrsearch.py)
+    lr_search: bool = False  # every method, on its default grid
+    lr_grid: tuple = ()  # "lora=1e-4,3e-4,1e-3" entries: these methods on these rates
+    val_samples: int = 500
+    search_seeds: str = "0"
 
 
 GENERATION_FLAGS = {"eval_split": None, "eval_samples": None, "num_beams": 1, "length_penalty": 1.0,
@@ -154,9 +159,11 @@ GENERATION_FLAGS = {"eval_split": None, "eval_samples": None, "num_beams": 1, "l
 
 @dataclass
 class Plan:
-    specs: list
+    specs: list  # runs to run now
     solutions: list  # budget solutions, for display
     warnings: list = field(default_factory=list)
+    searches: list = field(default_factory=list)  # learning-rate search runs, to run first
+    templates: list = field(default_factory=list)  # final runs waiting for their searched rate
 
 
 @dataclass
@@ -287,7 +294,26 @@ def plan(s: SweepSettings) -> Plan:
                 if spec["run_id"] not in seen:
                     seen.add(spec["run_id"])
                     specs.append(spec)
-    return Plan(specs, solutions, warnings)
+    searches, templates = _lr_search(s, specs, {c.method.name: c.method for c in choices}, lrs)
+    searched = {t["run_id"] for t, *_ in templates}  # a template still has its default-rate spec's id
+    return Plan([x for x in specs if x["run_id"] not in searched], solutions, warnings, searches, templates)
+
+
+def _lr_search(s: SweepSettings, specs, methods: dict, lrs: dict):
+    from . import lrsearch
+
+    if not (s.lr_search or s.lr_grid):
+        return [], []
+    grids = lrsearch.parse_grid(s.lr_grid, methods)
+    both = sorted(set(grids) & set(lrs)) or (sorted(grids) if "*" in lrs else [])
+    if both or (s.lr_search and lrs):
+        raise PeftbenchError(f"--lr and a learning-rate search both set the rate of {', '.join(both or sorted(lrs))}; "
+                             "give one of them")
+    seeds = parse_int_list(s.search_seeds, "--search-seeds")
+    if not isinstance(s.val_samples, int) or s.val_samples < 1:
+        raise PeftbenchError(f"--val-samples must be a positive integer, got {s.val_samples}")
+    grids = {n: g for n, m in methods.items() if (g := lrsearch.grid_for(m, grids, s.lr_search))}
+    return lrsearch.expand([x for x in specs if not x.get("plan_error")], grids, s.val_samples, seeds)
 
 
 def _size(choices, knobs, budgets, count, resolve_ref):
@@ -375,7 +401,9 @@ def plan_all(settings: list) -> Plan:
             if spec["run_id"] not in seen:
                 seen.add(spec["run_id"])
                 specs.append(spec)
+    searches = list({s["run_id"]: s for p in plans for s in p.searches}.values())
     return Plan(specs, [sol for p in plans for sol in p.solutions],
-                list(dict.fromkeys(w for p in plans for w in p.warnings)))
+                list(dict.fromkeys(w for p in plans for w in p.warnings)), searches,
+                [t for p in plans for t in p.templates])
 
 

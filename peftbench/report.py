@@ -30,10 +30,11 @@ CSV_COLUMNS = [
     "task_version", "machine_gflops", "precision", "mfu", "generated_tokens_per_s",
     *(f"gen_{what}_{size}{tag}" for size in ("b1", "bN") for what in ("ttft", "per_token")
       for tag in ("_ms", "_ratio", "_merged_ratio")),
-    "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
+    "lr_selection", "search_seconds", "search_steps", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
     "libraries",
 ]
-SETUP_FIELDS = ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "device", "precision",
+SETUP_FIELDS = ("model", "lr", "lr_selection", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len",
+                "device", "precision",
                 "task_version", "data_seed", "train_subset", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options")
 MB = 2**20
 METHOD_ORDER = ("full", "bitfit", "lora", "adapter", "prefix")  # then the rest, alphabetically
@@ -55,6 +56,8 @@ def record_row(rec: dict) -> dict:
     spec = rec.get("spec", {})
     metrics = rec.get("metrics") or {}
     spec = {**ID_DEFAULTS, **spec}  # records written before a field existed had its default
+    if "precision" not in spec and _get(rec, "env", "device") == "cpu":
+        spec["precision"] = "fp32"  # before --precision existed, CPU runs were fp32 throughout
     setup = {k: spec.get(k) for k in SETUP_FIELDS}
     row = {
         "run_id": rec["run_id"], "status": rec["status"], "error": rec.get("error"),
@@ -89,6 +92,8 @@ def record_row(rec: dict) -> dict:
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
         "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
+        "lr_selection": spec.get("lr_selection"),
+        "search_seconds": _get(spec, "lr_search", "seconds"), "search_steps": _get(spec, "lr_search", "steps"),
         # generation latency: the unmerged model's ms, and unmerged / merged over the base (same process)
         **{f"gen_{what}_{size}{tag}": _get(rec, "latency", key)
            for size in ("b1", "bN") for what in ("ttft", "per_token")
@@ -195,7 +200,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                   "latency_base_b1_ms", "latency_b1_ms", "latency_b1_merged_ms", "latency_base_bN_ms",
                   "latency_bN_ms", "latency_bN_merged_ms", "latency_b1_ratio", "latency_b1_merged_ratio",
                   "latency_bN_ratio", "latency_bN_merged_ratio", "checkpoint_bytes", "effective_seq_len",
-                  "budget_deviation_pct", "machine_gflops", "mfu", "generated_tokens_per_s",
+                  "budget_deviation_pct", "machine_gflops", "mfu", "generated_tokens_per_s", "search_seconds",
+                  "search_steps",
                   *(c for c in CSV_COLUMNS if c.startswith("gen_"))):
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
@@ -279,6 +285,9 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "per token b1 merged": _n(r.get("gen_per_token_b1_merged_ratio"), "{:.2f}x"),
             "per token bN ms (vs base)": _ratio(r.get("gen_per_token_bN_ms"), r.get("gen_per_token_bN_ratio")),
             "gen tok/s ↑": _n(r.get("generated_tokens_per_s"), "{:.0f}"),
+            "lr": (f"{r.lr:g}" if isinstance(r.lr, (int, float)) and pd.notna(r.lr) else "")
+            + (" (searched)" if isinstance(r.get("lr_selection"), str) else ""),
+            "search s": _n(r.get("search_seconds"), "{:,.0f}"),
             "merge Δ": _n(r.merged_max_abs_diff, "{:.1e}"),
             "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
             "machine GF/s": _n(r.machine_gflops, "{:.0f}"),
@@ -286,7 +295,9 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "status": r.status,
         })
     out = pd.DataFrame(rows)
-    for col in ("merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
+    if not any(isinstance(v, str) for v in summary.get("lr_selection", [])):  # no search: lr in the caption
+        out = out.drop(columns=["lr"])
+    for col in ("search s", "merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
                 "per token bN ms (vs base)", "gen tok/s ↑", "b1 ms ↓ (vs base)", "b1 merged", "bN ms ↓ (vs base)",
                 "bN merged"):  # empty for every row (not measured, or records from before they were kept)
         if col in out and (out[col] == "").all():
@@ -319,12 +330,13 @@ def _plain(value) -> str:
 def provenance_lines(summary: pd.DataFrame) -> list[str]:
     """Where the rows came from: the code (git commit, content hash of peftbench/) and libraries."""
     lines = []
-    for col, label in (("git_commit", "commit"), ("host_code", "peftbench code"), ("libraries", "libraries")):
+    for col, label, plural in (("git_commit", "commit", "commits"), ("host_code", "peftbench code", "peftbench codes"),
+                               ("libraries", "libraries", "libraries")):
         values = sorted({v for cell in summary.get(col, pd.Series(dtype=object)).dropna() for v in str(cell).split(",")})
         if len(values) == 1:
             lines.append(f"{label} {values[0]}")
         elif values:
-            lines.append(f"{label}s differ between rows ({', '.join(values)}"
+            lines.append(f"{plural} differ between rows ({', '.join(values)}"
                          + ("; see the commit column" if col == "git_commit" else "") + ")")
     return lines
 
@@ -337,10 +349,15 @@ def to_markdown(summary: pd.DataFrame) -> str:
     sep = "|" + "|".join("---" for _ in disp.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False)]
     provenance = provenance_lines(summary)
+    searched = summary[summary.lr_selection.apply(lambda v: isinstance(v, str))] if "lr_selection" in summary else summary[:0]
     notes = [
         "",
         "Settings: " + "; ".join(setup_lines(summary)) + ".",
         *(["Code: " + "; ".join(provenance) + "."] if provenance else []),
+        "Learning rates: " + (
+            "; ".join(sorted({f"{r.config}: {r.lr_selection}" for r in searched.itertuples()}))
+            + " training examples (the reported split never read; search s = the search's compute); the other "
+            "rows at their method's default or --lr." if len(searched) else "each method's default or --lr (no search)."),
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
         "Peak MB: the run process's peak memory during training (CPU: resident set size; CUDA: "

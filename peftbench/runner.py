@@ -79,6 +79,7 @@ def environment(device: str, precision: str = "fp32") -> dict:
         "cpu_count": os.cpu_count(),
         "device": device,
         "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
     }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
@@ -140,8 +141,9 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     clock = [time.perf_counter()]  # wall time per phase, for the harness-overhead benchmark
     phases = result["phases_s"] = {}
     t0 = time.perf_counter()
-    taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"))
-    if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
+    search = spec.get("role") == "search"  # a learning-rate search run: scored on held-out training data
+    taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"), train_only=search)
+    if not search and spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
         raise PeftbenchError(f"task {task.name}: its data files changed since the sweep was planned "
                              f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
     tokenizer = load_tokenizer(spec["model"])
@@ -157,9 +159,17 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         eval_ds = train_ds  # tokenised examples for the merge check and activation count
     else:
         train_ds = datamod.tokenize(task, taskdata.train, tokenizer, spec["max_seq_len"], {**key, "split": "train"})
-        eval_ds = evaluation = datamod.tokenize(task, taskdata.eval, tokenizer, spec["max_seq_len"],
-                                                {**key, "split": "eval"})
+        if not search:
+            eval_ds = evaluation = datamod.tokenize(task, taskdata.eval, tokenizer, spec["max_seq_len"],
+                                                    {**key, "split": "eval"})
         collate = datamod.Collator(tokenizer.pad_token_id, task.is_regression)
+    if search:  # hold out the validation split; the training subset comes from the rest
+        labels = None if generation or task.is_regression else taskdata.train["label"].to_numpy()
+        val_idx, pool, stratified = datamod.validation_split(
+            len(train_ds), spec["validation"]["samples"], spec["validation"]["seed"], labels)
+        eval_ds = evaluation = train_ds.select(val_idx)
+        train_ds = train_ds.select(pool)
+        result["validation"] = {**spec["validation"], "stratified": stratified}
     n_train_total = len(train_ds)
     if spec.get("train_samples") and spec["train_samples"] < len(train_ds):
         train_ds = train_ds.select(datamod.subset_indices(
@@ -170,8 +180,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         "eval_split": spec.get("eval_split"), "prep_time_s": time.perf_counter() - t0,
     }
     result["model"] = {"name": spec["model"], "revision": spec.get("model_revision"), "source": model_source(spec["model"])}
-
     phases["data"] = _lap(clock)
+
     # model + method
     seed_everything(spec["seed"])
     model = load_model(spec["model"], task, tokenizer, device)
@@ -181,8 +191,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         "method": counts.method, "head": counts.head, "total": counts.total, "base": counts.base,
         "method_pct": counts.pct,
     }
-
     phases["model"] = _lap(clock)
+
     # train
     cfg = TrainConfig(
         lr=spec["lr"], epochs=spec["epochs"], max_steps=spec["max_steps"], batch_size=spec["batch_size"],
@@ -217,19 +227,27 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
                            "why": spec.get("precision_why", "asked for"),
                            "note": "mixed precision: fp32 weights and optimizer state, autocast matmuls"
                            if precision != "fp32" else "fp32 throughout"}
-
     phases["train"] = _lap(clock)
+
     # evaluate
     t0 = time.perf_counter()
-    if generation:
+    if search and generation:  # generating for every candidate costs more than training: the loss
+        result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision)}
+        result["metric_directions"] = {"val_loss": "lower"}
+    elif generation:
         result.update(gen.evaluate(task, model, tokenizer, evaluation, spec, out, device, precision))
     else:
         pred, gold = predict(model, eval_ds, collate, device, precision=precision)
         result["metrics"] = task.score(pred, gold)
-    result["metric_directions"] = {m: d for m, d in task.directions().items() if m in result["metrics"]}
+    if "metric_directions" not in result:
+        result["metric_directions"] = {m: d for m, d in task.directions().items() if m in result["metrics"]}
+    if search:
+        name = task.metric if task.metric in result["metrics"] else next(iter(result["metrics"]))
+        result["selection_metric"] = {"name": name, "direction": result["metric_directions"][name],
+                                      "on": f"{len(eval_ds)} held-out training examples"}
     result["eval_time_s"] = time.perf_counter() - t0
-
     phases["eval"] = _lap(clock)
+
     # checkpoint: what restores the tuned model (method + head; everything for full)
     ckpt_dir = Path(out) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -238,15 +256,15 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     if not spec.get("keep_checkpoint", True):
         ckpt.unlink()
         result["checkpoint"]["path"] = None
-
     phases["checkpoint"] = _lap(clock)
+
     # merge: the inference model of a mergeable method must give the tuned model's outputs
     merged = None
-    if method.mergeable:
+    if method.mergeable and not search:
         probe = fixed_length_batch(eval_ds, tokenizer.pad_token_id, min(8, len(eval_ds)), spec["max_seq_len"], device)
         merged, result["merge"] = check_merge(method, model, probe, precision)
-
     phases["merge"] = _lap(clock)
+
     # latency: base, unmerged, merged, timed interleaved in one session
     lat = spec.get("latency")
     if lat and generation:

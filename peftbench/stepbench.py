@@ -26,15 +26,22 @@ from .train import to_device
 
 
 def run(model_id="minilm", methods=("lora", "peft-lora"), steps=60, warmup=5, batch_size=32, device="auto",
-        data_dir=None, r=8):
+        data_dir=None, r=8, task_name="sst2", precision="fp32"):
+    from .precision import autocast
+
     device = resolve_device(device)
-    task = get_task("sst2")
+    task = get_task(task_name)
     tokenizer = load_tokenizer(model_id)
     data = load_task_data(task, data_dir)
     key = {"task": task.name, "version": task.version, "data": data.fingerprint,
            "tokenizer": tokenizer_fingerprint(tokenizer), "max_len": task.max_seq_len, "split": "train"}
-    ds = tokenize(task, data.train, tokenizer, task.max_seq_len, key)
-    collate = Collator(tokenizer.pad_token_id, False)
+    if task.kind == "generation":
+        from .generation.run import prepare
+
+        ds, _, collate = prepare(task, data, tokenizer, {"max_seq_len": task.max_seq_len}, key)
+    else:
+        ds = tokenize(task, data.train, tokenizer, task.max_seq_len, key)
+        collate = Collator(tokenizer.pad_token_id, False)
     rng = np.random.default_rng(0)
     batches = [collate([ds[int(i)] for i in rng.choice(len(ds), batch_size, replace=False)])
                for _ in range(steps + warmup)]
@@ -47,6 +54,7 @@ def run(model_id="minilm", methods=("lora", "peft-lora"), steps=60, warmup=5, ba
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
         runs[name] = (model, opt, counts)
+    parity = copied_weights_parity(runs, to_device(batches[0], device)) if tuple(methods) == ("lora", "peft-lora") else None
     times = {name: [] for name in methods}
     for i, batch in enumerate(batches):
         batch = to_device(batch, device)
@@ -55,27 +63,65 @@ def run(model_id="minilm", methods=("lora", "peft-lora"), steps=60, warmup=5, ba
             model, opt, _ = runs[name]
             sync(device)
             t0 = time.perf_counter()
-            model(**batch).loss.backward()
+            with autocast(device, precision):
+                loss = model(**batch).loss
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return runs, times, environment(device)
+    env = environment(device, precision)
+    env.update(model=model_id, task=task.name, r=r, batch_size=batch_size, precision=precision, parity=parity,
+               tokens=float(np.mean([int(b["attention_mask"].sum()) / len(b["attention_mask"]) for b in batches])))
+    return runs, times, env
+
+
+def copied_weights_parity(runs, batch) -> dict:
+    """Native LoRA's A and B (B made non-zero) copied into peft's: the largest output difference
+    in fp32, unmerged and merged, on copies (the benchmarked models start from B = 0)."""
+    native, bridged = copy.deepcopy(runs["lora"][0]).eval(), copy.deepcopy(runs["peft-lora"][0]).eval()
+    theirs = dict(bridged.named_parameters())
+    copied = 0
+    with torch.no_grad():
+        for name, p in native.named_parameters():
+            if ".lora_" in name:
+                stem, which = name.rsplit(".lora_", 1)
+                p.normal_(std=0.02)
+                theirs[f"{stem}.lora_{which}.default.weight"].copy_(p)
+                copied += 1
+            elif p.requires_grad:  # a classification head
+                theirs[name].copy_(p)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        a, b = native(**inputs).logits, bridged(**inputs).logits
+        registry = get_methods()
+        ma = registry["lora"].merge(native)(**inputs).logits
+        mb = registry["peft-lora"].merge(bridged)(**inputs).logits
+    return {"copied_tensors": copied, "max_abs_diff": float((a - b).abs().max()),
+            "max_abs_diff_merged": float((ma - mb).abs().max()), "max_abs_logit": float(a.abs().max())}
 
 
 def to_markdown(runs, times, env, command) -> str:
     names = list(times)
     ref = np.median(times[names[1]])
+    par = env.get("parity")
     lines = [
         "# Training step: native LoRA vs HF peft LoRA (same process, interleaved)", "",
         f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `{command}`.", "",
         f"Machine: device {env['device']}, torch {env['torch']}, transformers {env['transformers']}, "
         f"{env['torch_threads']} torch threads, fp32 matmul {env['matmul_gflops']} GFLOP/s at the start; "
         f"peftbench {env['peftbench']} ({env.get('git_commit') or 'no git'}).", "",
-        "MiniLM (all-MiniLM-L6-v2), r=8, alpha=16, dropout 0.1 on query+value, AdamW; the same "
-        "SST-2 batches (32 examples, dynamic padding, max length 64) alternate between the two "
-        "models, which of them goes first alternating too.", "",
+        f"Model {env['model']}, task {env['task']}, r={env['r']} with each implementation's defaults (alpha 16, "
+        f"dropout 0.1, the model's query and value projections), AdamW, precision {env['precision']}; the same "
+        f"batches ({env['batch_size']} examples, dynamic padding, {env['tokens']:.0f} tokens per example on "
+        "average) alternate between the two models, which of them goes first alternating too.", "",
+    ]
+    if par:
+        lines += [f"Parity with copied weights (native A and B, B made non-zero, copied into peft's; fp32, eval "
+                  f"mode, the first batch): {par['copied_tensors']} tensors copied, max |logit difference| "
+                  f"{par['max_abs_diff']:.2e} unmerged and {par['max_abs_diff_merged']:.2e} merged "
+                  f"(logits up to {par['max_abs_logit']:.1f}).", ""]
+    lines += [
         "| method | trainable (method + head) | timed steps | median s/step | IQR | ratio of medians | paired ratio: median [IQR] |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -102,12 +148,17 @@ def main(argv=None):
     quiet_transformers()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="minilm")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--r", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="results/train_step.md")
     args = p.parse_args(argv)
-    runs, times, env = run(args.model, steps=args.steps, device=args.device, data_dir=args.data_dir)
+    runs, times, env = run(args.model, steps=args.steps, device=args.device, data_dir=args.data_dir, r=args.r,
+                           batch_size=args.batch_size, task_name=args.task, precision=args.precision)
     command = "python benchmarks/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_atomic(Path(args.out), to_markdown(runs, times, env, command.strip()), text=True)
     print(f"wrote {args.out}", file=sys.stderr)

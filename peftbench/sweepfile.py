@@ -39,7 +39,8 @@ _TABLES = ("knob", "lr")
 _SCALARS = ("model", "data_dir", "epochs", "max_steps", "train_samples", "data_seed", "train_subset", "batch_size",
             "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device", "keep_checkpoints",
             "latency", "latency_batch", "latency_seq_len", "latency_min_time", "precision", "eval_split",
-            "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "meteor")
+            "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "meteor",
+            "lr_search", "lr_grid", "val_samples", "search_seeds")
 KEYS = (*_LISTS, *_TABLES, *_SCALARS)
 TASK_KEYS = ("epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "lr", "warmup_ratio",
              "weight_decay", "max_grad_norm", "data_seed", "train_subset")
@@ -83,7 +84,7 @@ def settings_from(values: dict, path):
     for key, cast in (("epochs", float), ("max_steps", int), ("data_seed", int), ("batch_size", int),
                       ("max_seq_len", int), ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
                       ("eval_samples", int), ("num_beams", int), ("length_penalty", float),
-                      ("no_repeat_ngram_size", int), ("max_new_tokens", int)):
+                      ("no_repeat_ngram_size", int), ("max_new_tokens", int), ("val_samples", int)):
         if key in values:
             value = values[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
@@ -93,6 +94,15 @@ def settings_from(values: dict, path):
         kw["train_samples"] = parse_train_samples(str(values["train_samples"]))
     if "meteor" in values:
         kw["meteor"] = _bool(values["meteor"], "meteor", path)
+    if "lr_search" in values:
+        kw["lr_search"] = _bool(values["lr_search"], "lr_search", path)
+    if "lr_grid" in values:  # { lora = [1e-4, 3e-4], full = [1e-5, 3e-5] }
+        grid = values["lr_grid"]
+        if not isinstance(grid, dict):
+            raise PeftbenchError(f"{path}: lr_grid must be a table of method = [rates]")
+        kw["lr_grid"] = tuple(f"{m}={','.join(map(str, r if isinstance(r, list) else [r]))}" for m, r in grid.items())
+    if "search_seeds" in values:
+        kw["search_seeds"] = _text("search_seeds", values["search_seeds"], path)
     if "keep_checkpoints" in values:
         kw["keep_checkpoint"] = _bool(values["keep_checkpoints"], "keep_checkpoints", path)
     if "plugins" in values:

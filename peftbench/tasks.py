@@ -247,19 +247,22 @@ def locate(task: Task, data_dir: str | None = None, files=None) -> Path | None:
     return None
 
 
-def load_task_data(task: Task, data_dir: str | None = None, split: str | None = None) -> TaskData:
-    """The task's training and evaluation data (``split``: a generation task's eval split)."""
+def load_task_data(task: Task, data_dir: str | None = None, split: str | None = None,
+                   train_only: bool = False) -> TaskData:
+    """The task's training and evaluation data (``split``: a generation task's eval split). With
+    ``train_only`` the evaluation file is not opened at all (``eval`` is None; the fingerprint
+    then covers the training file alone): what a learning-rate search run reads."""
     import hashlib
 
     if task.kind == "generation":
         from .generation.task import load_data
 
-        return load_data(task, data_dir, split)
+        return load_data(task, data_dir, split, train_only=train_only)
 
     folder = locate(task, data_dir)
     if folder is not None:
         frames, digest = [], hashlib.sha256(f"{task.name}:{task.version}".encode())
-        for name in (task.train_file, task.eval_file):
+        for name in (task.train_file,) if train_only else (task.train_file, task.eval_file):
             path = folder / name
             try:
                 digest.update(path.read_bytes())
@@ -275,7 +278,7 @@ def load_task_data(task: Task, data_dir: str | None = None, split: str | None = 
         for df, name in zip(frames, (task.train_file, task.eval_file)):
             if len(df) == 0:
                 raise PeftbenchError(f"{folder / name}: no examples; is this the right file?")
-        return TaskData(frames[0], frames[1], str(folder), digest.hexdigest()[:16])
+        return TaskData(frames[0], frames[1] if not train_only else None, str(folder), digest.hexdigest()[:16])
     return _load_from_hub(task)
 
 

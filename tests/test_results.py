@@ -41,7 +41,7 @@ def test_tables_regenerate_from_records(folder):
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_no_published_record_comes_from_an_uncommitted_tree(folder):
-    dirty = [p.name for p in (folder / "records").glob("*.json")
+    dirty = [p.name for p in [*(folder / "records").glob("*.json"), *(folder / "search" / "records").glob("*.json")]
              if str(json.loads(p.read_text()).get("env", {}).get("git_commit")).endswith("-dirty")]
     assert not dirty, f"{folder.name}: records made from a dirty tree: {dirty[:3]}"
 
@@ -54,7 +54,7 @@ def _settings(spec: dict) -> dict:
 def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
     """The folder's sweep.toml, planned now (nothing runs), asks for the same runs, with the same
     settings and data, as the ok records hold: the published command is the one that made them."""
-    from peftbench import sweepfile
+    from peftbench import lrsearch, sweepfile
     from peftbench.plan import plan_all
 
     data = shared_datasets()
@@ -63,11 +63,24 @@ def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
     monkeypatch.setenv("PEFTBENCH_DATA", str(data))
     settings, out = sweepfile.load(folder / "sweep.toml")
     assert out == folder.resolve()
-    planned = [_settings(s) | {"data": s["data_sha"]} for s in plan_all(settings).specs]
-    published = [_settings(r["spec"]) | {"data": r["data"]["fingerprint"]}
-                 for r in load_records(folder).values() if r["status"] == "ok"]
+    plan = plan_all(settings)
+    specs = list(plan.specs)
+    if plan.searches:  # learning rates searched: the search runs, then the finals at the rates they chose
+        searched = load_records(folder / "search")
+        _same_runs(plan.searches, searched, "search/")
+        specs += lrsearch.finals(plan.templates, searched)[0]
+    _same_runs(specs, load_records(folder), "")
+
+
+def _same_runs(specs, records, where):
+    planned = [_settings(s) | {"data": s.get("data_sha")} for s in specs]
+    # a search run hashes the training file alone (it never opens the evaluation file): its spec's
+    # data hash, checked at planning time, stands for the data
+    published = [_settings(r["spec"]) | {"data": r["spec"]["data_sha"] if r["spec"].get("role") == "search"
+                                         else r["data"]["fingerprint"]}
+                 for r in records.values() if r["status"] == "ok"]
     key = lambda d: json.dumps(d, sort_keys=True, default=str)  # noqa: E731
     missing = sorted(set(map(key, planned)) - set(map(key, published)))
     extra = sorted(set(map(key, published)) - set(map(key, planned)))
-    assert not missing and not extra, f"planned but not published: {missing[:2]}; published but not planned: {extra[:2]}"
+    assert not missing and not extra, f"{where}planned but not published: {missing[:2]}; published but not planned: {extra[:2]}"
     assert len(published) == len(set(map(key, published))), "two ok records for the same run"

@@ -46,8 +46,10 @@ def _left_padded(tokenizer, prompts, device):
 
 
 @torch.inference_mode()
-def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, device, precision="fp32") -> dict:
-    """Outputs in the order of ``prompts``, plus what they cost: {"texts", "new_tokens", "seconds"}."""
+def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, device, precision="fp32",
+                 extra: dict | None = None) -> dict:
+    """Outputs in the order of ``prompts``, plus what they cost: {"texts", "new_tokens", "seconds"}.
+    ``extra``: more ``generate`` arguments (benchmarks/generation.py tries a static cache with it)."""
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: -len(tokenizer(prompts[i])["input_ids"]))
     texts: list[str | None] = [None] * len(prompts)
@@ -57,7 +59,7 @@ def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, devic
         idx = order[b:b + decoding.batch_size]
         enc = _left_padded(tokenizer, [prompts[i] for i in idx], device)
         with autocast(device, precision):
-            out = model.generate(**enc, **decoding.kwargs(tokenizer))
+            out = model.generate(**enc, **decoding.kwargs(tokenizer), **(extra or {}))
         generated = out[:, enc["input_ids"].shape[1]:]
         for i, row in zip(idx, generated):
             ids = row.tolist()

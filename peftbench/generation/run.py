@@ -47,3 +47,24 @@ def latency(models: dict, tokenizer, task, evaluation, spec, device, precision) 
     prompts = [task.prompt.format(source=s) for s in evaluation["source"]]
     return generation_latency(models, tokenizer, prompts, device, precision, spec["latency"])
 
+
+
+def validation_loss(model, dataset, collate, device, precision, batch_size=32) -> float:
+    """Mean cross-entropy per target token over ``dataset`` (the held-out training pairs)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..precision import autocast
+    from ..train import to_device
+
+    model.eval()
+    total = tokens = 0.0
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+            batch = to_device(batch, device)
+            n = int((batch["labels"][:, 1:] != -100).sum())  # the shifted targets the loss averages over
+            with autocast(device, precision):
+                loss = model(**batch).loss
+            total += float(loss) * n
+            tokens += n
+    return total / tokens

@@ -70,29 +70,32 @@ class GenerationTask(Task):
             raise PluginFailure("task", self.name, self.plugin, "scoring", e) from e
 
 
-def load_data(task: GenerationTask, data_dir=None, split: str | None = None) -> TaskData:
+def load_data(task: GenerationTask, data_dir=None, split: str | None = None, train_only: bool = False) -> TaskData:
     """Train pairs and the eval split's groups, read from the task's folder (--data-dir, then
-    PEFTBENCH_DATA), with a content hash of every file read."""
+    PEFTBENCH_DATA), with a content hash of every file read (``train_only``: the training file
+    alone, ``eval`` None)."""
     from ..tasks import DATA_ENV, locate
 
     split = task.split(split)
-    folder = locate(task, data_dir, files=task.files(split))
+    files = [task.train_file] if train_only else task.files(split)
+    folder = locate(task, data_dir, files=files)
     if folder is None:
         raise PeftbenchError(f"task {task.name}: no data found (--data-dir not given, {DATA_ENV} not set); pass "
                              f"--data-dir or set {DATA_ENV} to the folder holding {task.folder}/ (e.g. ../shared/datasets)")
     digest = hashlib.sha256(f"{task.name}:{task.version}:{split}".encode())
-    for name in task.files(split):
+    for name in files:
         digest.update((folder / name).read_bytes())
     try:
         train = task.train_reader(folder, task)
-        evaluation = task.eval_reader(folder, task, split)
+        evaluation = None if train_only else task.eval_reader(folder, task, split)
     except (PeftbenchError, UnicodeDecodeError, OSError) as e:
         if isinstance(e, PeftbenchError):
             raise
         raise PeftbenchError(f"task {task.name}: cannot read {folder}: {e}") from None
     except Exception as e:
         raise PluginFailure("task", task.name, task.plugin, "reading its data", e) from e
-    for frame, what, columns in ((train, "training", ("source", "target")), (evaluation, split, ("source", "references"))):
+    checks = [(train, "training", ("source", "target"))] + ([] if train_only else [(evaluation, split, ("source", "references"))])
+    for frame, what, columns in checks:
         if not isinstance(frame, pd.DataFrame) or not set(columns) <= set(frame.columns) or len(frame) == 0:
             raise PeftbenchError(f"task {task.name}: its {what} reader gave no rows with columns {', '.join(columns)}")
     return TaskData(train, evaluation, str(folder), digest.hexdigest()[:16])

@@ -1,0 +1,86 @@
+"""Run identity: what reruns when a plugin file or a data file changes, and what is only stale."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import write_plugin
+
+FAST = ["--max-steps", "2", "--batch-size", "8", "--no-latency", "--no-progress", "--train-samples", "32"]
+
+METHOD = '''
+import peftbench
+from peftbench.method import freeze
+
+
+class M(peftbench.Method):
+    name = "{name}"
+
+    def apply(self, model, knob_value=None, **options):
+        freeze(model)
+        for n, p in model.named_parameters():
+            if n.endswith("LayerNorm.bias"):
+                p.requires_grad_(True)
+        return model
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(M())
+'''
+
+
+def peftbench(*args, env):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_editing_a_plugin_file_reruns_that_methods_runs_only(tiny_model_dirs, cli_env, tmp_path):
+    a = write_plugin(tmp_path, "plugin_a", METHOD.format(name="meth-a"))
+    b = write_plugin(tmp_path, "plugin_b", METHOD.format(name="meth-b"))
+    out = tmp_path / "out"
+    args = ["run", "--plugins", a, "--plugins", b, "--model", tiny_model_dirs["bert"], "--methods", "meth-a,meth-b",
+            "--seeds", "0,1", "--out", out, *FAST]
+    assert peftbench(*args, env=cli_env).returncode == 0
+    again = peftbench(*args, env=cli_env)
+    assert "skipping 4 run(s) with an ok record; 0 to run" in again.stderr
+    a.write_text(a.read_text() + "\n# an edit that changes the file's content\n")
+    edited = peftbench(*args, env=cli_env)
+    assert edited.returncode == 0, edited.stderr
+    assert "skipping 2 run(s) with an ok record; 2 to run" in edited.stderr
+    assert edited.stderr.count("meth-a sst2 seed") == 2 and "meth-b sst2 seed" not in edited.stderr
+
+
+def test_editing_a_data_file_reruns_its_runs(tiny_model_dirs, cli_env, small_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    out = tmp_path / "out"
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "bitfit", "--data-dir", data, "--out", out, *FAST]
+    first = peftbench(*args, env=cli_env)
+    assert first.returncode == 0, first.stderr
+    with open(data / "SST-2" / "dev.tsv", "a", encoding="utf-8") as f:
+        f.write("one more sentence\t1\n")
+    second = peftbench(*args, env=cli_env)
+    assert second.returncode == 0 and "skipping" not in second.stderr and "[1/1] bitfit" in second.stderr
+
+
+def test_records_from_other_code_are_stale_not_rerun_unless_asked(tiny_model_dirs, cli_env, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "bitfit", "--out", out, *FAST]
+    assert peftbench(*args, env=cli_env).returncode == 0
+    (path,) = (out / "records").glob("*.json")
+    rec = json.loads(path.read_text())
+    report = peftbench("report", out, env=cli_env)
+    assert report.returncode == 0 and "stale" not in report.stderr
+    rec["env"]["host_code"], rec["env"]["git_commit"] = "0123456789abcdef", "f" * 40
+    path.write_text(json.dumps(rec))
+    report = peftbench("report", out, env=cli_env)
+    assert "warning: 1 record(s) are stale" in report.stderr and "host_code 0123456789abcdef ->" in report.stderr
+    assert "| ffffff" not in report.stdout and "commit fffffff" in report.stdout  # the caption names it
+    resumed = peftbench(*args, env=cli_env)
+    assert "skipping 1 run(s) with an ok record; 0 to run" in resumed.stderr  # stale is not a rerun
+    refreshed = peftbench(*args, "--rerun-stale", env=cli_env)
+    assert "rerunning 1 run(s) with an ok record" in refreshed.stderr and "[1/1] bitfit" in refreshed.stderr
+    assert (out / "records" / "superseded").is_dir()
+    assert "stale" not in peftbench("report", out, env=cli_env).stderr

@@ -1,0 +1,80 @@
+"""--precision: resolved per device (CPU flags mocked), recorded, in the run id; bad values rejected."""
+
+import json
+
+import pytest
+import torch
+
+from peftbench import precision
+from peftbench.errors import PeftbenchError
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ({"avx2", "amx_bf16", "avx512_bf16"}, "bf16"),
+    ({"avx2", "avx512_bf16"}, "bf16"),
+    ({"avx2", "avx512f"}, "fp32"),
+    (set(), "fp32"),
+])
+def test_auto_follows_the_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    got, why = precision.resolve("auto", "cpu")
+    assert got == expected and why.startswith("auto: the CPU has")
+
+
+def test_auto_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.resolve("auto", "cuda") == ("bf16", "auto: Some GPU supports bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.resolve("auto", "cuda")[0] == "fp32"
+
+
+def test_explicit_and_bad_values():
+    assert precision.resolve("fp32", "cpu") == ("fp32", "asked for")
+    with pytest.raises(PeftbenchError, match="use one of auto, fp32, bf16, fp16"):
+        precision.resolve("half", "cpu")
+    with pytest.raises(PeftbenchError, match="fp16 needs a CUDA device"):
+        precision.resolve("fp16", "cpu")
+
+
+def test_precision_is_recorded_and_in_the_run_id(tiny_model_dirs, small_data):
+    from peftbench.plan import SweepSettings, plan
+
+    def spec(p):
+        s = SweepSettings(methods="lora", model=str(tiny_model_dirs["bert"]), data_dir=str(small_data), budget="none",
+                          latency=None, precision=p)
+        (one,) = plan(s).specs
+        return one
+
+    fp32, bf16 = spec("fp32"), spec("bf16")
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16" and fp32["run_id"] != bf16["run_id"]
+    auto = spec("auto")
+    assert auto["precision"] in ("fp32", "bf16") and auto["precision_requested"] == "auto"
+    assert auto["run_id"] == spec(auto["precision"])["run_id"]  # auto is the precision it resolved to
+
+
+def test_bad_precision_on_the_command_line_is_one_line(cli_env, tiny_model_dirs, tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", str(tiny_model_dirs["bert"]),
+                          "--methods", "lora", "--precision", "fp8", "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, env=cli_env, timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--precision 'fp8'" in res.stderr
+
+
+def test_a_bf16_run_records_its_precision_everywhere(cli_env, tiny_model_dirs, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", str(tiny_model_dirs["bert"]),
+                          "--methods", "lora", "--precision", "bf16", "--out", str(out), "--max-steps", "3",
+                          "--batch-size", "8", "--latency-min-time", "0", "--latency-batch", "2", "--no-progress"],
+                         capture_output=True, text=True, env=cli_env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (rec,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert rec["precision"]["train"] == rec["precision"]["eval"] == rec["precision"]["latency"] == "bf16"
+    assert rec["latency"]["precision"] == "bf16" and rec["env"]["matmul_gflops_bf16"] > 0
+    assert 0 < rec["train"]["mfu"] < 1 and rec["train"]["achieved_gflops"] > 0
+    assert rec["merge"]["tolerance"] > 0 and "precision: bf16" in res.stdout
