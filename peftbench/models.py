@@ -112,6 +112,8 @@ def load_model(model: str, task, tokenizer, device="cpu"):
         m, info = auto.from_pretrained(resolve_model(model), output_loading_info=True, **kwargs)
     except Exception as e:
         raise PeftbenchError(f"--model {model}: cannot load it as {what} ({first_line(e)})") from None
+    if task.kind != "generation":
+        _embeddings_from_tied_lm_head(m, info, model)
     check_only_head_reinitialised(m, info, model)
     if task.kind != "generation":
         reset_head(m)
@@ -128,6 +130,29 @@ def is_causal_config(config) -> bool:
 
     return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not getattr(config, "is_encoder_decoder", False) \
         and getattr(config, "model_type", "") not in ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+
+
+def _embeddings_from_tied_lm_head(m, info: dict, model: str) -> None:
+    """A causal LM with tied embeddings may store the shared matrix under ``lm_head.weight`` only
+    (safetensors keeps one name per shared tensor; the smollm2 folder is such a file). A
+    classifier built from it has no LM head, so the matrix arrives as an unexpected key and the
+    input embeddings as missing: load them from that tensor."""
+    import torch
+    from safetensors import safe_open
+
+    emb = m.get_input_embeddings()
+    name = next((n for n, p in m.named_parameters() if p is emb.weight), None)
+    missing = [str(k) for k in info.get("missing_keys") or ()]
+    if (name not in missing or "lm_head.weight" not in {str(k) for k in info.get("unexpected_keys") or ()}
+            or not getattr(m.config, "tie_word_embeddings", False)):
+        return
+    for f in sorted(Path(resolve_model(model)).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            if "lm_head.weight" in fh.keys():
+                with torch.no_grad():
+                    emb.weight.copy_(fh.get_tensor("lm_head.weight"))
+                info["missing_keys"] = [k for k in info["missing_keys"] if str(k) != name]
+                return
 
 
 def check_only_head_reinitialised(m, info: dict, model: str) -> None:

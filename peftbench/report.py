@@ -257,6 +257,9 @@ def _ratio(ms, ratio):
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """Human-readable columns with ↑/↓ markers, for Markdown / LaTeX / HTML."""
     rows = []
+    # a task's further metrics (generation: NIST, METEOR, ROUGE-L, CIDEr next to BLEU), one column each
+    extra = [c[: -len("_mean")] for c in summary.columns
+             if c.endswith("_mean") and c != "metric_mean" and f"m_{c[: -len('_mean')]}" not in summary.columns]
     for _, r in summary.iterrows():
         knob = f"{r.knob}={int(r.knob_value)}" if isinstance(r.knob, str) and pd.notna(r.knob_value) else "fixed"
         if isinstance(r.budget, str) and r.budget:
@@ -270,7 +273,9 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "params ↓ (% base)": f"{_count(r.trainable_params)} ({_n(r.trainable_pct, '{:.3f}')}%)" if pd.notna(r.trainable_params) else "",
             "budget (dev)": budget,
             "metric": f"{metric} {arrow} {_n(r.metric_mean, '{:.4f}')}" if pd.notna(r.metric_mean) else "",
-            "±": _n(r.metric_std, "{:.4f}"), "seeds": int(r.n_seeds),
+            "±": _n(r.metric_std, "{:.4f}"),
+            **{name: _n(r.get(f"{name}_mean"), "{:.4f}") for name in extra},
+            "seeds": int(r.n_seeds),
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
             "MFU": _n(100 * r.mfu if pd.notna(r.mfu) else None, "{:.1f}%"),
@@ -297,7 +302,7 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     if not any(isinstance(v, str) for v in summary.get("lr_selection", [])):  # no search: lr in the caption
         out = out.drop(columns=["lr"])
-    for col in ("search s", "merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
+    for col in (*extra, "search s", "merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
                 "per token bN ms (vs base)", "gen tok/s ↑", "b1 ms ↓ (vs base)", "b1 merged", "bN ms ↓ (vs base)",
                 "bN merged"):  # empty for every row (not measured, or records from before they were kept)
         if col in out and (out[col] == "").all():

