@@ -241,6 +241,7 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 @click.option("--search-seeds", default="0", show_default=True, help="Learning-rate search: seeds per candidate.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
+@click.option("--dry-run", is_flag=True, help="Plan the sweep and say what has an ok record already; run nothing.")
 @plugin_option
 @click.pass_context
 def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs, max_steps, train_samples,
@@ -248,7 +249,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
         rerun_stale, timeout_per_run, progress, eval_split, eval_samples, num_beams, length_penalty,
         no_repeat_ngram_size, max_new_tokens, meteor, lr_search, lr_grid, val_samples, search_seeds, config,
-        plugin_files):
+        dry_run, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
     from .plan import SweepSettings, plan_all
@@ -283,7 +284,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     the_plan = plan_all(settings)  # validates everything before any training starts
-    check_output_dir(out)
+    if not dry_run:
+        check_output_dir(out)
     for message in the_plan.warnings:
         click.echo(f"warning: {message}", err=True)
     if the_plan.solutions:
@@ -293,6 +295,20 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     click.echo(f"{len(the_plan.specs) + len(the_plan.templates)} run(s) -> {out}"
                + (f", after {len(the_plan.searches)} learning-rate search run(s) -> {out / 'search'}"
                   if the_plan.searches else ""), err=True)
+
+    if dry_run:  # what the sweep would do: planned runs, and how many already have an ok record
+        from .records import load_records
+
+        def done(folder, specs):
+            have = load_records(folder) if folder.is_dir() else {}
+            return sum(1 for s in specs if have.get(s["run_id"], {}).get("status") == "ok")
+
+        searched = ("; the runs at searched rates get their ids once their search is done: "
+                    f"{len(the_plan.templates)} of them" if the_plan.templates else "")
+        click.echo(f"dry run: {done(out / 'search', the_plan.searches)} of {len(the_plan.searches)} search run(s) and "
+                   f"{done(out, the_plan.specs)} of {len(the_plan.specs)} run(s) at a fixed rate have an ok record in "
+                   f"{out}{searched}; nothing was run", err=True)
+        return
 
     def on_record(rec, i, n):
         click.echo(f"[{i}/{n}] {_summary_line(rec)}", err=True)
@@ -411,34 +427,52 @@ def score(ctx, predictions, task_name, split, data_dir, fmt, meteor, plugin_file
 
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html", "json"]), default="md", show_default=True)
-@click.option("--output", "-o", type=click.Path(), default=None, help="Write to a file instead of stdout.")
-@click.option("--plot", type=click.Path(), default=None, help="Also write a PNG plot (metric vs params, latency).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html", "json"]), default="md", show_default=True,
+              help="html: one self-contained page (summary, sortable tables, plots inline).")
+@click.option("--output", "--out", "-o", "output", type=click.Path(), default=None,
+              help="Write to a file instead of stdout.")
+@click.option("--summary", "summary_only", is_flag=True,
+              help="The summary across tasks (rows: method configurations; columns: tasks, mean rank, costs).")
+@click.option("--plot", type=click.Path(), default=None, help="Also write a PNG: metric vs trainable parameters per task.")
+@click.option("--cost-plot", type=click.Path(), default=None,
+              help="Also write a PNG: latency over base, throughput and peak memory per method and task.")
 @click.option("--task", "task_filter", default=None, help="Only these tasks (comma list).")
-def report(dirs, fmt, output, plot, task_filter):
-    """Print the comparison table of the records in DIR(s)."""
+def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter):
+    """Print the comparison table of the records in DIR(s) and every record folder below them."""
     from . import report as rep
     from .records import load_records, write_atomic
+    from .report import overview, page
 
     records = {}
     for d in dirs:
         if not Path(d).is_dir():
             raise PeftbenchError(f"{d} is not a folder of run records; give the --out folder of a run")
-        records.update(load_records(Path(d), warn=lambda m: click.echo(f"warning: {m}", err=True)))
+        for folder in rep.record_folders(Path(d)):
+            records.update(load_records(folder, warn=lambda m: click.echo(f"warning: {m}", err=True)))
     if not records:
-        raise PeftbenchError(f"no run records found in {', '.join(dirs)}")
+        raise PeftbenchError(f"no run records found in or below {', '.join(dirs)}; give the --out folder of a run "
+                             "(the one holding records/)")
     _warn_stale(records.values())
     df = rep.records_frame(records.values())
     if task_filter:
         df = df[df.task.isin([t.strip() for t in task_filter.split(",")])]
     summary = rep.summarize(df)
-    text = rep.render(summary, fmt)
+    if summary_only:
+        ov = overview.overview(summary)
+        text = (overview.to_markdown(ov) if fmt == "md" else ov.to_csv(index=False) if fmt == "csv"
+                else page.render_page(summary) if fmt == "html" else None)
+        if text is None:
+            raise PeftbenchError(f"--summary is written as md, csv or html, not {fmt}; drop --summary or pick one")
+    else:
+        text = page.render_page(summary) if fmt == "html" else rep.render(summary, fmt)
     if output:
         write_atomic(Path(output), text, text=True)
     else:
         click.echo(text, nl=False)
     if plot:
         rep.plot(summary, plot)
+    if cost_plot:
+        rep.plots.plot_costs(summary, cost_plot)
 
 
 def _warn_stale(records) -> None:

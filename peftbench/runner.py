@@ -79,6 +79,8 @@ def environment(device: str, precision: str = "fp32") -> dict:
         "cpu_count": os.cpu_count(),
         "device": device,
         "torch_threads": torch.get_num_threads(),
+        # the CPUs this process may run on (taskset, cgroups, a scheduler's slot), not the machine's count
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "pid": os.getpid(),
     }
     if device == "cuda":
@@ -239,6 +241,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     else:
         pred, gold = predict(model, eval_ds, collate, device, precision=precision)
         result["metrics"] = task.score(pred, gold)
+        result["trivial"] = trivial_baseline(task, train_ds, gold)
     if "metric_directions" not in result:
         result["metric_directions"] = {m: d for m, d in task.directions().items() if m in result["metrics"]}
     if search:
@@ -276,6 +279,19 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         result["latency"] = measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, device, lat)
     phases["latency"] = _lap(clock)
     return result
+
+
+def trivial_baseline(task, train_ds, gold) -> dict:
+    """What "learned nothing" scores on the same evaluation examples: the majority class of the
+    run's training examples (classification) or their mean target (regression), predicted for
+    every example. Reports show it as each task's baseline row."""
+    labels = np.asarray(train_ds["labels"])
+    if task.is_regression:
+        value, kind = float(labels.mean()), "the mean training target for every example"
+    else:
+        classes, counts = np.unique(labels, return_counts=True)
+        value, kind = int(classes[np.argmax(counts)]), "the majority class of the training examples for every example"
+    return {"predicts": value, "kind": kind, "metrics": task.score(np.full(len(gold), value), gold)}
 
 
 def _lap(clock: list) -> float:

@@ -96,11 +96,13 @@ def settings_from(values: dict, path):
         kw["meteor"] = _bool(values["meteor"], "meteor", path)
     if "lr_search" in values:
         kw["lr_search"] = _bool(values["lr_search"], "lr_search", path)
-    if "lr_grid" in values:  # { lora = [1e-4, 3e-4], full = [1e-5, 3e-5] }
+    if "lr_grid" in values:  # { lora = [1e-4, 3e-4], full = [1e-5, 3e-5] }: the grids of this sweep's methods
         grid = values["lr_grid"]
         if not isinstance(grid, dict):
             raise PeftbenchError(f"{path}: lr_grid must be a table of method = [rates]")
-        kw["lr_grid"] = tuple(f"{m}={','.join(map(str, r if isinstance(r, list) else [r]))}" for m, r in grid.items())
+        names = _method_names(values.get("methods", []))
+        kw["lr_grid"] = tuple(f"{m}={','.join(map(str, r if isinstance(r, list) else [r]))}" for m, r in grid.items()
+                              if m in names)
     if "search_seeds" in values:
         kw["search_seeds"] = _text("search_seeds", values["search_seeds"], path)
     if "keep_checkpoints" in values:
@@ -115,6 +117,20 @@ def settings_from(values: dict, path):
                                      values.get("latency_min_time", 2.0))
     valid = {f.name for f in dataclasses.fields(SweepSettings)}
     return SweepSettings(**{k: v for k, v in kw.items() if k in valid})
+
+
+def _method_names(methods) -> set[str]:
+    """``["lora", "adapter[placement=pfeiffer]"]`` (or the comma text) -> {"lora", "adapter"}."""
+    text = ",".join(methods) if isinstance(methods, list) else str(methods)
+    names, depth, current = set(), 0, ""
+    for ch in text + ",":
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            names.add(current.split("[")[0].strip())
+            current = ""
+        else:
+            current += ch
+    return names - {""}
 
 
 def _bool(value, key, path) -> bool:
@@ -160,6 +176,13 @@ def load(path) -> tuple[list, Path | None]:
             if "lr" in overrides and "lr" in merged and isinstance(merged["lr"], dict) and isinstance(overrides["lr"], dict):
                 overrides = {**overrides, "lr": {**merged["lr"], **overrides["lr"]}}
             settings.append(settings_from({**merged, **overrides, "tasks": names}, path))
+    for entry in entries:
+        grid = {**defaults, **entry}.get("lr_grid")
+        if isinstance(grid, dict):
+            unrun = sorted(set(grid) - set().union(*(_method_names({**defaults, **e}.get("methods", [])) for e in entries)))
+            if unrun:
+                raise PeftbenchError(f"{path}: lr_grid names {unrun[0]}, which no sweep runs; add it to methods or "
+                                     "remove it from lr_grid")
     unused = sorted(set(per_task) - all_tasks)
     if unused:
         raise PeftbenchError(f"{path}: [task.{unused[0]}] names a task that no sweep runs; add it to tasks or remove the table")

@@ -78,7 +78,13 @@ def test_report_formats(sweep, tmp_path):
     assert csv.returncode == 0, csv.stderr
     df = pd.read_csv(pd.io.common.StringIO(csv.stdout))
     assert list(df.columns[: len(CSV_COLUMNS)]) == CSV_COLUMNS
-    assert len(df) == 6 and set(df.n_seeds) == {2}
+    # the runs' records say what the majority class of their training examples scores: one baseline row
+    base = df[df.role == "baseline"]
+    assert list(base.config) == ["trivial baseline (majority class)"] and base.index[0] == 0
+    trivial = records(out)[0]["trivial"]
+    assert base.metric_mean.iloc[0] == trivial["metrics"]["accuracy"] and trivial["predicts"] in (0, 1)
+    df = df[df.role == "method"]
+    assert len(df) == 6 and set(df.n_seeds) == {2} and df.best.sum() == 1
     assert set(df.config) == {"full", "bitfit", "lora", "adapter", "adapter[placement=pfeiffer]", "prefix"}
     lora = df[df.method == "lora"].iloc[0]
     assert lora.metric == "accuracy" and lora.status == "ok" and lora.budget_params == 1000

@@ -14,10 +14,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from .records import ID_DEFAULTS
+from ..records import ID_DEFAULTS
+from .stats import LEVEL, add_significance
 
 CSV_COLUMNS = [
     "task", "method", "config", "knob", "knob_value", "n_seeds", "metric", "metric_mean", "metric_std",
+    "role", "best", "gap_to_best", "gap_ci_low", "gap_ci_high", "gap_test", "within_noise",
     "trainable_params", "trainable_pct", "head_params", "train_samples_per_s", "status",
     "budget", "budget_params", "budget_deviation_pct", "fixed",
     "tokens_per_s", "throughput_vs_full", "peak_mem_mb", "peak_mem_delta_mb",
@@ -27,7 +29,7 @@ CSV_COLUMNS = [
     "latency_b1_ratio", "latency_b1_merged_ratio", "latency_bN_ratio", "latency_bN_merged_ratio",
     "effective_seq_len", "checkpoint_bytes",
     "model", "lr", "epochs", "max_steps", "train_samples", "train_subset", "batch_size", "max_seq_len", "device",
-    "task_version", "machine_gflops", "precision", "mfu", "generated_tokens_per_s",
+    "task_version", "machine_gflops", "threads", "precision", "mfu", "generated_tokens_per_s",
     *(f"gen_{what}_{size}{tag}" for size in ("b1", "bN") for what in ("ttft", "per_token")
       for tag in ("_ms", "_ratio", "_merged_ratio")),
     "lr_selection", "search_seconds", "search_steps", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
@@ -91,6 +93,7 @@ def record_row(rec: dict) -> dict:
         "effective_seq_len": _get(rec, "latency", "effective_seq_len"),
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
+        "threads": _get(rec, "env", "torch_threads"),
         "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
         "lr_selection": spec.get("lr_selection"),
         "search_seconds": _get(spec, "lr_search", "seconds"), "search_steps": _get(spec, "lr_search", "steps"),
@@ -113,6 +116,7 @@ def record_row(rec: dict) -> dict:
     }
     for name, value in metrics.items():
         row[f"m_{name}"] = value
+    row["_trivial"] = rec.get("trivial")  # what predicting the majority class / mean target scores
     if metrics:
         row["metric"] = next(iter(metrics))
         row["metric_direction"] = (rec.get("metric_directions") or {}).get(row["metric"], "higher")
@@ -181,10 +185,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["status"] = _status(g.status)
         metric_cols = [c for c in g.columns if c.startswith("m_")]
         row["metric"] = ok["metric"].iloc[0] if len(ok) and "metric" in ok else None
+        row["_seeds"] = {}
         if row["metric"]:
             values = ok[f"m_{row['metric']}"].astype(float)
             row["metric_mean"] = values.mean()
             row["metric_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row["_seeds"] = dict(zip(ok.seed, values))  # seed -> value, for the paired gap to the best row
+        # nothing trained at all (the untuned model on a generation task): the floor, not a contender
+        untuned = (first.get("trainable_params") == 0 and not (first.get("head_params") or 0))
+        row["role"] = "baseline" if untuned else "method"
         for c in ("git_commit", "host_code", "libraries"):  # where the row came from: every distinct value
             values = sorted({v for v in (ok if len(ok) else g)[c] if isinstance(v, str)}) if c in g else []
             row[c] = ",".join(values) if values else None
@@ -209,9 +218,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             row["merged_max_abs_diff"] = float(ok.merged_max_abs_diff.astype(float).max())
         rows.append(row)
     _tell_apart(rows)
+    rows += baseline_rows(df, rows)
     out = pd.DataFrame(rows).drop(columns="_setup")
     order = {name: i for i, name in enumerate(METHOD_ORDER)}
-    out["_rank"] = [order.get(m, len(order)) for m in out.method]
+    out["_rank"] = [-1 if role == "baseline" else order.get(m, len(order)) for m, role in zip(out.method, out.role)]
     out["_budget"] = out.budget_params.fillna(-1) if "budget_params" in out else -1
     out = out.sort_values(["task", "_budget", "_rank", "config", "knob_value"], kind="stable", na_position="first")
     out = out.drop(columns=["_rank", "_budget"]).reset_index(drop=True)
@@ -226,11 +236,42 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 full = full[(full[c] == r[c]) | (full[c].isna() & pd.isna(r[c]))]
             if len(full) and full.train_samples_per_s.notna().any():
                 out.loc[i, "throughput_vs_full"] = r.train_samples_per_s / full.train_samples_per_s.dropna().iloc[0]
+    out = add_significance(out)
     extra = [c for c in out.columns if c not in CSV_COLUMNS]
     for c in CSV_COLUMNS:
         if c not in out:
             out[c] = np.nan
     return out[CSV_COLUMNS + extra]
+
+
+def baseline_rows(df: pd.DataFrame, rows: list[dict]) -> list[dict]:
+    """One "learned nothing" row per task from the runs' own records of it (the majority class, or
+    the mean target, of the training examples predicted for every evaluation example), for tasks
+    that have no untuned-model row already."""
+    if "_trivial" not in df:
+        return []
+    out = []
+    have = {r["task"] for r in rows if r.get("role") == "baseline"}
+    for task, g in df[df.status == "ok"].groupby("task", sort=False):
+        found = [t for t in g._trivial if isinstance(t, dict)]
+        if task in have or not found:
+            continue
+        counts: dict = {}
+        for t in found:
+            counts.setdefault(json.dumps(t, sort_keys=True), []).append(t)
+        trivial = max(counts.values(), key=len)[0]  # the runs' training subsets agree on it (or most do)
+        metric = next((r["metric"] for r in rows if r["task"] == task and r.get("metric")), None)
+        if metric not in trivial["metrics"]:
+            continue
+        label = "mean target" if "mean" in trivial["kind"] else "majority class"
+        row = {"task": task, "method": "trivial", "config": f"trivial baseline ({label})", "role": "baseline",
+               "metric": metric, "metric_mean": trivial["metrics"][metric], "metric_std": np.nan, "n_seeds": 0,
+               "status": "ok" if len(counts) == 1 else f"{len(counts)} different baselines; most common shown",
+               "metric_direction": next((r.get("metric_direction") for r in rows if r["task"] == task), "higher"),
+               "fixed": True, "_seeds": {}, "_setup": {}, "trainable_params": 0}
+        row.update({f"{name}_mean": v for name, v in trivial["metrics"].items() if name != metric})
+        out.append(row)
+    return out
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -254,8 +295,45 @@ def _ratio(ms, ratio):
     return f"{ms:.1f} ({ratio:.2f}x)"
 
 
-def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable columns with ↑/↓ markers, for Markdown / LaTeX / HTML."""
+def _gap(r) -> str:
+    if r.get("best") is True:
+        return "best"
+    if pd.isna(r.get("gap_to_best")):
+        return ""
+    if pd.isna(r.get("gap_ci_low")):
+        return f"{r.gap_to_best:+.4f}"
+    return f"{r.gap_to_best:+.4f} [{r.gap_ci_low:+.4f}, {r.gap_ci_high:+.4f}]" + (" ≈" if r.within_noise else "")
+
+
+# display column -> (summary column, which is best) for the best-per-task marking
+BEST_OF = {"metric": (None, None), "params ↓ (% base)": ("trainable_params", "min"),
+           "samples/s ↑": ("train_samples_per_s", "max"), "peak MB ↓ (Δ train)": ("peak_mem_mb", "min"),
+           "b1 ms ↓ (vs base)": ("latency_b1_ms", "min"), "bN ms ↓ (vs base)": ("latency_bN_ms", "min"),
+           "ckpt ↓": ("checkpoint_bytes", "min")}
+
+
+def _best_cells(summary: pd.DataFrame) -> dict[str, set]:
+    """display column -> the summary indices holding the best value of their task (methods only)."""
+    out: dict[str, set] = {}
+    rows = summary[summary.get("role", pd.Series("method", index=summary.index)) != "baseline"]
+    for col, (source, how) in BEST_OF.items():
+        if source is None:
+            out[col] = set(summary.index[summary.get("best", pd.Series(False, index=summary.index)) == True])  # noqa: E712
+            continue
+        out[col] = set()
+        for _, g in rows.groupby("task", sort=False):
+            v = g[source].astype(float) if source in g else pd.Series(dtype=float)
+            if source == "trainable_params":
+                v = v[v > 0]  # a row that trains nothing of its own (a probe) is not the cheapest method
+            if v.notna().sum() > 1 and v.nunique() > 1:  # all alike: no best
+                target = v.min() if how == "min" else v.max()
+                out[col] |= set(v.index[v == target])
+    return out
+
+
+def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
+    """Human-readable columns with ↑/↓ markers, for Markdown / LaTeX / HTML. ``mark(text)`` wraps
+    the best value of each task in the marked columns (bold)."""
     rows = []
     # a task's further metrics (generation: NIST, METEOR, ROUGE-L, CIDEr next to BLEU), one column each
     extra = [c[: -len("_mean")] for c in summary.columns
@@ -267,6 +345,8 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
         else:
             budget = "fixed" if r.fixed else ""
         metric = r.metric if isinstance(r.metric, str) else "metric"
+        if r.get("role") == "baseline" and r.method == "trivial":
+            knob = budget = ""
         arrow = "↓" if r.get("metric_direction") == "lower" else "↑"
         rows.append({
             "task": r.task, "method": r.config, "size": knob,
@@ -274,12 +354,13 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "budget (dev)": budget,
             "metric": f"{metric} {arrow} {_n(r.metric_mean, '{:.4f}')}" if pd.notna(r.metric_mean) else "",
             "±": _n(r.metric_std, "{:.4f}"),
+            "vs best (95% CI)": _gap(r),
             **{name: _n(r.get(f"{name}_mean"), "{:.4f}") for name in extra},
-            "seeds": int(r.n_seeds),
+            "seeds": int(r.n_seeds) if r.n_seeds or r.method != "trivial" else "–",
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
             "MFU": _n(100 * r.mfu if pd.notna(r.mfu) else None, "{:.1f}%"),
-            "peak MB ↓ (Δ train)": f"{_n(r.peak_mem_mb, '{:,.0f}')} (+{_n(r.peak_mem_delta_mb, '{:,.0f}')})" if pd.notna(r.peak_mem_mb) else "",
+            "peak MB ↓ (Δ train)": _n(r.peak_mem_mb, '{:,.0f}') + (f" (+{r.peak_mem_delta_mb:,.0f})" if pd.notna(r.peak_mem_delta_mb) else ""),
             "activations MB ↓": _n(r.activation_mb, "{:,.1f}"),
             "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_b1_ratio),
             "b1 merged": _ratio(r.latency_b1_merged_ms, r.latency_b1_merged_ratio),
@@ -299,7 +380,15 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "commit": r.git_commit if isinstance(r.git_commit, str) else "",
             "status": r.status,
         })
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, index=summary.index)
+    if mark is not None:
+        for col, where in _best_cells(summary).items():
+            for i in where:
+                if col in out and out.at[i, col]:
+                    out.at[i, col] = mark(out.at[i, col])
+    out = out.reset_index(drop=True)
+    if (out["vs best (95% CI)"] == "").all() or (out["vs best (95% CI)"].isin(["", "best"])).all():
+        out = out.drop(columns="vs best (95% CI)")  # one contender per task: nothing to compare
     if not any(isinstance(v, str) for v in summary.get("lr_selection", [])):  # no search: lr in the caption
         out = out.drop(columns=["lr"])
     for col in (*extra, "search s", "merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
@@ -320,7 +409,8 @@ def setup_lines(summary: pd.DataFrame) -> list[str]:
     for col, label in (("model", "model"), ("train_samples", "train examples"), ("train_subset", "train subset"),
                        ("epochs", "epochs"),
                        ("max_steps", "max steps"), ("batch_size", "batch"), ("max_seq_len", "max length"),
-                       ("device", "device"), ("precision", "precision"), ("latency_seq_len", "latency seq len"),
+                       ("device", "device"), ("precision", "precision"), ("threads", "torch threads"),
+                       ("latency_seq_len", "latency seq len"),
                        ("latency_N", "latency batch N")):
         values = summary[col].dropna().unique() if col in summary else []
         if len(values):
@@ -349,7 +439,7 @@ def provenance_lines(summary: pd.DataFrame) -> list[str]:
 def to_markdown(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no records)\n"
-    disp = display_frame(summary)
+    disp = display_frame(summary, mark=lambda t: f"**{t}**")
     head = "| " + " | ".join(disp.columns) + " |"
     sep = "|" + "|".join("---" for _ in disp.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False)]
@@ -372,6 +462,13 @@ def to_markdown(summary: pd.DataFrame) -> str:
            "first batch of training examples in file order (distinct tensors, parameters and buffers "
            "excluded; allocator-independent). "
            if "activations MB ↓" in disp else "")
+        + (f"vs best: the row's gap to the best row of its task (primary metric) with a {int(100 * LEVEL)}% "
+           "confidence interval over seeds (paired t over shared seeds, else a bootstrap); ≈ = the interval "
+           "contains 0 (within noise). " if "vs best (95% CI)" in disp else "")
+        + ("Bold: the best value of its task in that column. " if any("**" in str(v) for v in disp.values.ravel()) else "")
+        + ("Trivial baseline: the majority class (regression: the mean target) of the training examples, "
+           "predicted for every evaluation example; what learning nothing scores. "
+           if (summary.get("method") == "trivial").any() else "")
         + "Metric: mean ± sample std over seeds; costs: medians over seeds. Latency: median ms "
         "(in brackets the median over seeds of each run's ratio to the base model timed in the "
         "same process); bN = batch N. Throughput and latency in ms come from separate runs: "
@@ -390,68 +487,41 @@ def to_markdown(summary: pd.DataFrame) -> str:
 
 
 def to_latex(summary: pd.DataFrame) -> str:
-    disp = display_frame(summary).rename(columns=lambda c: c.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$"))
-    disp = disp.map(lambda v: str(v).replace("%", r"\%").replace("_", r"\_"))
+    disp = display_frame(summary, mark=lambda t: MARK + t).rename(columns=lambda c: c.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$"))
+    disp = disp.map(lambda v: _latex_cell(str(v)))
     disp.columns = [c.replace("%", r"\%") for c in disp.columns]
     return disp.to_latex(index=False, escape=False)
 
 
-def to_html(summary: pd.DataFrame) -> str:
-    return display_frame(summary).to_html(index=False, border=0)
+MARK = "\x00"  # a best value, before escaping
+
+
+def _latex_cell(v: str) -> str:
+    best = v.startswith(MARK)
+    v = v.lstrip(MARK).replace("%", r"\%").replace("_", r"\_").replace("≈", r"$\approx$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+    return rf"\textbf{{{v}}}" if best else v
+
+
+def _html_cell(v) -> str:
+    import html
+
+    v = str(v)
+    return f"<b>{html.escape(v[1:])}</b>" if v.startswith(MARK) else html.escape(v)
+
+
+def to_html(summary: pd.DataFrame, table_id: str | None = None) -> str:
+    disp = display_frame(summary, mark=lambda t: MARK + t).map(_html_cell)
+    return disp.to_html(index=False, border=0, escape=False, table_id=table_id)
 
 
 def render(summary: pd.DataFrame, fmt: str) -> str:
+    summary_out = summary.drop(columns=[c for c in summary.columns if c.startswith("_")])
     if fmt == "csv":
-        return summary.to_csv(index=False)
+        return summary_out.to_csv(index=False)
     if fmt == "json":
-        return summary.to_json(orient="records", indent=1)
+        return summary_out.to_json(orient="records", indent=1)
     if fmt == "latex":
         return to_latex(summary)
     if fmt == "html":
         return to_html(summary)
     return to_markdown(summary)
-
-
-# -- plots -------------------------------------------------------------------------------
-def plot(summary: pd.DataFrame, path) -> None:
-    """Metric vs trainable parameters (log x) and batch-1 latency ratio to base, per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = summary[summary.metric_mean.notna()]
-    tasks = list(ok.task.unique()) or ["-"]
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4.2 * len(tasks)), squeeze=False)
-    for row, task in enumerate(tasks):
-        t = ok[ok.task == task]
-        ax = axes[row][0]
-        for config, g in t.groupby("config", sort=False):
-            g = g.sort_values("trainable_params")
-            ax.errorbar(g.trainable_params, g.metric_mean, yerr=g.metric_std.fillna(0), marker="o", capsize=3, label=config)
-        ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters (method's own, log)")
-        ax.set_ylabel(f"{t.metric.iloc[0] if len(t) else 'metric'} (mean ± std over seeds)")
-        ax.set_title(f"{task}: metric vs trainable parameters")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax = axes[row][1]
-        labels, unmerged, merged = [], [], []
-        for _, r in t.iterrows():
-            if pd.notna(r.latency_b1_ratio):
-                knob = f" {r.knob}={int(r.knob_value)}" if pd.notna(r.knob_value) else ""
-                labels.append(f"{r.config}{knob}")
-                unmerged.append(r.latency_b1_ratio)
-                merged.append(r.latency_b1_merged_ratio)
-        x = np.arange(len(labels))
-        ax.bar(x - 0.2, unmerged, 0.4, label="unmerged")
-        ax.bar(x + 0.2, merged, 0.4, label="merged")
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_ylim(0.9, None)
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("batch-1 latency / base\n(same process, median over seeds)")
-        ax.set_title(f"{task}: inference latency vs base")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

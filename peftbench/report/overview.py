@@ -1,0 +1,136 @@
+"""The summary across tasks: rows = method configurations, columns = each task's primary metric,
+the mean rank and the costs. Built from the per-task summary (``table.summarize``).
+
+A configuration at its task's main budget (the budget most of that task's rows were run at) is
+one row across tasks, by its label; at another budget it is a row of its own (``lora @ 0.1%``).
+The trivial baseline of every task (majority class, mean target, untuned model) is one row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+BASELINE = "trivial baseline / untuned model"
+COSTS = (("trainable_pct", "params % base ↓"), ("throughput_vs_full", "samples/s vs full ↑"),
+         ("latency_b1_ratio", "b1 latency vs base ↓"), ("latency_b1_merged_ratio", "b1 merged vs base ↓"),
+         ("peak_mem_mb", "peak MB ↓"), ("checkpoint_bytes", "ckpt ↓"))
+
+
+def _key(r, main_budget) -> str:
+    if r.get("role") == "baseline":
+        return BASELINE
+    key = r.config
+    if isinstance(r.budget, str) and r.budget and r.budget != main_budget.get(r.task):
+        key += f" @ {r.budget}"
+    return key
+
+
+def overview(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: ``<task>`` = mean, ``<task>_std``, ``<task>_best`` /
+    ``<task>_noise`` (best of the task / within noise of it), ``<task>_rank``; ``mean_rank``,
+    ``n_tasks`` and the costs (medians over tasks)."""
+    s = summary[summary.metric_mean.notna()].copy()
+    if s.empty:
+        return pd.DataFrame()
+    main_budget = {t: g.budget.dropna().mode().iloc[0] if g.budget.notna().any() else None
+                   for t, g in s[s.role != "baseline"].groupby("task")}
+    s["_key"] = [_key(r, main_budget) for _, r in s.iterrows()]
+    tasks = list(dict.fromkeys(s.task))
+    rows: dict[str, dict] = {}
+    for task in tasks:
+        t = s[s.task == task]
+        lower = t.metric_direction.iloc[0] == "lower"
+        contenders = t[t.role != "baseline"]
+        ranks = contenders.metric_mean.rank(ascending=lower, method="min")
+        for i, r in t.iterrows():
+            row = rows.setdefault(r._key, {"config": r._key, "_costs": {c: [] for c, _ in COSTS}})
+            if task in row:  # two rows of one task under one key (e.g. two setups): keep the better
+                better = r.metric_mean < row[task] if lower else r.metric_mean > row[task]
+                if not better:
+                    continue
+            row[task], row[f"{task}_std"] = r.metric_mean, r.metric_std
+            row[f"{task}_best"] = bool(r.get("best"))
+            row[f"{task}_noise"] = r.get("within_noise") is True
+            row[f"{task}_rank"] = ranks.get(i, np.nan)
+            for c, _ in COSTS:
+                if c in r and pd.notna(r[c]):
+                    row["_costs"][c].append(float(r[c]))
+    out = []
+    for row in rows.values():
+        task_ranks = [row[f"{t}_rank"] for t in tasks if pd.notna(row.get(f"{t}_rank", np.nan))]
+        row["mean_rank"] = float(np.mean(task_ranks)) if task_ranks else np.nan
+        row["n_tasks"] = sum(t in row for t in tasks)
+        for c, _ in COSTS:
+            values = row["_costs"][c]
+            row[c] = float(np.median(values)) if values else np.nan
+        del row["_costs"]
+        out.append(row)
+    df = pd.DataFrame(out)
+    df["_baseline"] = df.config == BASELINE
+    df = df.sort_values(["_baseline", "mean_rank"], ascending=[False, True], na_position="last", kind="stable")
+    df = df.drop(columns="_baseline").reset_index(drop=True)
+    df.attrs["tasks"] = tasks
+    df.attrs["metrics"] = {t: s[s.task == t].metric.iloc[0] for t in tasks}
+    df.attrs["models"] = {t: ", ".join(sorted({str(m) for m in s[s.task == t].model.dropna()})) for t in tasks}
+    return df
+
+
+def _count(x) -> str:
+    from .table import _count as count
+
+    return count(x)
+
+
+def display(ov: pd.DataFrame, mark=None) -> pd.DataFrame:
+    """Readable cells: ``0.8123 ± 0.0040`` per task (best of the task marked, ≈ within noise of it)."""
+    mark = mark or (lambda t: t)
+    tasks = ov.attrs.get("tasks", [])
+    cells = []
+    for _, r in ov.iterrows():
+        cell = {"method": r.config}
+        for t in tasks:
+            v = r.get(t)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cell[t] = ""
+                continue
+            text = f"{v:.4f}" + (f" ± {r[f'{t}_std']:.4f}" if pd.notna(r.get(f"{t}_std")) else "")
+            text += " ≈" if r.get(f"{t}_noise") else ""
+            cell[t] = mark(text) if r.get(f"{t}_best") else text
+        cell["mean rank ↓"] = f"{r.mean_rank:.1f} ({r.n_tasks})" if pd.notna(r.mean_rank) else ""
+        for c, name in COSTS:
+            v = r.get(c)
+            if pd.isna(v):
+                cell[name] = ""
+            elif c == "checkpoint_bytes":
+                cell[name] = _count(v) + "B"
+            elif c == "trainable_pct":
+                cell[name] = f"{v:.3f}%"
+            elif c == "peak_mem_mb":
+                cell[name] = f"{v:,.0f}"
+            else:
+                cell[name] = f"{v:.2f}x"
+        cells.append(cell)
+    out = pd.DataFrame(cells)
+    metrics, models = ov.attrs.get("metrics", {}), ov.attrs.get("models", {})
+    out.columns = [f"{c} ({metrics[c]}{', ' + models[c] if len(set(models.values())) > 1 else ''})"
+                   if c in metrics else c for c in out.columns]
+    return out.loc[:, [c for c in out.columns if not (out[c] == "").all()]]
+
+
+def to_markdown(ov: pd.DataFrame) -> str:
+    if ov.empty:
+        return "(no records)\n"
+    disp = display(ov, mark=lambda t: f"**{t}**")
+    head = "| " + " | ".join(disp.columns) + " |"
+    sep = "|" + "|".join("---" for _ in disp.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False)]
+    models = sorted(set(ov.attrs.get("models", {}).values()))
+    note = ("\nEach task: its primary metric, mean ± std over seeds (bold: the best of the task; ≈: within "
+            "noise of it, the 95% interval of the gap containing 0). Mean rank: over the tasks the row has "
+            "(in brackets), 1 = best of a task. Costs: medians over the tasks. A configuration at another than "
+            "its task's main budget is a row of its own (@ budget). "
+            f"Model{'s' if len(models) > 1 else ''}: {', '.join(models)}. Per-task tables give every column.\n")
+    return "\n".join([head, sep, *body]) + "\n" + note

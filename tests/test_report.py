@@ -1,0 +1,200 @@
+"""Report features on hand-made records: the gap to the best row with its interval, the trivial
+baseline row, bold best values, the summary across tasks, plots, record-folder discovery and the
+HTML page (in a real headless browser)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from peftbench.report import overview, record_folders, records_frame, render, summarize
+from peftbench.report.plots import pareto_front
+from peftbench.report.stats import gap_interval
+
+
+def fake_record(task, method, seed, value, *, params=1000, knob="r", knob_value=8, metric="accuracy",
+                trivial=0.5, direction="higher", budget="lora:r=8", sps=100.0, lat=1.05):
+    spec = {"task": task, "method": method, "label": method, "seed": seed, "knob": knob, "knob_value": knob_value,
+            "budget": budget, "budget_params": 1000 if budget else None, "lr": 1e-3, "model": "tiny", "epochs": 1,
+            "batch_size": 8, "max_seq_len": 64, "device": "cpu", "precision": "fp32", "task_version": 1}
+    rid = f"{task}-{method}-{knob_value}-{seed}"
+    return {"run_id": rid, "status": "ok", "spec": spec, "metrics": {metric: value},
+            "metric_directions": {metric: direction},
+            "params": {"method": params, "head": 10, "method_pct": params / 1e5},
+            "train": {"samples_per_s": sps, "steps": 10}, "memory": {"peak_mem_bytes": 2**30},
+            "latency": {"timings": {"unmerged_b1": {"median_ms": 10.0 * lat}, "base_b1": {"median_ms": 10.0}},
+                        "ratio_unmerged_b1": lat},
+            "checkpoint": {"bytes": 4 * params}, "env": {"git_commit": "abc1234", "device": "cpu"},
+            "trivial": {"predicts": 0, "kind": "the majority class of the training examples for every example",
+                        "metrics": {metric: trivial}}}
+
+
+def bench_records():
+    """Two tasks: on sst2 lora is clearly best and adapter within noise of it; prefix clearly worse."""
+    recs = []
+    for seed, (lo, ad, pr) in enumerate([(0.80, 0.79, 0.70), (0.82, 0.83, 0.71), (0.81, 0.80, 0.72)]):
+        recs += [fake_record("sst2", "lora", seed, lo), fake_record("sst2", "adapter", seed, ad, knob="bottleneck"),
+                 fake_record("sst2", "prefix", seed, pr, knob="prefix_len")]
+        recs += [fake_record("trec", "lora", seed, 0.90 + 0.01 * seed, trivial=0.2),
+                 fake_record("trec", "prefix", seed, 0.93 + 0.01 * seed, knob="prefix_len", trivial=0.2)]
+    recs.append(fake_record("sst2", "lora", 0, 0.75, params=300, knob_value=2, budget="0.1%"))
+    return recs
+
+
+@pytest.fixture
+def summary():
+    return summarize(records_frame(bench_records()))
+
+
+def test_gap_interval_paired_and_bootstrap():
+    row, best = {0: 0.80, 1: 0.82, 2: 0.81}, {0: 0.81, 1: 0.84, 2: 0.82}
+    g = gap_interval(row, best)
+    d = np.array([-0.01, -0.02, -0.01])
+    half = 4.302653 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert g["test"] == "paired t, 3 seeds"
+    assert g["gap"] == pytest.approx(d.mean()) and g["high"] == pytest.approx(d.mean() + half, rel=1e-5)
+    b = gap_interval({5: 0.7, 6: 0.72}, {0: 0.9, 1: 0.91, 2: 0.89})  # no shared seeds
+    assert b["test"].startswith("bootstrap") and b["low"] <= b["gap"] <= b["high"] < 0
+    assert gap_interval({0: 0.7}, {1: 0.9})["test"] == "too few seeds for an interval"
+
+
+def test_significance_best_and_noise(summary):
+    s = summary.set_index(["task", "config", "budget"])
+    assert bool(s.loc[("sst2", "lora", "lora:r=8"), "best"]) and bool(s.loc[("trec", "prefix", "lora:r=8"), "best"])
+    adapter = s.loc[("sst2", "adapter", "lora:r=8")]
+    assert adapter.gap_to_best == pytest.approx(-0.0033333, abs=1e-6) and adapter.within_noise is True
+    prefix = s.loc[("sst2", "prefix", "lora:r=8")]
+    assert prefix.within_noise is False and prefix.gap_ci_high < 0 and prefix.gap_test == "paired t, 3 seeds"
+    # one seed against three (the 0.1% row): too few values for an interval on its side
+    assert s.loc[("sst2", "lora", "0.1%"), "gap_test"] == "too few seeds for an interval"
+
+
+def test_baseline_rows_bold_and_caption(summary):
+    base = summary[summary.role == "baseline"]
+    assert list(base.task) == ["sst2", "trec"] and list(base.metric_mean) == [0.5, 0.2]
+    assert not base.best.any() and base.gap_to_best.isna().all()
+    md = render(summary, "md")
+    lines = md.splitlines()
+    assert "vs best (95% CI)" in lines[0]
+    assert any("| trivial baseline (majority class) |" in ln and "accuracy ↑ 0.5000" in ln for ln in lines)
+    lora = next(ln for ln in lines if ln.startswith("| sst2 | lora | r=8"))
+    assert "**accuracy ↑ 0.8100**" in lora and "| best |" in lora
+    adapter = next(ln for ln in lines if ln.startswith("| sst2 | adapter |"))
+    assert "≈" in adapter and "**" not in adapter.split("|")[6]
+    assert "≈ = the interval contains 0" in md and "Trivial baseline:" in md
+    assert "\\textbf{accuracy $\\uparrow$ 0.8100}" in render(summary, "latex")
+    assert "<b>accuracy ↑ 0.8100</b>" in render(summary, "html")
+    csv = pd.read_csv(pd.io.common.StringIO(render(summary, "csv")))
+    assert {"best", "gap_to_best", "gap_ci_low", "within_noise", "role"} <= set(csv.columns)
+    assert not any(c.startswith("_") for c in csv.columns)
+
+
+def test_overview_across_tasks(summary):
+    ov = overview.overview(summary)
+    rows = ov.set_index("config")
+    assert list(ov.config)[0] == overview.BASELINE
+    assert rows.loc[overview.BASELINE, "sst2"] == 0.5 and rows.loc[overview.BASELINE, "trec"] == 0.2
+    # lora: rank 1 on sst2, 2 on trec; prefix: 4 (behind lora at 0.1%) and 1; adapter only on sst2 (rank 2)
+    assert rows.loc["lora", "mean_rank"] == 1.5 and rows.loc["prefix", "mean_rank"] == 2.5
+    assert rows.loc["adapter", "n_tasks"] == 1 and pd.isna(rows.loc["adapter", "trec"])
+    assert "lora @ 0.1%" in rows.index  # another budget than the task's main one: its own row
+    md = overview.to_markdown(ov)
+    assert md.splitlines()[0].startswith("| method | sst2 (accuracy) | trec (accuracy) | mean rank ↓")
+    assert "| lora | **0.8100 ± 0.0100** | 0.9100 ± 0.0100 | 1.5 (2) |" in md
+
+
+def test_pareto_front():
+    params, values = [10, 100, 1000, 50, 5000], [0.5, 0.7, 0.9, 0.4, 0.85]
+    assert pareto_front(params, values) == [0, 1, 2]
+    assert pareto_front(params, [1.0, 0.5, 0.2, 2.0, 0.1], higher=False) == [0, 1, 2, 4]
+
+
+def test_record_folders_recurse(tmp_path):
+    for folder in ("a/records", "b/deep/records", "b/deep/search/records", "a/records/superseded"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "stray.json").write_text("{}")
+    assert record_folders(tmp_path) == [tmp_path / "a", tmp_path / "b" / "deep"]
+    assert record_folders(tmp_path / "a") == [tmp_path / "a"]
+    assert record_folders(tmp_path / "a" / "records") == []  # no JSON in it yet
+
+
+def test_report_command_recurses_and_writes_page(tmp_path):
+    for rec in bench_records():
+        folder = tmp_path / "results" / rec["spec"]["task"] / "records"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "peftbench.cli", "report", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    res = run(tmp_path / "results", "--summary")
+    assert res.returncode == 0, res.stderr
+    assert "| lora | **0.8100 ± 0.0100** |" in res.stdout
+    page, plot, costs = tmp_path / "page.html", tmp_path / "plot.png", tmp_path / "costs.png"
+    res = run(tmp_path / "results", "--format", "html", "--out", page, "--plot", plot, "--cost-plot", costs)
+    assert res.returncode == 0, res.stderr
+    assert plot.stat().st_size > 10_000 and costs.stat().st_size > 10_000
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 2 and "<script>" in text and "http" not in text.split("<body>")[1]
+    assert 'id="summary"' in text and 'id="table-sst2"' in text and 'id="table-trec"' in text
+    res = run(tmp_path / "results", "--summary", "--format", "latex")
+    assert res.returncode == 2 and "--summary is written as md, csv or html" in res.stderr
+    browser_check(page, tmp_path)
+
+
+def browser_check(page, tmp_path):
+    """Open the page in headless Chromium: no console errors, tables and both plots rendered, a
+    header click sorts. Skipped where Chromium is missing unless PEFTBENCH_REQUIRE_BROWSER=1 (CI)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        if os.environ.get("PEFTBENCH_REQUIRE_BROWSER") == "1":
+            pytest.fail("PEFTBENCH_REQUIRE_BROWSER=1 but Chromium or playwright is missing (apt-get install chromium)")
+        pytest.skip("no Chromium here (apt-get install chromium; CI requires it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors = []
+            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            tab.goto(page.as_uri())
+            tab.wait_for_load_state("load")
+            assert errors == []
+            for img in ("#plot-metric", "#plot-costs"):  # decoded and laid out
+                assert tab.eval_on_selector(img, "i => i.complete && i.naturalWidth > 500 && i.clientWidth > 100")
+            assert tab.locator("#summary tbody tr").count() == 5
+            assert tab.locator("#table-sst2 tbody tr").count() == 5
+            first = lambda: tab.locator("#table-sst2 tbody tr").first.locator("td").nth(1).inner_text()  # noqa: E731
+            header = tab.locator("#table-sst2 th", has_text="metric")
+            header.click()  # ascending by the metric: the trivial baseline (0.5) first
+            assert first() == "trivial baseline (majority class)"
+            header.click()
+            assert first() == "lora"
+            shot = tmp_path / "page.png"
+            tab.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 50_000
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_trivial_baseline_majority_and_mean():
+    from peftbench.plugins import get_task
+    from peftbench.runner import trivial_baseline
+
+    sst2, stsb = get_task("sst2"), get_task("stsb")
+    out = trivial_baseline(sst2, {"labels": [1, 1, 0, 1]}, np.array([0, 1, 1, 0, 1]))
+    assert out["predicts"] == 1 and out["metrics"] == {"accuracy": 0.6}
+    out = trivial_baseline(stsb, {"labels": [0.2, 0.4, 0.9]}, np.array([0.1, 0.5, 0.7]))
+    assert out["predicts"] == pytest.approx(0.5) and out["metrics"] == {"pearson": 0.0, "spearman": 0.0}
