@@ -39,8 +39,24 @@ def die_with_parent():
         pass
 
 
+def release_fork_server() -> None:
+    """The fork server hands each child the write end of its "alive" pipe (the sweep holds the
+    other copy); the server exits when every copy is closed. A child that kept it would keep the
+    server alive after the sweep died, and the server's death is what kills the child
+    (``die_with_parent``): both would live on. Close it, so that a killed sweep ends its run."""
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
+
+
 def child_main(spec_file: str, out: str, progress: bool) -> None:
     die_with_parent()
+    release_fork_server()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 1  # an exception that is not the run's (the run itself records its failures)
     try:

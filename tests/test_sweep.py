@@ -175,6 +175,33 @@ def test_kill_the_sweep_then_resume(tiny_model_dirs, cli_env, tmp_path):
         assert (out / "records" / name).read_bytes() == content
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_sweep_takes_its_run_along(tiny_model_dirs, cli_env, tmp_path, sig):
+    """A run that would go on for hours dies within seconds of its sweep (SIGKILL or SIGTERM): the
+    fork server exits once the sweep is gone and its children die with it."""
+    cli_env = dict(cli_env, PEFTBENCH_TEST_TAG=tmp_path.name)
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--knob", "lora=2", "--out",
+            tmp_path / "out", "--max-steps", "10000000", "--epochs", "100000", "--batch-size", "2", "--no-latency",
+            "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *map(str, args)], env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(_is_run(p) for p in _pids_tagged(tmp_path.name)):
+        time.sleep(0.1)
+    assert any(_is_run(p) for p in _pids_tagged(tmp_path.name)), "the run did not start"
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and _processes_tagged(tmp_path.name):
+        time.sleep(0.1)
+    left = _processes_tagged(tmp_path.name)
+    for pid in _pids_tagged(tmp_path.name):  # do not leave them running if the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{left} process(es) of the sweep outlived it by 15 s"
+
+
 def test_same_command_twice_gives_identical_results(tiny_model_dirs, cli_env, tmp_path):
     results = []
     for i in range(2):
