@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import PeftbenchError, first_line
+from .errors import PeftbenchError, closest, first_line
 
 EXIT_BAD_INPUT = 2
 
@@ -188,6 +188,120 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
         _print_rows(_budget_rows(solutions))
 
 
+@cli.group()
+def analyze():
+    """What LoRA's update learned, from run checkpoints (the LoRA paper's Section 7)."""
+
+
+@analyze.command("subspace")
+@click.argument("record_a", type=click.Path())
+@click.argument("record_b", type=click.Path())
+@click.option("--plot", type=click.Path(), default=None, help="Write φ(i, j) heatmaps of the last adapted layer (PNG).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+def analyze_subspace(record_a, record_b, plot, fmt):
+    """Subspace similarity φ of two lora runs' A matrices (e.g. r=8 vs r=64, or two seeds), per matrix."""
+    from .studies import analyze as an
+
+    rec_a, model_a = an.load_run(record_a)
+    rec_b, model_b = an.load_run(record_b)
+    rows = an.subspace_table(an.factors(model_a), an.factors(model_b))
+    cols = ("matrix", "r_a", "r_b", "phi_1_1", "phi_diag_mean", "random_1_1")
+    if fmt == "csv":
+        click.echo("\n".join([",".join(cols), *(",".join(str(r[c]) for c in cols) for r in rows)]))
+    else:
+        click.echo(f"A: {record_a} (r={rows[0]['r_a']}, seed {rec_a['spec']['seed']}); "
+                   f"B: {record_b} (r={rows[0]['r_b']}, seed {rec_b['spec']['seed']})")
+        _print_rows([("matrix", "r A", "r B", "φ(1,1) top direction shared", "mean φ(i,i), i<=min r",
+                      "random φ(1,1) ~ 1/d"),
+                     *((r["matrix"], r["r_a"], r["r_b"], f"{r['phi_1_1']:.3f}", f"{r['phi_diag_mean']:.3f}",
+                        f"{r['random_1_1']:.4f}") for r in rows)])
+    if plot:
+        an.plot_subspace(rows, plot, f"{Path(record_a).name} vs {Path(record_b).name}")
+
+
+@analyze.command("delta")
+@click.argument("record", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+def analyze_delta(record, fmt):
+    """How ΔW relates to W per adapted matrix: ‖UᵀWV‖ for ΔW's, W's and random directions; amplification."""
+    from .studies import analyze as an
+
+    rec, model = an.load_run(record)
+    rows = [{"matrix": an.short(name), **an.delta_stats(f["A"], f["B"], f["scaling"], f["W"])}
+            for name, f in an.factors(model).items()]
+    cols = ("matrix", "r", "delta_norm", "w_norm", "proj_delta", "proj_w", "proj_random", "amplification")
+    if fmt == "csv":
+        click.echo("\n".join([",".join(cols), *(",".join(str(r[c]) for c in cols) for r in rows)]))
+        return
+    click.echo(f"{record}: lora r={rec['spec']['knob_value']} on {rec['spec']['task']}, seed {rec['spec']['seed']}")
+    _print_rows([("matrix", "r", "‖ΔW‖", "‖W‖", "‖UᵀWV‖ ΔW dirs", "‖UᵀWV‖ W dirs", "‖UᵀWV‖ random",
+                  "amplification ‖ΔW‖/‖UᵀWV‖"),
+                 *((r["matrix"], r["r"], *(f"{r[c]:.3f}" for c in cols[2:7]), f"{r['amplification']:.1f}")
+                   for r in rows)])
+
+
+@cli.command()
+@click.option("--model", default="gpt3-175b", show_default=True,
+              help="A built-in config (gpt3-175b, gpt2-medium, bloom-3b, bert-base-uncased), minilm, smollm2, "
+                   "a transformers model id or a folder with config.json; no weights are loaded.")
+@click.option("--methods", "methods_", default="full,lora", show_default=True, help="Comma list; variants as name[key=value,...].")
+@click.option("--knob", "knob_text", default=None, help="Knob values per method, e.g. lora=1,lora=4,lora=8 (default: the method's).")
+@click.option("--precision", "regimes", default="fp32,fp16-mixed,pure-16bit", show_default=True,
+              help="Precision regimes (comma list): fp32, bf16-autocast, fp16-mixed, pure-16bit.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
+@plugin_option
+@click.pass_context
+def memory(ctx, model, methods_, knob_text, regimes, fmt, plugin_files):
+    """Training memory (weights, gradients, AdamW state) and checkpoint size of each method for a model
+    config, counted exactly on the meta device; activations excluded."""
+    from .plan import parse_methods
+    from .plugins import get_methods
+    from .studies import memory as mem
+
+    _load(_plugins(ctx, plugin_files))
+    choices = parse_methods(methods_, get_methods())
+    regimes = [r.strip() for r in regimes.split(",") if r.strip()]
+    bad = [r for r in regimes if r not in mem.REGIMES]
+    if bad:
+        raise PeftbenchError(f"--precision {bad[0]}: not a regime{closest(bad[0], mem.REGIMES)}; "
+                             f"choose from {', '.join(mem.REGIMES)}")
+    knobs: dict = {}
+    for part in (knob_text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise PeftbenchError(f"--knob {part.strip()!r}: give method=positive integer, e.g. lora=4")
+        if name.strip() not in {c.method.name for c in choices}:
+            raise PeftbenchError(f"--knob {part.strip()!r}: {name.strip()} is not in --methods")
+        knobs.setdefault(name.strip(), []).append(int(value))
+    base, table = mem.rows(model, choices, knobs, regimes)
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    click.echo(f"model {model}: {base:,} parameters (task head excluded); bytes in decimal units (1 GB = 1e9 B); "
+               "activations excluded")
+    _print_rows([("method", "knob", "trainable", "% of model", "regime", "weights", "gradients", "AdamW state",
+                  "training total", "checkpoint"),
+                 *((r["method"], r["knob"], f"{r['trainable']:,}", f"{r['pct']:.4f}%", r["regime"],
+                    *(mem.human(r[k]) for k in ("weights", "gradients", "optimizer", "training", "checkpoint")))
+                   for r in table)])
+    click.echo("")
+    for name in regimes:
+        click.echo(f"{name}: {mem.REGIMES[name].what}")
+    if model == "gpt3-175b":
+        click.echo("")
+        for line in mem.paper_notes(base, table):
+            click.echo(line)
+
+
 @cli.command()
 @click.option("--methods", "methods_", default="lora,adapter", show_default=True,
               help="Comma list of methods; variants as name[key=value,...], e.g. adapter[placement=pfeiffer].")
@@ -283,6 +397,12 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             lr_search=lr_search, lr_grid=tuple(lr_grid), val_samples=val_samples, search_seeds=search_seeds,
         )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    from .studies.configs import CONFIGS
+
+    for s in settings:
+        if s.model in CONFIGS:
+            raise PeftbenchError(f"--model {s.model} is a built-in config without weights (for peftbench memory "
+                                 "and budget); to train, give a model folder, a transformers model id, minilm or smollm2")
     the_plan = plan_all(settings)  # validates everything before any training starts
     if not dry_run:
         check_output_dir(out)

@@ -28,7 +28,11 @@ def quiet_transformers():
 def resolve_model(model: str) -> str:
     """A path or hub id that transformers can load."""
     from . import packaged_models
+    from .studies.configs import CONFIGS
 
+    if model in CONFIGS:
+        raise PeftbenchError(f"--model {model} is a built-in config without weights (for peftbench memory and "
+                             "peftbench budget); train a model folder, a transformers model id, minilm or smollm2")
     if model in packaged_models.ALIASES:
         return str(packaged_models.folder(model))
     return model
@@ -44,7 +48,11 @@ def model_source(model: str) -> dict | None:
 def load_config(model: str, num_labels: int = 2):
     from transformers import AutoConfig
 
+    from .studies.configs import CONFIGS, config
+
     quiet_transformers()
+    if model in CONFIGS:  # a built-in config without weights (gpt3-175b, ...)
+        return config(model, num_labels)
     path = resolve_model(model)
     if os.path.sep in model and not Path(path).exists():
         raise PeftbenchError(f"--model {model}: no such folder; give a model folder, a transformers model id, "

@@ -1,6 +1,5 @@
 """The budget solver: parsing, exact counting on the meta device, agreement with brute force."""
 
-import copy
 import subprocess
 import sys
 from dataclasses import dataclass

@@ -3,7 +3,6 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import ROOT, make_model
 from peftbench.method import apply_method

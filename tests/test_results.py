@@ -4,7 +4,6 @@ no published record comes from an uncommitted tree."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 

@@ -1,0 +1,94 @@
+"""`peftbench analyze`: the subspace similarity and ΔW analysis of the LoRA paper's Section 7, on
+hand-built matrices of known answer and on real (tiny) runs' checkpoints."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from peftbench.studies.analyze import delta_stats, similarity
+
+
+def test_similarity_with_itself_is_one_on_the_diagonal():
+    a = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    phi = similarity(a, a)
+    assert torch.allclose(torch.diagonal(phi), torch.ones(8, dtype=phi.dtype), atol=1e-10)
+    # the rank-4 truncation of A: its top-i directions lie in A's top-j ones for j >= i
+    _, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+    phi = similarity(torch.diag(s[:4]) @ vh[:4], a)
+    assert torch.allclose(phi[:, 3:], torch.ones(4, 5, dtype=phi.dtype), atol=1e-8)
+
+
+def test_similarity_of_random_subspaces_matches_the_expectation():
+    """E‖V₁ᵢᵀV₂ⱼ‖² = i·j/d for independent random subspaces, so φ ≈ max(i, j)/d."""
+    d, g = 256, torch.Generator().manual_seed(1)
+    phis = torch.stack([similarity(torch.randn(8, d, generator=g), torch.randn(32, d, generator=g))
+                        for _ in range(40)]).mean(0)
+    i = torch.arange(1, 9)[:, None].double()
+    j = torch.arange(1, 33)[None, :].double()
+    expected = torch.maximum(i, j) / d
+    assert torch.allclose(phis, expected, rtol=0.25, atol=0.004)
+
+
+def test_delta_on_a_known_update():
+    """ΔW = c · u₁v₁ᵀ along W's own top singular direction: ‖UᵀWV‖ = σ₁(W), amplification c / σ₁;
+    along W's smallest direction the amplification is c / σ_min."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(32, 48, generator=g, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    c = 5.0
+    top = delta_stats(a=vh[:1], b=c * u[:, :1], scaling=1.0, w=w)
+    assert top["r"] == 1 and top["delta_norm"] == pytest.approx(c)
+    assert top["proj_delta"] == pytest.approx(float(s[0])) and top["proj_w"] == pytest.approx(float(s[0]))
+    assert top["amplification"] == pytest.approx(c / float(s[0]))
+    low = delta_stats(a=vh[-1:], b=c * u[:, -1:], scaling=2.0, w=w)
+    assert low["proj_delta"] == pytest.approx(float(s[-1])) and low["amplification"] == pytest.approx(2 * c / float(s[-1]))
+    assert low["proj_random"] < top["proj_w"]
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tiny_model_dirs, small_data, tmp_path_factory):
+    import os
+
+    out = tmp_path_factory.mktemp("lora-runs")
+    env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
+    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", tiny_model_dirs["bert"],
+                          "--methods", "lora,adapter", "--knob", "lora=2,adapter=2", "--seeds", "0", "--out", out,
+                          "--max-steps", "4", "--batch-size", "8", "--no-latency", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", tiny_model_dirs["bert"],
+                          "--methods", "lora", "--knob", "lora=8", "--seeds", "0", "--out", out,
+                          "--max-steps", "4", "--batch-size", "8", "--no-latency", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    recs = {(r["spec"]["method"], r["spec"]["knob_value"]): p
+            for p in (out / "records").glob("*.json") for r in [json.loads(p.read_text())]}
+    return recs, env
+
+
+def analyze(*args, env):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", "analyze", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
+    recs, env = lora_runs
+    r2, r8 = recs[("lora", 2)], recs[("lora", 8)]
+    res = analyze("subspace", r2, r8, "--plot", tmp_path / "phi.png", "--format", "csv", env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith("matrix,r_a,r_b,phi_1_1") and len(lines) == 1 + 2 * 2  # 2 layers x (query, value)
+    assert all(0.0 <= float(ln.split(",")[3]) <= 1.0 for ln in lines[1:])
+    assert (tmp_path / "phi.png").stat().st_size > 5_000
+    same = analyze("subspace", r8, r8, "--format", "csv", env=env)  # a run with itself: every direction shared
+    assert all(abs(float(ln.split(",")[4]) - 1.0) < 1e-6 for ln in same.stdout.strip().splitlines()[1:])
+    res = analyze("delta", r8, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "amplification" in res.stdout and "layer.1.value" in res.stdout
+    bad = analyze("delta", recs[("adapter", 2)], env=env)
+    assert bad.returncode == 2 and "analyze reads native lora runs" in bad.stderr
+    bad = analyze("delta", tmp_path / "nope.json", env=env)
+    assert bad.returncode == 2 and "not a run record" in bad.stderr
