@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
@@ -186,6 +187,29 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
     else:
         click.echo(f"model {model}: {counter.base:,} base parameters (head excluded)")
         _print_rows(_budget_rows(solutions))
+
+
+@cli.command("run-spec")
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The sweep's output folder.")
+@click.option("--timeout-per-run", type=float, default=None)
+@click.option("--progress/--no-progress", default=True)
+def run_spec(spec_file, out, timeout_per_run, progress):
+    """Run one planned run from its spec (JSON: a spec, or a record whose spec to run again) and write
+    its record into OUT; what every executor runs, so a run behaves the same wherever it runs."""
+    from .sweep import check_output_dir, execute_one
+
+    try:
+        data = json.loads(Path(spec_file).read_text())
+    except (OSError, ValueError) as e:
+        raise PeftbenchError(f"{spec_file}: not a JSON spec ({first_line(e)})") from None
+    spec = data.get("spec", data) if isinstance(data, dict) else None
+    if not isinstance(spec, dict) or not {"run_id", "method", "task", "seed"} <= set(spec):
+        raise PeftbenchError(f"{spec_file}: not a run spec (no run_id, method, task, seed); give a record or a spec")
+    check_output_dir(Path(out))
+    rec = execute_one(spec, Path(out), timeout_per_run, progress)
+    click.echo(_summary_line(rec), err=True)
+    return 0 if rec["status"] == "ok" else 1
 
 
 @cli.group()
@@ -456,6 +480,16 @@ def memory(ctx, model, methods_, knob_text, regimes, fmt, plugin_files):
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
 @click.option("--dry-run", is_flag=True, help="Plan the sweep and say what has an ok record already; run nothing.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="Where runs execute: this machine, or SLURM through submitit.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="local: runs at once, each with its own CPUs (threads split) or GPU; latency timed alone.")
+@click.option("--slurm-partition", default=None)
+@click.option("--slurm-time", type=int, default=60, show_default=True, help="Minutes per run's job.")
+@click.option("--slurm-gpus-per-run", type=int, default=0, show_default=True)
+@click.option("--slurm-array-parallelism", type=int, default=64, show_default=True)
+@click.option("--slurm-cluster", default="slurm", show_default=True,
+              help="submitit's cluster: slurm, local (the same jobs on this machine) or debug (in this process).")
 @plugin_option
 @click.pass_context
 def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs, max_steps, train_samples,
@@ -463,7 +497,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
         rerun_stale, timeout_per_run, progress, eval_split, eval_samples, num_beams, length_penalty,
         no_repeat_ngram_size, max_new_tokens, meteor, lr_search, lr_grid, val_samples, search_seeds, config,
-        dry_run, plugin_files):
+        dry_run, executor, jobs, slurm_partition, slurm_time, slurm_gpus_per_run, slurm_array_parallelism,
+        slurm_cluster, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
     from .plan import SweepSettings, plan_all
@@ -497,8 +532,12 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             lr_search=lr_search, lr_grid=tuple(lr_grid), val_samples=val_samples, search_seeds=search_seeds,
         )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    from .executors import ExecutorOptions
     from .studies.configs import CONFIGS
 
+    executor_options = ExecutorOptions(executor, jobs, {
+        "partition": slurm_partition, "time_min": slurm_time, "gpus_per_run": slurm_gpus_per_run,
+        "array_parallelism": slurm_array_parallelism, "cluster": slurm_cluster}).validate()
     for s in settings:
         if s.model in CONFIGS:
             raise PeftbenchError(f"--model {s.model} is a built-in config without weights (for peftbench memory "
@@ -545,7 +584,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
                           if result.skipped_failed else "") + f"; {n_todo} to run", err=True)
 
     options = dict(rerun_failed=rerun_failed, force=force, rerun_stale=rerun_stale, timeout=timeout_per_run,
-                   progress=progress, on_record=on_record, on_start=on_start, warn=warn)
+                   progress=progress, on_record=on_record, on_start=on_start, warn=warn, executor=executor_options)
     specs = the_plan.specs
     if the_plan.searches:  # first the search on held-out training data, then the runs at the chosen rates
         from . import lrsearch

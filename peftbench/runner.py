@@ -7,6 +7,7 @@ record itself, atomically, with status ok / failed / oom / diverged.
 from __future__ import annotations
 
 import copy
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -202,9 +203,14 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], precision=precision,
     )
     update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
+    lock = None
+    if (spec.get("placement") or {}).get("lock"):  # other jobs share the machine: latency is timed alone
+        from .executors.lock import MachineLock
+
+        lock = MachineLock(spec["placement"]["lock"])
     try:
         stats = train(model, train_ds, collate, cfg, device, progress=update,
-                      on_start=lambda total: method.on_train_start(model, total))
+                      on_start=lambda total: method.on_train_start(model, total), guard=lock.step if lock else None)
     finally:
         close()
     activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device, precision)
@@ -270,15 +276,29 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
 
     # latency: base, unmerged, merged, timed interleaved in one session
     lat = spec.get("latency")
+    exclusive = lock.exclusive() if lock and lat else contextlib.nullcontext()
+    with exclusive:
+        _latency(result, method, model, merged, spec, task, tokenizer, eval_ds, evaluation, device, precision, lat,
+                 generation)
+    if lock:
+        result["train"]["waited_for_latency_s"] = lock.waited_s
+    phases["latency"] = _lap(clock)
+    return result
+
+
+def _latency(result, method, model, merged, spec, task, tokenizer, eval_ds, evaluation, device, precision, lat,
+             generation):
+    from .models import load_model
+
     if lat and generation:
+        from .generation import run as gen
+
         models = {"base": load_model(spec["model"], task, tokenizer, device), "unmerged": model}
         if merged is not None:
             models["merged"] = merged
         result["latency"] = gen.latency(models, tokenizer, task, evaluation, spec, device, precision)
     elif lat:
         result["latency"] = measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, device, lat)
-    phases["latency"] = _lap(clock)
-    return result
 
 
 def trivial_baseline(task, train_ds, gold) -> dict:
@@ -422,13 +442,17 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     started = time.time()
     record = {
         "schema": 1, "run_id": spec["run_id"], "attempt": spec.get("attempt"), "status": "failed",
-        "spec": {k: v for k, v in spec.items() if k not in ("attempt",)},
+        "spec": {k: v for k, v in spec.items() if k not in ("attempt", "placement")},
         "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
         "determinism": {**DETERMINISM, "seed": spec["seed"], "data_seed": spec["data_seed"],
                           "train_subset": spec.get("train_subset", "random"),
                           "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")},
     }
     error = None
+    if spec.get("placement"):  # a local job's share of the machine (--jobs N): before anything runs
+        from .executors.placement import apply
+
+        record["placement"] = apply(spec["placement"])
     try:
         record.update(_run(spec, Path(out), progress))
         record["status"] = "ok"

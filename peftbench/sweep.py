@@ -135,7 +135,7 @@ class SweepResult:
 
 
 def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, rerun_stale=False, timeout=None, progress=True,
-              on_record=None, on_start=None, warn=None) -> SweepResult:
+              on_record=None, on_start=None, warn=None, executor=None) -> SweepResult:
     """Run what has no ok record yet (with ``rerun_stale``, also what has an ok record made by other
     host code or libraries than the installed ones). ``on_start(result, n_todo)`` is called once the
     skips are known, ``on_record(record, i, n_todo)`` after each run."""
@@ -165,10 +165,13 @@ def run_sweep(specs, out: Path, *, rerun_failed=False, force=False, rerun_stale=
         todo.append(spec)
     if on_start:
         on_start(result, len(todo))
-    for i, spec in enumerate(todo, 1):
-        rec = execute_one(spec, out, timeout, progress)
+    from .executors import ExecutorOptions, run_all
+
+    def done(rec):
         result.ran += 1
         result.records.append(rec)
         if on_record:
-            on_record(rec, i, len(todo))
+            on_record(rec, result.ran, len(todo))
+
+    run_all(todo, out, executor or ExecutorOptions(), timeout, progress, done)
     return result

@@ -85,10 +85,14 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_start=None) -> TrainStats:
+def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_start=None, guard=None) -> TrainStats:
     """Train in place. ``progress(step, total, loss, samples_per_s)`` is called after each step;
     ``on_start(total_steps)`` once before training, and may return ``after_step(step)``, called
-    after each optimizer step, before the gradients are cleared."""
+    after each optimizer step, before the gradients are cleared. ``guard()`` (a context manager)
+    wraps each step, outside its timing (parallel jobs: wait while another job times latency)."""
+    import contextlib
+
+    guard = guard or contextlib.nullcontext
     device = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # nothing to train (the untuned base model of a generation task)
@@ -113,6 +117,8 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
             except StopIteration:
                 batches = iter(loader)
                 batch = next(batches)
+            step_guard = guard()
+            step_guard.__enter__()
             sync(device)
             t0 = time.perf_counter()
             batch = to_device(batch, device)
@@ -137,6 +143,7 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
             value = loss.item()  # synchronises
             sync(device)
             dt = time.perf_counter() - t0
+            step_guard.__exit__(None, None, None)
             if not math.isfinite(value):
                 raise Diverged(f"loss became {value} at step {step + 1} of {steps}")
             stats.losses.append(value)

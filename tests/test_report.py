@@ -198,3 +198,13 @@ def test_trivial_baseline_majority_and_mean():
     assert out["predicts"] == 1 and out["metrics"] == {"accuracy": 0.6}
     out = trivial_baseline(stsb, {"labels": [0.2, 0.4, 0.9]}, np.array([0.1, 0.5, 0.7]))
     assert out["predicts"] == pytest.approx(0.5) and out["metrics"] == {"pearson": 0.0, "spearman": 0.0}
+
+
+def test_a_table_of_failed_runs_only():
+    rec = fake_record("sst2", "lora", 0, 0.5)
+    rec.update(status="failed", error="boom", metrics={})
+    del rec["trivial"]
+    summary = summarize(records_frame([rec]))
+    md = render(summary, "md")
+    assert "| sst2 | lora |" in md and "1 failed" in md
+    assert overview.overview(summary).empty

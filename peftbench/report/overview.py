@@ -32,6 +32,8 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: ``<task>`` = mean, ``<task>_std``, ``<task>_best`` /
     ``<task>_noise`` (best of the task / within noise of it), ``<task>_rank``; ``mean_rank``,
     ``n_tasks`` and the costs (medians over tasks)."""
+    if "metric_mean" not in summary:
+        return pd.DataFrame()
     s = summary[summary.metric_mean.notna()].copy()
     if s.empty:
         return pd.DataFrame()

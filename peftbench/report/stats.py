@@ -49,7 +49,7 @@ def add_significance(summary: pd.DataFrame) -> pd.DataFrame:
     for col, empty in (("best", False), ("gap_to_best", np.nan), ("gap_ci_low", np.nan), ("gap_ci_high", np.nan),
                        ("gap_test", None), ("within_noise", None)):
         out[col] = pd.Series([empty] * len(out), index=out.index, dtype=object if empty is None or empty is False else float)
-    if out.empty:
+    if out.empty or "metric_mean" not in out:  # no run finished ok: nothing to compare
         return out
     candidates = out[(out.get("role", "method") != "baseline") & out.metric_mean.notna()]
     for (_, _), g in candidates.groupby(["task", "metric"], sort=False):

@@ -94,6 +94,7 @@ def record_row(rec: dict) -> dict:
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
         "threads": _get(rec, "env", "torch_threads"),
+        "shared_machine": bool(_get(rec, "placement", "shared_machine")),  # --jobs N: others trained alongside
         "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
         "lr_selection": spec.get("lr_selection"),
         "search_seconds": _get(spec, "lr_search", "seconds"), "search_steps": _get(spec, "lr_search", "steps"),
@@ -214,6 +215,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                   *(c for c in CSV_COLUMNS if c.startswith("gen_"))):
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
+        row["shared_machine"] = bool(ok.shared_machine.any()) if "shared_machine" in ok and len(ok) else False
         if "merged_max_abs_diff" in ok and ok.merged_max_abs_diff.notna().any():  # the worst seed
             row["merged_max_abs_diff"] = float(ok.merged_max_abs_diff.astype(float).max())
         rows.append(row)
@@ -357,7 +359,8 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
             "vs best (95% CI)": _gap(r),
             **{name: _n(r.get(f"{name}_mean"), "{:.4f}") for name in extra},
             "seeds": int(r.n_seeds) if r.n_seeds or r.method != "trivial" else "–",
-            "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}"),
+            "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}") + (" †" if r.get("shared_machine") is True
+                                                                 and pd.notna(r.train_samples_per_s) else ""),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
             "MFU": _n(100 * r.mfu if pd.notna(r.mfu) else None, "{:.1f}%"),
             "peak MB ↓ (Δ train)": _n(r.peak_mem_mb, '{:,.0f}') + (f" (+{r.peak_mem_delta_mb:,.0f})" if pd.notna(r.peak_mem_delta_mb) else ""),
@@ -465,6 +468,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
         + (f"vs best: the row's gap to the best row of its task (primary metric) with a {int(100 * LEVEL)}% "
            "confidence interval over seeds (paired t over shared seeds, else a bootstrap); ≈ = the interval "
            "contains 0 (within noise). " if "vs best (95% CI)" in disp else "")
+        + ("†: throughput measured while other runs shared the machine (--jobs N; each job on its own CPUs or "
+           "GPU, latency timed alone). " if (summary.get("shared_machine") == True).any() else "")  # noqa: E712
         + ("Bold: the best value of its task in that column. " if any("**" in str(v) for v in disp.values.ravel()) else "")
         + ("Trivial baseline: the majority class (regression: the mean target) of the training examples, "
            "predicted for every evaluation example; what learning nothing scores. "

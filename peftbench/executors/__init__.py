@@ -1,0 +1,54 @@
+"""Where runs execute. The sweep plans run specs and skips what has an ok record; an executor runs
+the rest, each run in its own process through ``sweep.execute_one`` (which writes the run's
+record), wherever that process lives:
+
+- ``local`` (default): on this machine, one run at a time or ``--jobs N`` at once, each job with
+  its own CPUs (threads split) or GPU (``CUDA_VISIBLE_DEVICES``), latency timed alone.
+- ``slurm``: one submitit job-array element per run (``--slurm-cluster local`` runs the same jobs
+  on this machine, as the tests do).
+
+Records stay the single source of truth, so a sweep started on one executor resumes on another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import PeftbenchError
+
+EXECUTORS = ("local", "slurm")
+
+
+@dataclass
+class ExecutorOptions:
+    name: str = "local"
+    jobs: int = 1
+    slurm: dict = field(default_factory=dict)  # partition, time_min, gpus_per_run, array_parallelism, cluster
+
+    def validate(self):
+        if self.name not in EXECUTORS:
+            raise PeftbenchError(f"--executor {self.name}: choose one of {', '.join(EXECUTORS)}")
+        if self.jobs < 1:
+            raise PeftbenchError(f"--jobs {self.jobs}: give a positive number of parallel runs")
+        if self.name == "local" and self.jobs > 1:
+            from .placement import slots
+
+            slots(self.jobs)  # enough CPUs (or GPUs) for the jobs, else one line now
+        if self.name == "slurm":
+            try:
+                import submitit  # noqa: F401
+            except ImportError:
+                raise PeftbenchError("--executor slurm needs submitit: pip install 'peftbench[slurm]'") from None
+            cluster = self.slurm.get("cluster", "slurm")
+            if cluster not in ("slurm", "local", "debug"):
+                raise PeftbenchError(f"--slurm-cluster {cluster}: choose slurm, local or debug")
+        return self
+
+
+def run_all(todo, out, options: ExecutorOptions, timeout, progress, on_done):
+    """Run every spec of ``todo``; ``on_done(record)`` as each finishes (from the calling thread)."""
+    if options.name == "slurm":
+        from .slurm import run_all as run
+    else:
+        from .local import run_all as run
+    run(todo, out, options, timeout, progress, on_done)

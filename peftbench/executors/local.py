@@ -1,0 +1,44 @@
+"""This machine: one run at a time, or ``--jobs N`` runs at once, each in its own process with its
+own share of the machine (``placement``); with N > 1 latency is timed alone (``lock``)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+
+def run_all(todo, out, options, timeout, progress, on_done):
+    from ..sweep import execute_one
+
+    if options.jobs == 1:
+        for spec in todo:
+            on_done(execute_one(spec, out, timeout, progress))
+        return
+    from .placement import slots
+
+    free: queue.Queue = queue.Queue()
+    for slot in slots(options.jobs):
+        free.put({**slot, "lock": str(out / "records" / ".machine.lock")})
+
+    def one(spec):
+        placement = free.get()
+        try:
+            return execute_one({**spec, "placement": placement}, out, timeout, progress=False)
+        finally:
+            free.put(placement)
+
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        pending = {pool.submit(one, spec) for spec in todo}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    rec = future.result()  # a KeyboardInterrupt in a run ends the sweep here
+                    with lock:
+                        on_done(rec)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise

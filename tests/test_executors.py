@@ -1,0 +1,125 @@
+"""Executors: --jobs N on this machine (CPUs split, latency timed alone) and SLURM through
+submitit's local cluster give the same runs and results as one run at a time."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from peftbench.executors.lock import MachineLock
+from peftbench.records import load_records
+
+FAST = ["--max-steps", "3", "--batch-size", "8", "--latency-min-time", "0", "--latency-batch", "4", "--no-progress",
+        "--knob", "lora=2,adapter=2"]
+
+
+def peftbench(*args, env, timeout=600):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sequential(tiny_model_dirs, small_data, tmp_path_factory):
+    env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
+    out = tmp_path_factory.mktemp("seq")
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST, env=env)
+    assert res.returncode == 0, res.stderr
+    return {rid: r for rid, r in load_records(out).items()}, env
+
+
+def _same_runs(a: dict, b: dict):
+    assert set(a) == set(b)  # the same run ids
+    for rid in a:
+        assert b[rid]["status"] == "ok"
+        for name, value in a[rid]["metrics"].items():
+            assert b[rid]["metrics"][name] == pytest.approx(value, abs=1e-6)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
+    seq, env = sequential
+    out = tmp_path / "jobs"
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
+                    "--jobs", "2", *FAST, env=env)
+    assert res.returncode == 0, res.stderr
+    recs = load_records(out)
+    _same_runs(seq, recs)
+    placements = [r["placement"] for r in recs.values()]
+    assert all(p["jobs"] == 2 and p["shared_machine"] and p["torch_threads"] == len(p["cpus"]) == 1 for p in placements)
+    assert all(r["env"]["cpu_affinity"] == 1 for r in recs.values())  # confined before the environment was read
+    assert "waited_for_latency_s" in next(iter(recs.values()))["train"]
+    table = peftbench("report", out, env=env).stdout
+    assert "†" in table and "shared the machine" in table
+
+
+def test_latency_waits_for_no_training(tmp_path):
+    """A training step holds the lock shared; a latency measurement takes it exclusively and, while
+    it waits or measures, no new step starts."""
+    a, b = MachineLock(tmp_path / "m.lock"), MachineLock(tmp_path / "m.lock")
+    events = []
+    step_started = threading.Event()
+
+    def training():
+        with a.step():
+            step_started.set()
+            time.sleep(0.3)
+            events.append("step 1 done")
+        time.sleep(0.05)
+        with a.step():
+            events.append("step 2 started")
+
+    t = threading.Thread(target=training)
+    t.start()
+    step_started.wait(5)
+    with b.exclusive():
+        events.append("latency")
+        time.sleep(0.3)
+        events.append("latency done")
+    t.join(5)
+    assert events == ["step 1 done", "latency", "latency done", "step 2 started"]
+    assert a.waited_s > 0.1
+
+
+def test_slurm_through_submitit_local_gives_the_same_runs(sequential, tiny_model_dirs, tmp_path):
+    seq, env = sequential
+    out = tmp_path / "slurm"
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
+                    "--executor", "slurm", "--slurm-cluster", "local", "--slurm-time", "10", *FAST, env=env)
+    assert res.returncode == 0, res.stderr
+    recs = load_records(out)
+    _same_runs(seq, recs)
+    assert any((out / "slurm").iterdir())  # submitit's job folders: logs of each array element
+    assert all(r["env"]["pid"] != json.loads("0") for r in recs.values())
+    # resumes on the other executor: nothing left to run
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST, env=env)
+    assert res.returncode == 0 and "skipping 2 run(s) with an ok record; 0 to run" in res.stderr
+
+
+def test_executor_bad_input(tmp_path, cli_env):
+    fake = tmp_path / "nosubmitit"
+    fake.mkdir()
+    (fake / "submitit.py").write_text("raise ImportError('no submitit here')\n")
+    env = dict(cli_env, PYTHONPATH=str(fake))
+    res = peftbench("run", "--methods", "lora", "--executor", "slurm", "--dry-run", env=env)
+    assert res.returncode == 2 and "--executor slurm needs submitit: pip install 'peftbench[slurm]'" in res.stderr
+    res = peftbench("run", "--methods", "lora", "--jobs", "0", "--dry-run", env=cli_env)
+    assert res.returncode == 2 and "--jobs 0: give a positive number" in res.stderr
+    res = peftbench("run", "--methods", "lora", "--jobs", "999", "--dry-run", env=cli_env)
+    assert res.returncode == 2 and "--jobs 999: this process may use" in res.stderr
+
+
+def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):
+    seq, env = sequential
+    rec = next(r for r in seq.values() if r["spec"]["method"] == "lora")
+    (tmp_path / "rec.json").write_text(json.dumps(rec))
+    out = tmp_path / "again"
+    res = peftbench("run-spec", tmp_path / "rec.json", "--out", out, "--no-progress", env=env)
+    assert res.returncode == 0, res.stderr
+    again = load_records(out)[rec["run_id"]]
+    assert again["metrics"] == pytest.approx(rec["metrics"]) and again["spec"]["run_id"] == rec["run_id"]
+    bad = peftbench("run-spec", tmp_path / "nope.json", "--out", out, env=env)
+    assert bad.returncode == 2 and "not a JSON spec" in bad.stderr
