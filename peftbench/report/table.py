@@ -399,7 +399,7 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
                 "bN merged"):  # empty for every row (not measured, or records from before they were kept)
         if col in out and (out[col] == "").all():
             out = out.drop(columns=col)
-    if "commit" in out and out["commit"].nunique() == 1:  # one commit: said once, in the caption
+    if "commit" in out and out["commit"][out["commit"] != ""].nunique() <= 1:  # one commit: said once, in the caption
         out = out.drop(columns="commit")
     if "activations MB ↓" in out and (out["activations MB ↓"] == "").all():  # records from before it was measured
         out = out.drop(columns="activations MB ↓")
