@@ -480,8 +480,10 @@ def memory(ctx, model, methods_, knob_text, regimes, fmt, plugin_files):
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
 @click.option("--dry-run", is_flag=True, help="Plan the sweep and say what has an ok record already; run nothing.")
-@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="Where runs execute: this machine, or SLURM through submitit.")
+@click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local", show_default=True,
+              help="Where runs execute: this machine, a Ray cluster, or SLURM through submitit.")
+@click.option("--ray-address", default=None, help="ray: join this cluster (host:port); default a local one.")
+@click.option("--ray-cpus-per-run", type=int, default=1, show_default=True, help="ray, without GPUs: CPUs per run.")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="local: runs at once, each with its own CPUs (threads split) or GPU; latency timed alone.")
 @click.option("--slurm-partition", default=None)
@@ -497,7 +499,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
         rerun_stale, timeout_per_run, progress, eval_split, eval_samples, num_beams, length_penalty,
         no_repeat_ngram_size, max_new_tokens, meteor, lr_search, lr_grid, val_samples, search_seeds, config,
-        dry_run, executor, jobs, slurm_partition, slurm_time, slurm_gpus_per_run, slurm_array_parallelism,
+        dry_run, executor, ray_address, ray_cpus_per_run, jobs, slurm_partition, slurm_time, slurm_gpus_per_run, slurm_array_parallelism,
         slurm_cluster, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
@@ -537,7 +539,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
 
     executor_options = ExecutorOptions(executor, jobs, {
         "partition": slurm_partition, "time_min": slurm_time, "gpus_per_run": slurm_gpus_per_run,
-        "array_parallelism": slurm_array_parallelism, "cluster": slurm_cluster}).validate()
+        "array_parallelism": slurm_array_parallelism, "cluster": slurm_cluster},
+        {"address": ray_address, "cpus_per_run": ray_cpus_per_run}).validate()
     for s in settings:
         if s.model in CONFIGS:
             raise PeftbenchError(f"--model {s.model} is a built-in config without weights (for peftbench memory "

@@ -123,3 +123,103 @@ def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):
     assert again["metrics"] == pytest.approx(rec["metrics"]) and again["spec"]["run_id"] == rec["run_id"]
     bad = peftbench("run-spec", tmp_path / "nope.json", "--out", out, env=env)
     assert bad.returncode == 2 and "not a JSON spec" in bad.stderr
+
+
+# -- Ray: one local cluster (2 CPUs, 2 fake GPUs) shared by the tests below --------------------
+KILLER = '''
+import os, signal, time
+from pathlib import Path
+import peftbench
+from peftbench_plugins.lora import LoRA
+
+ARMED = Path(__ARMED__)
+
+
+class WorkerKiller(LoRA):
+    """LoRA, except that the first run to apply it (while ARMED exists) SIGKILLs the process that
+    started its fork server: the Ray worker running the task."""
+    name = "worker-killer"
+
+    def apply(self, model, knob_value, **options):
+        if next(model.parameters()).device.type != "meta":  # in a run, not while the sweep is planned
+            server = os.getppid()
+            worker = int(open(f"/proc/{server}/stat").read().rsplit(")", 1)[1].split()[1])
+            is_ray = b"ray" in open(f"/proc/{worker}/cmdline", "rb").read()
+            try:
+                if is_ray:
+                    ARMED.unlink()
+                    os.kill(worker, signal.SIGKILL)
+                    time.sleep(60)
+            except FileNotFoundError:
+                pass
+        return super().apply(model, knob_value, **options)
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(WorkerKiller())
+'''
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tmp_path_factory.mktemp("ray")
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    res = subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
+                          "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
+                         capture_output=True, text=True, env=env, timeout=180)
+    assert res.returncode == 0, res.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_ray_runs_each_task_on_its_gpu_and_survives_a_killed_worker(ray_cluster, sequential, tiny_model_dirs,
+                                                                    tmp_path):
+    seq, env = sequential
+    out = tmp_path / "ray"
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
+                    "--executor", "ray", "--ray-address", ray_cluster, *FAST, env=env)
+    assert res.returncode == 0, res.stderr
+    recs = load_records(out)
+    _same_runs(seq, recs)
+    # two fake GPUs, two tasks at once: each saw its own CUDA_VISIBLE_DEVICES
+    assert sorted(r["placement"]["cuda_visible_devices"] for r in recs.values()) == ["0", "1"]
+    assert all(r["placement"]["executor"] == "ray" and r["placement"]["shared_machine"] for r in recs.values())
+
+    armed = tmp_path / "armed"
+    armed.touch()
+    plugin = tmp_path / "killer.py"
+    plugin.write_text(KILLER.replace("__ARMED__", repr(str(armed))))
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "worker-killer", "--knob", "worker-killer=2",
+            "--seeds", "0,1,2", "--out", out, "--plugins", plugin, *FAST[:-2]]
+    res = peftbench(*args, "--executor", "ray", "--ray-address", ray_cluster, env=env)
+    assert res.returncode == 1, res.stderr  # one run did not finish ok; the sweep went on
+    killed = [r for r in load_records(out).values() if r["spec"]["method"] == "worker-killer"]
+    failed = [r for r in killed if r["status"] != "ok"]
+    assert len(killed) == 3 and len(failed) == 1 and "ray task failed" in failed[0]["error"], failed
+    # the same sweep on the local executor: what Ray finished is skipped, the failed run is retried
+    res = peftbench(*args, "--rerun-failed", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "skipping 2 run(s) with an ok record" in res.stderr or "1 to run" in res.stderr, res.stderr
+
+
+def test_ray_bad_input(cli_env, tmp_path):
+    pytest.importorskip("ray")
+    res = peftbench("run", "--methods", "lora", "--executor", "ray", "--ray-address", "127.0.0.1:1", "--dry-run",
+                    env=cli_env, timeout=60)
+    assert res.returncode == 2 and "--ray-address 127.0.0.1:1: no Ray cluster answers there" in res.stderr
+    fake = tmp_path / "noray"
+    fake.mkdir()
+    (fake / "ray.py").write_text("raise ImportError('no ray here')\n")
+    res = peftbench("run", "--methods", "lora", "--executor", "ray", "--dry-run",
+                    env=dict(cli_env, PYTHONPATH=str(fake)))
+    assert res.returncode == 2 and "--executor ray needs ray: pip install 'peftbench[ray]'" in res.stderr

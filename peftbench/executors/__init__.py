@@ -4,6 +4,7 @@ record), wherever that process lives:
 
 - ``local`` (default): on this machine, one run at a time or ``--jobs N`` at once, each job with
   its own CPUs (threads split) or GPU (``CUDA_VISIBLE_DEVICES``), latency timed alone.
+- ``ray``: one Ray task per run (one GPU, or N CPUs), on a cluster or a local one.
 - ``slurm``: one submitit job-array element per run (``--slurm-cluster local`` runs the same jobs
   on this machine, as the tests do).
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import PeftbenchError
 
-EXECUTORS = ("local", "slurm")
+EXECUTORS = ("local", "ray", "slurm")
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ExecutorOptions:
     name: str = "local"
     jobs: int = 1
     slurm: dict = field(default_factory=dict)  # partition, time_min, gpus_per_run, array_parallelism, cluster
+    ray: dict = field(default_factory=dict)  # address, cpus_per_run
 
     def validate(self):
         if self.name not in EXECUTORS:
@@ -34,6 +36,15 @@ class ExecutorOptions:
             from .placement import slots
 
             slots(self.jobs)  # enough CPUs (or GPUs) for the jobs, else one line now
+        if self.name == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise PeftbenchError("--executor ray needs ray: pip install 'peftbench[ray]'") from None
+            if self.ray.get("address"):
+                from .ray import check_address
+
+                check_address(self.ray["address"])
         if self.name == "slurm":
             try:
                 import submitit  # noqa: F401
@@ -49,6 +60,8 @@ def run_all(todo, out, options: ExecutorOptions, timeout, progress, on_done):
     """Run every spec of ``todo``; ``on_done(record)`` as each finishes (from the calling thread)."""
     if options.name == "slurm":
         from .slurm import run_all as run
+    elif options.name == "ray":
+        from .ray import run_all as run
     else:
         from .local import run_all as run
     run(todo, out, options, timeout, progress, on_done)

@@ -48,5 +48,5 @@ def apply(placement: dict) -> dict:
     if placement.get("cuda_visible_devices") is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = placement["cuda_visible_devices"]  # before CUDA initialises
     got["torch_threads"] = torch.get_num_threads()
-    got["shared_machine"] = placement.get("jobs", 1) > 1
+    got["shared_machine"] = placement.get("shared_machine", placement.get("jobs", 1) > 1)
     return got

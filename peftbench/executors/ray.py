@@ -1,0 +1,84 @@
+"""Ray: each run is a Ray task asking for one GPU where the cluster has GPUs (Ray sets the task's
+``CUDA_VISIBLE_DEVICES``), else ``--ray-cpus-per-run`` CPUs. A task runs the same ``execute_one``
+as a local sweep, in the task's worker: the run is its own process there. A worker that dies
+(SIGKILL, OOM) is recorded as a failed run and the sweep goes on. ``--ray-address`` joins a
+running cluster (checked first: an unreachable address is one line, not a hang); without it a
+local cluster starts for the sweep. Plugin files and ``--out`` must be at the same paths on every
+node (a shared filesystem), as with SLURM."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from ..errors import PeftbenchError
+
+
+FORWARD = ("PEFTBENCH_", "HF_", "TRANSFORMERS_", "CUBLAS_WORKSPACE_CONFIG")
+
+
+def remote_run(spec: dict, out: str, timeout):
+    import ray
+
+    from ..sweep import execute_one
+
+    ctx = ray.get_runtime_context()
+    # Ray may place several runs on one node at once: their throughput is marked as shared
+    placement = {"executor": "ray", "node": ctx.get_node_id(), "shared_machine": True,
+                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if placement["cuda_visible_devices"] is None:
+        del placement["cuda_visible_devices"]
+    return execute_one({**spec, "placement": placement}, Path(out), timeout, progress=False)
+
+
+def check_address(address: str) -> None:
+    """A cluster's GCS answers at host:port; say so in one line if it does not (ray.init would wait)."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.replace("ray://", "").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise PeftbenchError(f"--ray-address {address}: no Ray cluster answers there ({e}); start one with "
+                             "`ray start --head` and give its address, or drop --ray-address for a local "
+                             "cluster") from None
+
+
+def run_all(todo, out, options, timeout, progress, on_done):
+    import ray
+
+    from ..records import record_path, write_atomic
+    from ..sweep import _failure_record
+
+    address = options.ray.get("address")
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            check_address(address)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        resources = {"num_gpus": 1} if gpus else {"num_cpus": options.ray.get("cpus_per_run") or 1}
+        # the sweep's own settings from its environment (data folder, caches, offline flags) travel
+        # with each task: a cluster's workers start with the cluster's environment, not ours
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARD)}
+        task = ray.remote(max_retries=0, **resources)(remote_run).options(runtime_env={"env_vars": env_vars})
+        started = time.time()
+        futures = {task.remote(spec, str(out), timeout): spec for spec in todo}
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=1, timeout=1.0)
+            for ref in ready:
+                spec = futures.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except ray.exceptions.RayError as e:  # the worker died (SIGKILL, OOM) or the task failed
+                    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                    rec = _failure_record(spec, "failed", f"ray task failed ({type(e).__name__}): {first}",
+                                          started, None)
+                    write_atomic(record_path(out, spec["run_id"]), rec)
+                on_done(rec)
+    finally:
+        if started_here:
+            ray.shutdown()
