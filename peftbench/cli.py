@@ -479,6 +479,8 @@ def memory(ctx, model, methods_, knob_text, regimes, fmt, plugin_files):
 @click.option("--search-seeds", default="0", show_default=True, help="Learning-rate search: seeds per candidate.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Processes per run (torchrun + DDP: gloo on CPU, NCCL on GPUs); --batch-size is the global batch.")
 @click.option("--dry-run", is_flag=True, help="Plan the sweep and say what has an ok record already; run nothing.")
 @click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local", show_default=True,
               help="Where runs execute: this machine, a Ray cluster, or SLURM through submitit.")
@@ -499,7 +501,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
         rerun_stale, timeout_per_run, progress, eval_split, eval_samples, num_beams, length_penalty,
         no_repeat_ngram_size, max_new_tokens, meteor, lr_search, lr_grid, val_samples, search_seeds, config,
-        dry_run, executor, ray_address, ray_cpus_per_run, jobs, slurm_partition, slurm_time, slurm_gpus_per_run, slurm_array_parallelism,
+        nproc, dry_run, executor, ray_address, ray_cpus_per_run, jobs, slurm_partition, slurm_time, slurm_gpus_per_run, slurm_array_parallelism,
         slurm_cluster, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
     from . import report
@@ -532,6 +534,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             eval_split=eval_split, eval_samples=eval_samples, num_beams=num_beams, length_penalty=length_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens, meteor=meteor,
             lr_search=lr_search, lr_grid=tuple(lr_grid), val_samples=val_samples, search_seeds=search_seeds,
+            nproc=nproc,
         )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     from .executors import ExecutorOptions
@@ -630,7 +633,7 @@ SWEEP_FLAGS = ("methods_", "tasks_", "seeds", "model", "budget", "knob", "lr", "
                "data_seed", "train_subset", "batch_size", "max_seq_len", "weight_decay", "warmup_ratio",
                "max_grad_norm", "device", "precision", "latency", "latency_batch", "latency_seq_len", "latency_min_time",
                "keep_checkpoints", "eval_split", "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size",
-               "max_new_tokens", "meteor", "lr_search", "lr_grid", "val_samples", "search_seeds")
+               "max_new_tokens", "meteor", "lr_search", "lr_grid", "val_samples", "search_seeds", "nproc")
 
 
 def _summary_line(rec) -> str:

@@ -128,7 +128,8 @@ class SweepSettings:
     train_samples: int | None = 4000
     data_seed: int = 0
     train_subset: str = "random"  # how train_samples are picked: "random" (by data_seed) or "first" (file order)
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch (split over --nproc processes)
+    nproc: int = 1
     max_seq_len: int | None = None
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
@@ -197,6 +198,9 @@ def plan(s: SweepSettings) -> Plan:
     for flag, value in [*(("--seeds", v) for v in seeds), ("--data-seed", s.data_seed)]:
         if value < 0 or value >= 2**32:
             raise PeftbenchError(f"{flag} {value}: a seed must be an integer in [0, 2**32)")
+    if s.nproc < 1 or s.batch_size % s.nproc:
+        raise PeftbenchError(f"--nproc {s.nproc}: give a positive number of processes that divides --batch-size "
+                             f"{s.batch_size} (the global batch is split evenly over them)")
     knobs = parse_assignments(s.knob, "--knob", int, names)
     lrs = parse_assignments(s.lr, "--lr", float, names)
     for name, value in lrs.items():
@@ -278,7 +282,7 @@ def plan(s: SweepSettings) -> Plan:
                     "train_subset": s.train_subset if s.train_samples else "random",
                     "lr": lrs.get(c.method.name, lrs.get("*", c.method.default_lr)),
                     "lr_source": "flag" if (c.method.name in lrs or "*" in lrs) else "method default",
-                    "epochs": s.epochs, "max_steps": s.max_steps, "batch_size": s.batch_size,
+                    "epochs": s.epochs, "max_steps": s.max_steps, "batch_size": s.batch_size, "nproc": s.nproc,
                     "max_seq_len": s.max_seq_len or task.max_seq_len, "warmup_ratio": s.warmup_ratio,
                     "weight_decay": s.weight_decay, "max_grad_norm": s.max_grad_norm, "device": device,
                     "precision": precision, "precision_requested": s.precision, "precision_why": precision_why,

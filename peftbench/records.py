@@ -31,6 +31,7 @@ ID_FIELDS = (
     "batch_size", "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device",
     "latency", "peftbench_version", "train_subset", "method_version", "method_code", "task_code", "data_sha",
     "precision", "eval_split", "eval_samples", "generation", "metrics", "lr_selection", "role", "validation",
+    "nproc",
 )
 # What a record says about the rest of the code that ran, which does not enter the id: a change
 # of the host package (peftbench/) or of a library makes existing records *stale* (reports warn,
@@ -39,7 +40,7 @@ STALE_ENV_FIELDS = ("host_code", "python", "torch", "transformers", "peft", "dat
                     "accelerate", "numpy", "gguf")
 # Fields added after records were published: left out of the id at their default value, so that
 # the ids of earlier records (which lack the field) stay valid.
-ID_DEFAULTS = {"train_subset": "random", "lr_selection": None, "role": None, "validation": None}
+ID_DEFAULTS = {"train_subset": "random", "lr_selection": None, "role": None, "validation": None, "nproc": 1}
 
 
 def run_id(spec: dict) -> str:

@@ -136,6 +136,11 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     method = get_method(spec["method"])
     task = get_task(spec["task"])
     device = resolve_device(spec["device"])
+    distributed = spec.get("nproc", 1) > 1
+    if distributed:  # one rank of a torchrun launch (peftbench/ddp.py)
+        from . import ddp
+
+        device = ddp.init(device)
     precision = spec.get("precision", "fp32")
     result: dict = {"env": environment(device, precision),
                     "plugins": {"method": plugin_origin(method.plugin), "task": plugin_origin(task.plugin)}}
@@ -210,15 +215,22 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         lock = MachineLock(spec["placement"]["lock"])
     try:
         stats = train(model, train_ds, collate, cfg, device, progress=update,
-                      on_start=lambda total: method.on_train_start(model, total), guard=lock.step if lock else None)
+                      on_start=lambda total: method.on_train_start(model, total), guard=lock.step if lock else None,
+                      distributed=distributed)
     finally:
         close()
+    if distributed:  # counters summed over ranks, peak memory the largest; every rank's parameters
+        result["ddp"] = {"world_size": ddp.world(), "backend": "nccl" if str(device).startswith("cuda") else "gloo",
+                         "global_batch": spec["batch_size"], "per_rank_batch": spec["batch_size"] // ddp.world(),
+                         **ddp.reduce_stats(stats), "trainable_checksum_per_rank": ddp.checksums(model)}
+        if ddp.rank() != 0:
+            return result  # rank 0 alone evaluates, checkpoints, times latency and writes the record
     activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device, precision)
     method.finalize(model)
     step = max(1, len(stats.losses) // 200)
     result["train"] = {
         "steps": stats.steps, "epochs_done": stats.epochs_done, "train_time_s": stats.train_time_s,
-        "timed_steps": stats.timed_steps, "samples_per_s": stats.samples_per_s, "tokens_per_s": stats.tokens_per_s,
+        "timed_steps": stats.timed_steps, "timed_samples": stats.timed_samples, "samples_per_s": stats.samples_per_s, "tokens_per_s": stats.tokens_per_s,
         "median_step_s": float(np.median(stats.step_times)) if stats.step_times else None,
         "loss_first": stats.losses[0] if stats.losses else None,
         "loss_last10": float(np.mean(stats.losses[-10:])) if stats.losses else None, "loss_curve_every": step,
@@ -473,5 +485,10 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
             record["traceback_file"] = tb.name
     record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     record["duration_s"] = time.time() - started
+    if spec.get("nproc", 1) > 1:
+        from .ddp import rank
+
+        if rank() != 0:  # the other ranks of a DDP run: rank 0 writes the record
+            return record
     write_atomic(record_path(out, spec["run_id"]), record)
     return record

@@ -82,7 +82,12 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     timed_out = False
     try:  # from the moment the spec exists, a Ctrl-C leaves a cancelled record and no spec file
         write_atomic(spec_file, {**spec, "attempt": attempt})
-        proc = worker.start(spec_file, out, progress)
+        if spec.get("nproc", 1) > 1:  # one run over several processes: torchrun, rank 0 writes the record
+            from .ddp import Launched
+
+            proc = Launched(spec_file, out, spec["nproc"])
+        else:
+            proc = worker.start(spec_file, out, progress)
         proc.join(timeout)
         if proc.exitcode is None:  # still running: hung
             proc.kill()

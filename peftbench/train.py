@@ -85,11 +85,14 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_start=None, guard=None) -> TrainStats:
+def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_start=None, guard=None,
+          distributed=False) -> TrainStats:
     """Train in place. ``progress(step, total, loss, samples_per_s)`` is called after each step;
     ``on_start(total_steps)`` once before training, and may return ``after_step(step)``, called
     after each optimizer step, before the gradients are cleared. ``guard()`` (a context manager)
-    wraps each step, outside its timing (parallel jobs: wait while another job times latency)."""
+    wraps each step, outside its timing (parallel jobs: wait while another job times latency).
+    ``distributed``: this process is one rank of a DDP run: it trains a DistributedDataParallel
+    wrapper on its share of every global batch (the same data order on every rank)."""
     import contextlib
 
     guard = guard or contextlib.nullcontext
@@ -107,6 +110,13 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
     after_step = on_start(steps) if on_start else None
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
+    forward = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from .ddp import shard
+
+        forward = DistributedDataParallel(model, find_unused_parameters=True)
     model.train()  # from_pretrained returns eval mode; dropout is part of training cost
     batches = iter(loader)
     with PeakMemory(device) as memory:
@@ -117,13 +127,15 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
             except StopIteration:
                 batches = iter(loader)
                 batch = next(batches)
+            if distributed:
+                batch = shard(batch)
             step_guard = guard()
             step_guard.__enter__()
             sync(device)
             t0 = time.perf_counter()
             batch = to_device(batch, device)
             with autocast(device, cfg.precision):
-                loss = model(**batch).loss
+                loss = forward(**batch).loss
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -140,7 +152,14 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
                 after_step(step + 1)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            value = loss.item()  # synchronises
+            if distributed:  # the global batch's mean loss (equal shards), not this rank's share
+                import torch.distributed as dist
+
+                mean = loss.detach().float().clone()
+                dist.all_reduce(mean)
+                value = mean.item() / dist.get_world_size()
+            else:
+                value = loss.item()  # synchronises
             sync(device)
             dt = time.perf_counter() - t0
             step_guard.__exit__(None, None, None)

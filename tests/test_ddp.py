@@ -1,0 +1,44 @@
+"""`--nproc 2`: one run over two processes (torchrun, DDP with gloo on the CPU)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ARGS = ["--methods", "lora", "--knob", "lora=2", "--train-samples", "64", "--max-steps", "6", "--batch-size", "8",
+        "--no-latency", "--no-progress"]
+
+
+def run(*args, env):
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", "run", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def record(out):
+    return json.loads(next((out / "records").glob("*.json")).read_text())
+
+
+def test_two_processes_train_one_model(tiny_model_dirs, cli_env, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, n in ((one, 1), (two, 2)):
+        res = run("--model", tiny_model_dirs["bert"], *ARGS, "--out", out, "--nproc", n, env=cli_env)
+        assert res.returncode == 0, res.stderr
+    a, b = record(one), record(two)
+    assert b["status"] == "ok" and a["run_id"] != b["run_id"] and b["spec"]["nproc"] == 2
+    ddp = b["ddp"]
+    assert ddp["world_size"] == 2 and ddp["backend"] == "gloo" and ddp["per_rank_batch"] == 4
+    checks = ddp["trainable_checksum_per_rank"]
+    assert len(checks) == 2 and checks[0] == checks[1]  # DDP kept both copies identical
+    # the same global batch and data order: the same losses up to the ranks' own dropout masks
+    assert b["train"]["loss_first"] == pytest.approx(a["train"]["loss_first"], abs=0.02)
+    assert b["train"]["loss_last10"] == pytest.approx(a["train"]["loss_last10"], abs=0.03)
+    assert abs(b["metrics"]["accuracy"] - a["metrics"]["accuracy"]) <= 0.1
+    assert b["train"]["steps"] == a["train"]["steps"] == 6
+    # throughput counts both ranks' examples: the global batch of every timed step
+    assert b["train"]["timed_samples"] == a["train"]["timed_samples"] == 8 * a["train"]["timed_steps"]
+
+
+def test_nproc_must_divide_the_batch(cli_env, tmp_path):
+    res = run(*ARGS, "--nproc", "3", "--out", tmp_path, "--dry-run", env=cli_env)
+    assert res.returncode == 2 and "--nproc 3: give a positive number of processes that divides --batch-size 8" in res.stderr
