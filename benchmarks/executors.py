@@ -6,7 +6,8 @@ each adds per run beyond the runs' own time.
 Per-run overhead = (wall time x concurrency - sum of the runs' own durations) / runs, where a
 run's own duration is what its record measured in its process (start to record, training and
 evaluation included) and concurrency is 1 for one run at a time, 2 for --jobs 2 and for submitit's
-local cluster (2 CPUs here): the time the executor spends starting, placing and collecting runs.
+local cluster and for Ray's local cluster (one run per CPU: 2 here): the time the executor spends
+starting, placing and collecting runs (Ray's includes starting its cluster).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 EXECUTORS = {
     "local, one run at a time": [],
     "local --jobs 2": ["--jobs", "2"],
+    "ray, a local cluster started by the sweep": ["--executor", "ray"],
     "slurm via submitit, --slurm-cluster local": ["--executor", "slurm", "--slurm-cluster", "local"],
 }
 
@@ -39,8 +41,9 @@ def tiny_model(folder: Path) -> str:
 
 
 def main():
-    concurrency = {"local, one run at a time": 1, "local --jobs 2": 2,
-                   "slurm via submitit, --slurm-cluster local": min(2, len(os.sched_getaffinity(0)))}
+    cpus = len(os.sched_getaffinity(0))
+    concurrency = {"local, one run at a time": 1, "local --jobs 2": 2, "ray, a local cluster started by the sweep": cpus,
+                   "slurm via submitit, --slurm-cluster local": cpus}
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "tiny")
         rows = []

@@ -24,10 +24,16 @@ def mcc(pred, gold):
     return float(matthews_corrcoef(gold, pred))
 
 
+def _constant(x) -> bool:
+    """All values equal (np.std of a constant float array can come out as 1e-17, not 0)."""
+    x = np.asarray(x)
+    return x.size == 0 or bool(np.all(x == x.flat[0]))
+
+
 def pearson(pred, gold):
     from scipy.stats import pearsonr
 
-    if np.std(pred) == 0 or np.std(gold) == 0:
+    if _constant(pred) or _constant(gold):
         return 0.0  # a constant prediction has no correlation
     return float(pearsonr(pred, gold)[0])
 
@@ -35,7 +41,7 @@ def pearson(pred, gold):
 def spearman(pred, gold):
     from scipy.stats import spearmanr
 
-    if np.std(pred) == 0 or np.std(gold) == 0:
+    if _constant(pred) or _constant(gold):
         return 0.0
     return float(spearmanr(pred, gold)[0])
 

@@ -198,6 +198,12 @@ def test_trivial_baseline_majority_and_mean():
     assert out["predicts"] == 1 and out["metrics"] == {"accuracy": 0.6}
     out = trivial_baseline(stsb, {"labels": [0.2, 0.4, 0.9]}, np.array([0.1, 0.5, 0.7]))
     assert out["predicts"] == pytest.approx(0.5) and out["metrics"] == {"pearson": 0.0, "spearman": 0.0}
+    # STS-B's real case (its 1,500 dev pairs, the mean of its training targets): np.std of that
+    # constant prediction is 1.1e-16, not 0, and scipy's correlation of it is NaN
+    from peftbench_tasks.metrics import pearson, spearman
+
+    constant, gold = np.full(1500, 0.5401998128753968), np.random.default_rng(1).uniform(0, 1, 1500)
+    assert np.std(constant) > 0 and pearson(constant, gold) == 0.0 and spearman(constant, gold) == 0.0
 
 
 def test_a_table_of_failed_runs_only():

@@ -3,8 +3,8 @@
 as a local sweep, in the task's worker: the run is its own process there. A worker that dies
 (SIGKILL, OOM) is recorded as a failed run and the sweep goes on. ``--ray-address`` joins a
 running cluster (checked first: an unreachable address is one line, not a hang); without it a
-local cluster starts for the sweep. Plugin files and ``--out`` must be at the same paths on every
-node (a shared filesystem), as with SLURM."""
+local cluster starts for the sweep. ``--plugins`` files travel to the workers as the tasks' working
+directory; ``--out`` must be on a filesystem every node shares, as with SLURM."""
 
 from __future__ import annotations
 
@@ -33,6 +33,23 @@ def remote_run(spec: dict, out: str, timeout):
     return execute_one({**spec, "placement": placement}, Path(out), timeout, progress=False)
 
 
+def ship_plugins(todo):
+    """Copy the specs' plugin files into one folder for Ray to upload to every node, and point the
+    specs at their copies there (relative paths: a task runs in that folder). (specs, folder or None)"""
+    import shutil
+    import tempfile
+
+    files = sorted({p for spec in todo for p in spec.get("plugins", ())})
+    if not files:
+        return todo, None
+    folder = Path(tempfile.mkdtemp(prefix="peftbench-plugins-"))
+    names = {}
+    for i, f in enumerate(files):
+        names[f] = f"p{i}_{Path(f).name}"
+        shutil.copy2(f, folder / names[f])
+    return [{**spec, "plugins": [names[p] for p in spec.get("plugins", ())]} for spec in todo], str(folder)
+
+
 def check_address(address: str) -> None:
     """A cluster's GCS answers at host:port; say so in one line if it does not (ray.init would wait)."""
     if address in ("auto", "local"):
@@ -47,6 +64,7 @@ def check_address(address: str) -> None:
 
 
 def run_all(todo, out, options, timeout, progress, on_done):
+    out = Path(out).resolve()  # a task's working directory is not the sweep's
     import ray
 
     from ..records import record_path, write_atomic
@@ -54,17 +72,22 @@ def run_all(todo, out, options, timeout, progress, on_done):
 
     address = options.ray.get("address")
     started_here = not ray.is_initialized()
+    # the sweep's own settings from its environment (data folder, caches, offline flags) travel
+    # with the job, and so do the plugin files (as its working directory; paths do not enter run
+    # ids): a cluster's workers start with the cluster's environment and files, not ours
+    runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(FORWARD)}}
     if started_here:
+        todo, shipped = ship_plugins(todo)
+        if shipped:
+            runtime_env["working_dir"] = shipped
         if address:
             check_address(address)
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env=runtime_env)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"num_gpus": 1} if gpus else {"num_cpus": options.ray.get("cpus_per_run") or 1}
-        # the sweep's own settings from its environment (data folder, caches, offline flags) travel
-        # with each task: a cluster's workers start with the cluster's environment, not ours
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARD)}
-        task = ray.remote(max_retries=0, **resources)(remote_run).options(runtime_env={"env_vars": env_vars})
+        task = ray.remote(max_retries=0, **resources)(remote_run)
         started = time.time()
         futures = {task.remote(spec, str(out), timeout): spec for spec in todo}
         while futures:

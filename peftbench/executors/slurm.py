@@ -18,6 +18,7 @@ def remote_run(spec: dict, out: str, timeout):
 
 
 def run_all(todo, out, options, timeout, progress, on_done):
+    out = Path(out).resolve()  # a task's working directory is not the sweep's
     import submitit
 
     from ..records import record_path, write_atomic
