@@ -90,7 +90,7 @@ def expand(specs: list[dict], grids: dict, val_samples: int, search_seeds: list[
     return searches, templates
 
 
-def choose(template, grid, candidates, records: dict) -> dict:
+def choose(grid, candidates, records: dict) -> dict:
     """The search's outcome for one group: chosen rate and what it cost, from the search records."""
     scores: dict[float, list[float]] = {}
     seconds = steps = 0.0
@@ -119,7 +119,7 @@ def finals(templates, records: dict) -> tuple[list[dict], list[str]]:
     """The final specs at the chosen rates, and lines saying what was chosen."""
     specs, lines = [], []
     for template, _, grid, candidates in templates:
-        outcome = choose(template, grid, candidates, records)
+        outcome = choose(grid, candidates, records)
         spec = dict(template)
         spec["lr_search"] = outcome
         if outcome["chosen"] is None:

@@ -80,20 +80,13 @@ def run(model_id="minilm", methods=("lora", "peft-lora"), steps=60, warmup=5, ba
 def copied_weights_parity(runs, batch) -> dict:
     """Native LoRA's A and B (B made non-zero) copied into peft's: the largest output difference
     in fp32, unmerged and merged, on copies (the benchmarked models start from B = 0)."""
+    from .testing import copy_native_lora_into_peft
+
     native, bridged = copy.deepcopy(runs["lora"][0]).eval(), copy.deepcopy(runs["peft-lora"][0]).eval()
-    theirs = dict(bridged.named_parameters())
-    copied = 0
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         untouched = native(**inputs).logits  # B = 0: the base model's outputs
-        for name, p in native.named_parameters():
-            if ".lora_" in name:
-                stem, which = name.rsplit(".lora_", 1)
-                p.normal_(std=0.02)
-                theirs[f"{stem}.lora_{which}.default.weight"].copy_(p)
-                copied += 1
-            elif p.requires_grad:  # a classification head
-                theirs[name].copy_(p)
+        copied = copy_native_lora_into_peft(native, bridged, std=0.02)
         a, b = native(**inputs).logits, bridged(**inputs).logits
         registry = get_methods()
         ma = registry["lora"].merge(native)(**inputs).logits

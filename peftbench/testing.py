@@ -346,3 +346,23 @@ def pytest_collection_modifyitems(session, config, items):
 
     module = pytest.Module.from_parent(session, path=Path(__file__).with_name("_contract_tests.py"))
     items.extend(session.genitems(module))
+
+
+def copy_native_lora_into_peft(native, bridged, std: float = 1.0) -> int:
+    """Give native LoRA random A and B (B non-zero, so that the update matters) and copy them, and
+    the trained head, into the same model under peft's LoRA; the number of LoRA tensors copied.
+    Used by the bridge's parity test and benchmarks/train_step.py's parity check."""
+    import torch
+
+    theirs = dict(bridged.named_parameters())
+    copied = 0
+    with torch.no_grad():
+        for name, p in native.named_parameters():
+            if ".lora_" in name:
+                stem, which = name.rsplit(".lora_", 1)
+                p.normal_(std=std)
+                theirs[f"{stem}.lora_{which}.default.weight"].copy_(p)
+                copied += 1
+            elif p.requires_grad:  # the task head
+                theirs[name].copy_(p)
+    return copied

@@ -12,6 +12,7 @@ from peftbench.budget import Counter, solve  # noqa: E402
 from peftbench.errors import PeftbenchError, UnsupportedModel  # noqa: E402
 from peftbench.method import apply_method  # noqa: E402
 from peftbench.plugins import get_methods  # noqa: E402
+from peftbench.testing import copy_native_lora_into_peft  # noqa: E402
 
 METHODS = get_methods()
 NATIVE, PEFT = METHODS["lora"], METHODS["peft-lora"]
@@ -23,29 +24,12 @@ def _pair(family, r=4, **opts):
     return native, n_counts, bridged, p_counts
 
 
-def _copy_native_into_peft(native, bridged):
-    peft_params = dict(bridged.named_parameters())
-    copied = 0
-    for name, p in native.named_parameters():
-        if ".lora_" in name:
-            stem, which = name.rsplit(".lora_", 1)
-            with torch.no_grad():
-                p.normal_()  # make B non-zero so that the update matters
-                peft_params[f"{stem}.base_layer.weight"]  # same layer in peft
-                peft_params[f"{stem}.lora_{which}.default.weight"].copy_(p)
-            copied += 1
-        elif not name.startswith(("bert.", "transformer.", "model.")):  # the head
-            with torch.no_grad():
-                peft_params[name].copy_(p)
-    return copied
-
-
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
 def test_native_and_peft_lora_agree(family):
     # peft adapts GPT-2's whole fused c_attn by default; the native LoRA's q,v would adapt slices
     native, n_counts, bridged, p_counts = _pair(family, native={"target_modules": "qkv"} if family == "gpt2" else {})
     assert n_counts == p_counts
-    assert _copy_native_into_peft(native, bridged) == 2 * (2 if family != "gpt2" else 1) * 2
+    assert copy_native_lora_into_peft(native, bridged) == 2 * (2 if family != "gpt2" else 1) * 2
     inputs = {k: v for k, v in batch().items() if k != "labels"}
     native.eval(), bridged.eval()
     with torch.no_grad():
@@ -60,7 +44,7 @@ def test_native_and_peft_lora_agree(family):
 
 def test_identical_training_steps_give_the_same_losses():
     native, _, bridged, _ = _pair("bert")
-    _copy_native_into_peft(native, bridged)
+    copy_native_lora_into_peft(native, bridged)
     losses = []
     for model in (native, bridged):
         torch.manual_seed(0)  # the base model's own dropout draws the same masks
