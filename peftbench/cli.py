@@ -326,6 +326,11 @@ def analyze_subspace(record_a, record_b, plot, fmt):
     """Subspace similarity φ of two lora runs' A matrices (e.g. r=8 vs r=64, or two seeds), per matrix."""
     from .studies import analyze as an
 
+    specs = [an.read_record(record_a)["spec"], an.read_record(record_b)["spec"]]
+    for key in ("model", "task"):
+        if specs[0].get(key) != specs[1].get(key):
+            raise PeftbenchError(f"{record_a} and {record_b} are runs of different {key}s ({specs[0].get(key)} vs "
+                                 f"{specs[1].get(key)}); compare two lora runs of the same model and task")
     rec_a, model_a = an.load_run(record_a)
     rec_b, model_b = an.load_run(record_b)
     rows = an.subspace_table(an.factors(model_a), an.factors(model_b))
@@ -545,6 +550,15 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         "array_parallelism": slurm_array_parallelism, "cluster": slurm_cluster},
         {"address": ray_address, "cpus_per_run": ray_cpus_per_run}).validate()
     for s in settings:
+        if s.nproc > 1:  # one process per GPU, or per CPU core
+            import torch
+
+            gpus = torch.cuda.device_count() if s.device in ("auto", "cuda") else 0
+            have, what = (gpus, "GPU(s)") if gpus else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                        else os.cpu_count() or 1, "CPU(s)")
+            if s.nproc > have:
+                raise PeftbenchError(f"--nproc {s.nproc}: this machine gives this process {have} {what}; give "
+                                     f"--nproc {have} or fewer")
         if s.model in CONFIGS:
             raise PeftbenchError(f"--model {s.model} is a built-in config without weights (for peftbench memory "
                                  "and budget); to train, give a model folder, a transformers model id, minilm or smollm2")

@@ -92,3 +92,13 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     assert bad.returncode == 2 and "analyze reads native lora runs" in bad.stderr
     bad = analyze("delta", tmp_path / "nope.json", env=env)
     assert bad.returncode == 2 and "not a run record" in bad.stderr
+    other = json.loads(r2.read_text())
+    other["spec"]["task"] = "trec"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    bad = analyze("subspace", r8, tmp_path / "other.json", env=env)
+    assert bad.returncode == 2 and "are runs of different tasks (sst2 vs trec)" in bad.stderr
+    gone = json.loads(r8.read_text())
+    gone["checkpoint"]["path"], gone["run_id"] = None, "0" * 16
+    (tmp_path / "gone.json").write_text(json.dumps(gone))
+    bad = analyze("delta", tmp_path / "gone.json", env=env)
+    assert bad.returncode == 2 and "--keep-checkpoints" in bad.stderr

@@ -42,3 +42,11 @@ def test_two_processes_train_one_model(tiny_model_dirs, cli_env, tmp_path):
 def test_nproc_must_divide_the_batch(cli_env, tmp_path):
     res = run(*ARGS, "--nproc", "3", "--out", tmp_path, "--dry-run", env=cli_env)
     assert res.returncode == 2 and "--nproc 3: give a positive number of processes that divides --batch-size 8" in res.stderr
+
+
+def test_nproc_beyond_the_cores(cli_env, tmp_path):
+    import os
+
+    n = len(os.sched_getaffinity(0)) * 2
+    res = run(*ARGS[:-4], "--batch-size", n * 4, "--nproc", n, "--out", tmp_path, "--dry-run", env=cli_env)
+    assert res.returncode == 2 and f"--nproc {n}: this machine gives this process" in res.stderr

@@ -67,3 +67,22 @@ def test_readme_shows_the_commands_real_output():
 
     res = memory("--knob", "lora=4", "--precision", "fp16-mixed,pure-16bit")
     assert res.returncode == 0 and res.stdout.strip() in (ROOT / "README.md").read_text()
+
+
+def test_counts_equal_the_real_modules_on_a_tiny_config(tmp_path):
+    """On a tiny config, `memory` counts what applying the method to a real (CPU) model trains."""
+    from peftbench import testing
+    from peftbench.method import apply_method
+    from peftbench.plugins import get_methods
+
+    model = testing.tiny_model("llama", vocab=30522)
+    model.config.save_pretrained(tmp_path)
+    res = memory("--model", tmp_path, "--methods", "lora,adapter,prefix", "--knob", "lora=3,adapter=5,prefix=7",
+                 "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    got = counts(res.stdout)
+    methods = get_methods()
+    for name, knob in (("lora", 3), ("adapter", 5), ("prefix", 7)):
+        real = apply_method(methods[name], testing.tiny_model("llama", vocab=30522), knob)[1].method
+        key = next(k for k in got if k[0] == name)
+        assert got[key] == real, name

@@ -39,3 +39,9 @@ def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_e
     assert len(recs) == 4 and all(r["checkpoint"]["path"] for r in recs)
     bad = study("rank", "--model", tiny_model_dirs["bert"], "--ranks", "0", "--out", out, *TINY, env=cli_env)
     assert bad.returncode == 2 and "ranks must be positive integers" in bad.stderr
+
+
+def test_targets_with_a_budget_no_set_reaches(tiny_model_dirs, cli_env, tmp_path):
+    res = study("targets", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v", "--budget", "5",
+                "--out", tmp_path / "t", *TINY, env=cli_env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") <= 2, res.stderr

@@ -32,6 +32,16 @@ def _checkpoint_of(record_path: Path, rec: dict) -> Path:
                          "--keep-checkpoints (the default)")
 
 
+def read_record(path) -> dict:
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+        rec["spec"]["task"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PeftbenchError(f"{path}: not a run record; give a records/<run id>.json file") from None
+    return rec
+
+
 def load_run(path) -> tuple[dict, torch.nn.Module]:
     """The record at ``path`` and its tuned model (base model + the run's LoRA weights), on the CPU."""
     from safetensors.torch import load_file
@@ -41,11 +51,8 @@ def load_run(path) -> tuple[dict, torch.nn.Module]:
     from ..plugins import get_method, get_task, load_plugins
 
     path = Path(path)
-    try:
-        rec = json.loads(path.read_text())
-        spec = rec["spec"]
-    except (OSError, ValueError, KeyError):
-        raise PeftbenchError(f"{path}: not a run record; give a records/<run id>.json file") from None
+    rec = read_record(path)
+    spec = rec["spec"]
     if rec.get("status") != "ok":
         raise PeftbenchError(f"{path}: the run did not finish ok ({rec.get('status')}); nothing to analyse")
     if spec.get("method") != "lora":

@@ -52,7 +52,14 @@ def rows(model: str, choices, knobs: dict, regimes) -> tuple[int, list[dict]]:
     from ..models import counter as make_counter
     from ..models import load_config
 
-    counter = make_counter(load_config(model))
+    from ..errors import PeftbenchError, first_line
+
+    config = load_config(model)
+    try:
+        counter = make_counter(config)
+    except Exception as e:
+        raise PeftbenchError(f"--model {model}: transformers cannot build this config ({first_line(e)}); give a config "
+                             "of a model transformers knows") from None
     out = []
     for c, knob in ((c, k) for c in choices for k in (knobs.get(c.method.name, [c.method.default_knob])
                                                        if c.method.knob else [None])):
