@@ -86,3 +86,10 @@ def test_counts_equal_the_real_modules_on_a_tiny_config(tmp_path):
         real = apply_method(methods[name], testing.tiny_model("llama", vocab=30522), knob)[1].method
         key = next(k for k in got if k[0] == name)
         assert got[key] == real, name
+
+
+def test_published_projection_is_the_commands_output():
+    from conftest import ROOT
+
+    res = memory("--knob", "lora=1,lora=4,lora=8")
+    assert res.returncode == 0 and res.stdout.strip() in (ROOT / "results" / "lora-paper" / "README.md").read_text()
