@@ -32,7 +32,7 @@ CSV_COLUMNS = [
     "task_version", "machine_gflops", "threads", "precision", "mfu", "generated_tokens_per_s",
     *(f"gen_{what}_{size}{tag}" for size in ("b1", "bN") for what in ("ttft", "per_token")
       for tag in ("_ms", "_ratio", "_merged_ratio")),
-    "lr_selection", "search_seconds", "search_steps", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
+    "lr_selection", "lr_grid_edge", "search_seconds", "search_steps", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
     "libraries",
 ]
 SETUP_FIELDS = ("model", "lr", "lr_selection", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len",
@@ -97,6 +97,8 @@ def record_row(rec: dict) -> dict:
         "shared_machine": bool(_get(rec, "placement", "shared_machine")),  # --jobs N: others trained alongside
         "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
         "lr_selection": spec.get("lr_selection"),
+        # a searched rate at the end of its grid: a rate beyond it might do better
+        "lr_grid_edge": _edge(spec),
         "search_seconds": _get(spec, "lr_search", "seconds"), "search_steps": _get(spec, "lr_search", "steps"),
         # generation latency: the unmerged model's ms, and unmerged / merged over the base (same process)
         **{f"gen_{what}_{size}{tag}": _get(rec, "latency", key)
@@ -124,6 +126,14 @@ def record_row(rec: dict) -> dict:
     if row["budget_params"] and row["trainable_params"] is not None:
         row["budget_deviation_pct"] = 100.0 * (row["trainable_params"] - row["budget_params"]) / row["budget_params"]
     return row
+
+
+def _edge(spec) -> str | None:
+    search = spec.get("lr_search") or {}
+    grid, chosen = search.get("grid"), search.get("chosen")
+    if not grid or chosen is None or len(grid) < 2:
+        return None
+    return "top" if chosen == max(grid) else "bottom" if chosen == min(grid) else None
 
 
 def _short_commit(commit):
@@ -375,7 +385,8 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
             "per token bN ms (vs base)": _ratio(r.get("gen_per_token_bN_ms"), r.get("gen_per_token_bN_ratio")),
             "gen tok/s ↑": _n(r.get("generated_tokens_per_s"), "{:.0f}"),
             "lr": (f"{r.lr:g}" if isinstance(r.lr, (int, float)) and pd.notna(r.lr) else "")
-            + (" (searched)" if isinstance(r.get("lr_selection"), str) else ""),
+            + (" (searched" + (f", {r.lr_grid_edge} of grid" if isinstance(r.get("lr_grid_edge"), str) else "")
+               + ")" if isinstance(r.get("lr_selection"), str) else ""),
             "search s": _n(r.get("search_seconds"), "{:,.0f}"),
             "merge Δ": _n(r.merged_max_abs_diff, "{:.1e}"),
             "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
@@ -454,7 +465,9 @@ def to_markdown(summary: pd.DataFrame) -> str:
         *(["Code: " + "; ".join(provenance) + "."] if provenance else []),
         "Learning rates: " + (
             "; ".join(sorted({f"{r.config}: {r.lr_selection}" for r in searched.itertuples()}))
-            + " training examples (the reported split never read; search s = the search's compute); the other "
+            + " training examples (the reported split never read; search s = the search's compute; 'top of "
+            "grid' / 'bottom of grid': the chosen rate is the grid's largest / smallest, so a rate beyond it "
+            "might do better); the other "
             "rows at their method's default or --lr." if len(searched) else "each method's default or --lr (no search)."),
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
