@@ -126,9 +126,9 @@ def to_markdown(ov: pd.DataFrame) -> str:
     if ov.empty:
         return "(no records)\n"
     disp = display(ov, mark=lambda t: f"**{t}**")
-    head = "| " + " | ".join(disp.columns) + " |"
-    sep = "|" + "|".join("---" for _ in disp.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False)]
+    from .table import markdown_lines
+
+    head, sep, *body = markdown_lines(disp)
     models = sorted(set(ov.attrs.get("models", {}).values()))
     note = ("\nEach task: its primary metric, mean ± std over seeds (bold: the best of the task; ≈: within "
             "noise of it, the 95% interval of the gap containing 0). Mean rank: over the tasks the row has "

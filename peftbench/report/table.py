@@ -450,13 +450,17 @@ def provenance_lines(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
+def markdown_lines(disp: pd.DataFrame) -> list[str]:
+    """A display frame as Markdown table lines: header, separator, rows."""
+    return ["| " + " | ".join(disp.columns) + " |", "|" + "|".join("---" for _ in disp.columns) + "|",
+            *("| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False))]
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no records)\n"
     disp = display_frame(summary, mark=lambda t: f"**{t}**")
-    head = "| " + " | ".join(disp.columns) + " |"
-    sep = "|" + "|".join("---" for _ in disp.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False)]
+    head, sep, *body = markdown_lines(disp)
     provenance = provenance_lines(summary)
     searched = summary[summary.lr_selection.apply(lambda v: isinstance(v, str))] if "lr_selection" in summary else summary[:0]
     notes = [

@@ -78,9 +78,9 @@ def table(summary: pd.DataFrame, study: str) -> str:
         rows.append(row)
     out = pd.DataFrame(rows)
     metric = s.metric.iloc[0]
-    head = "| " + " | ".join(out.columns) + " |"
-    sep = "|" + "|".join("---" for _ in out.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in r) + " |" for r in out.itertuples(index=False)]
+    from ..report.table import markdown_lines
+
+    head, sep, *body = markdown_lines(out)
     note = (f"\nCells: {metric} mean ± std over seeds" + (" (the rank the budget gave the set, and its trainable "
             "parameters)" if study == "targets" else "") + "; columns: LoRA's target matrices. The paper's "
             "Table 5 (GPT-3, 18M trainable) / Table 6 shape.\n")
