@@ -230,7 +230,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     step = max(1, len(stats.losses) // 200)
     result["train"] = {
         "steps": stats.steps, "epochs_done": stats.epochs_done, "train_time_s": stats.train_time_s,
-        "timed_steps": stats.timed_steps, "timed_samples": stats.timed_samples, "samples_per_s": stats.samples_per_s, "tokens_per_s": stats.tokens_per_s,
+        "timed_steps": stats.timed_steps, "timed_samples": stats.timed_samples, "samples_per_s": stats.samples_per_s,
+        "tokens_per_s": stats.tokens_per_s,
         "median_step_s": float(np.median(stats.step_times)) if stats.step_times else None,
         "loss_first": stats.losses[0] if stats.losses else None,
         "loss_last10": float(np.mean(stats.losses[-10:])) if stats.losses else None, "loss_curve_every": step,
