@@ -96,7 +96,7 @@ def _case(tmp_path, small_data, tiny_model_dirs):
                              "method 'lora' is registered twice: by plugin peftbench_plugins.lora and by plugin"),
         "out is a file": (["--out", str(a_file)], "is a file; give a folder"),
         "out under a file": (["--out", str(a_file / "sub")], "is not writable"),
-        "unknown flag": (["--epoch", "2"], "No such option '--epoch'. Did you mean '--epochs'?"),
+        "unknown flag": (["--epoch", "2"], "No such option '--epoch'. (Did you mean one of: '--epochs'"),
         "bad device choice": (["--device", "tpu"], "'tpu' is not one of"),
     }
 

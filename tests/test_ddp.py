@@ -40,8 +40,10 @@ def test_two_processes_train_one_model(tiny_model_dirs, cli_env, tmp_path):
 
 
 def test_nproc_must_divide_the_batch(cli_env, tmp_path):
-    res = run(*ARGS, "--nproc", "3", "--out", tmp_path, "--dry-run", env=cli_env)
-    assert res.returncode == 2 and "--nproc 3: give a positive number of processes that divides --batch-size 8" in res.stderr
+    res = run(*ARGS, "--batch-size", "7", "--nproc", "1", "--out", tmp_path, "--dry-run", env=cli_env)
+    assert res.returncode == 0, res.stderr
+    res = run(*ARGS, "--batch-size", "7", "--nproc", "2", "--out", tmp_path, "--dry-run", env=cli_env)
+    assert res.returncode == 2 and "--nproc 2: give a positive number of processes that divides --batch-size 7" in res.stderr
 
 
 def test_nproc_beyond_the_cores(cli_env, tmp_path):

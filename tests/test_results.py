@@ -88,3 +88,15 @@ def _same_runs(specs, records, where):
     extra = sorted(set(map(key, published)) - set(map(key, planned)))
     assert not missing and not extra, f"{where}planned but not published: {missing[:2]}; published but not planned: {extra[:2]}"
     assert len(published) == len(set(map(key, published))), "two ok records for the same run"
+
+
+@pytest.mark.parametrize("summary", sorted(RESULTS.rglob("summary.md")), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_summaries_regenerate_from_records(summary):
+    """A folder's summary across tasks is `peftbench report FOLDER --summary` over every record below it."""
+    from peftbench.report import overview
+
+    records = {}
+    for folder in report.record_folders(summary.parent):
+        records.update(load_records(folder))
+    expected = overview.to_markdown(overview.overview(report.summarize(report.records_frame(records.values()))))
+    assert summary.read_text() == expected, f"{summary} differs from `peftbench report {summary.parent} --summary`"

@@ -86,7 +86,8 @@ def plot_costs(summary: pd.DataFrame, path) -> None:
     plt = _plt()
     rows = summary[(summary.get("role", "method") != "baseline") & summary.train_samples_per_s.notna()]
     tasks = list(rows.task.unique()) or ["-"]
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(17, 4.4 * len(tasks)), squeeze=False)
+    widest = max((int((rows.task == t).sum()) for t in tasks), default=1)
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(max(17, 1.25 * widest * 3 / 1.6), 4.8 * len(tasks)), squeeze=False)
     for k, task in enumerate(tasks):
         t = rows[rows.task == task]
         labels = [_label(r) for r in t.itertuples()]
@@ -102,7 +103,7 @@ def plot_costs(summary: pd.DataFrame, path) -> None:
         ax.set_ylim(0.8, None)
         ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel(f"{what} / base model\n(same process, median over seeds)")
-        ax.set_title(f"{task}: {what} vs the base model (no bar: not measured or not mergeable)", fontsize=10)
+        ax.set_title(f"{task}: {what} / base model\n(no bar: not measured, or not mergeable)", fontsize=10)
         ax.legend(fontsize=7)
         ax = axes[k][1]
         ax.bar(x, t.train_samples_per_s.astype(float), color="tab:green")

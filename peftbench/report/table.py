@@ -280,7 +280,7 @@ def baseline_rows(df: pd.DataFrame, rows: list[dict]) -> list[dict]:
                "metric": metric, "metric_mean": trivial["metrics"][metric], "metric_std": np.nan, "n_seeds": 0,
                "status": "ok" if len(counts) == 1 else f"{len(counts)} different baselines; most common shown",
                "metric_direction": next((r.get("metric_direction") for r in rows if r["task"] == task), "higher"),
-               "fixed": True, "_seeds": {}, "_setup": {}, "trainable_params": 0}
+               "fixed": True, "_seeds": {}, "_setup": {}, "trainable_params": np.nan}
         row.update({f"{name}_mean": v for name, v in trivial["metrics"].items() if name != metric})
         out.append(row)
     return out
