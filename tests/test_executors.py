@@ -182,7 +182,6 @@ def ray_cluster(tmp_path_factory):
         subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
-@pytest.mark.xdist_group("ray")
 def test_ray_runs_each_task_on_its_gpu_and_survives_a_killed_worker(ray_cluster, sequential, tiny_model_dirs,
                                                                     tmp_path):
     seq, env = sequential
@@ -213,7 +212,6 @@ def test_ray_runs_each_task_on_its_gpu_and_survives_a_killed_worker(ray_cluster,
     assert "skipping 2 run(s) with an ok record" in res.stderr or "1 to run" in res.stderr, res.stderr
 
 
-@pytest.mark.xdist_group("ray")
 def test_ray_bad_input(cli_env, tmp_path):
     pytest.importorskip("ray")
     res = peftbench("run", "--methods", "lora", "--executor", "ray", "--ray-address", "127.0.0.1:1", "--dry-run",

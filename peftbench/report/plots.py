@@ -87,7 +87,9 @@ def plot_costs(summary: pd.DataFrame, path) -> None:
     rows = summary[(summary.get("role", "method") != "baseline") & summary.train_samples_per_s.notna()]
     tasks = list(rows.task.unique()) or ["-"]
     widest = max((int((rows.task == t).sum()) for t in tasks), default=1)
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(max(17, 1.25 * widest * 3 / 1.6), 4.8 * len(tasks)), squeeze=False)
+    # one column: latency, throughput and memory of a task one above the other, wide enough for the labels
+    fig, grid = plt.subplots(3 * len(tasks), 1, figsize=(max(10, 0.75 * widest), 4.6 * 3 * len(tasks)), squeeze=False)
+    axes = [[grid[3 * k][0], grid[3 * k + 1][0], grid[3 * k + 2][0]] for k in range(len(tasks))]
     for k, task in enumerate(tasks):
         t = rows[rows.task == task]
         labels = [_label(r) for r in t.itertuples()]
