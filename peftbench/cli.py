@@ -562,6 +562,10 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         if s.model in CONFIGS:
             raise PeftbenchError(f"--model {s.model} is a built-in config without weights (for peftbench memory "
                                  "and budget); to train, give a model folder, a transformers model id, minilm or smollm2")
+    if executor == "local" and not dry_run and all(s.nproc == 1 for s in settings):
+        from . import worker
+
+        worker.context()  # the fork server imports torch & co. while this process plans (another core)
     the_plan = plan_all(settings)  # validates everything before any training starts
     if not dry_run:
         check_output_dir(out)

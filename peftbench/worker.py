@@ -22,12 +22,14 @@ import threading
 import traceback
 from pathlib import Path
 
+from .plugins import DEFAULT_PLUGINS
+
 EXIT_INTERRUPTED = 130
 
 PRELOAD = [
     "peftbench.runner", "peftbench.train", "peftbench.data", "peftbench.measure", "peftbench.tasks",
-    "peftbench.plugins", "peftbench_plugins.lora", "peftbench_plugins.adapter", "peftbench_plugins.prefix",
-    "transformers.models.auto.modeling_auto", "datasets", "safetensors.torch",
+    "peftbench.plugins", *DEFAULT_PLUGINS, "transformers.models.auto.modeling_auto", "datasets",
+    "safetensors.torch", "peft", "sklearn.metrics", "scipy.stats",  # the last three: the bridge and metrics
 ]
 
 

@@ -171,13 +171,18 @@ def ray_cluster(tmp_path_factory):
         port = s.getsockname()[1]
     tmp = tmp_path_factory.mktemp("ray")
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # token authentication (Ray's default once ~/.ray/auth_token exists) with a token of its own, so
+    # that neither this machine's ~/.ray nor the environment decides whether clients may join
+    token = tmp / "auth_token"
+    token.write_text("peftbench-test-" + os.urandom(16).hex())
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **auth)
     res = subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
                           "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
                          capture_output=True, text=True, env=env, timeout=180)
     assert res.returncode == 0, res.stderr
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", auth
     finally:
         subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
@@ -185,6 +190,13 @@ def ray_cluster(tmp_path_factory):
 def test_ray_runs_each_task_on_its_gpu_and_survives_a_killed_worker(ray_cluster, sequential, tiny_model_dirs,
                                                                     tmp_path):
     seq, env = sequential
+    ray_cluster, auth = ray_cluster
+    # a client without the token: one line naming the fix, before anything runs
+    no_auth = dict(env, RAY_AUTH_MODE="disabled", RAY_NUM_REDIS_GET_RETRIES="3")
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", tmp_path / "refused",
+                    "--executor", "ray", "--ray-address", ray_cluster, *FAST, env=no_auth)
+    assert res.returncode == 2 and "needs RAY_AUTH_MODE=token here" in res.stderr.splitlines()[-1], res.stderr
+    env = dict(env, **auth)
     out = tmp_path / "ray"
     res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
                     "--executor", "ray", "--ray-address", ray_cluster, *FAST, env=env)

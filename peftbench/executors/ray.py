@@ -82,8 +82,14 @@ def run_all(todo, out, options, timeout, progress, on_done):
             runtime_env["working_dir"] = shipped
         if address:
             check_address(address)
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env=runtime_env)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env=runtime_env)
+        except ConnectionError as e:  # it answers but will not have us: most often token authentication
+            raise PeftbenchError(
+                f"--ray-address {address}: the cluster answers but refused this client ({str(e)[:200]}); a "
+                "cluster with token authentication needs RAY_AUTH_MODE=token here, with its token in "
+                "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token") from None
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"num_gpus": 1} if gpus else {"num_cpus": options.ray.get("cpus_per_run") or 1}
