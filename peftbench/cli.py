@@ -135,6 +135,18 @@ def _format_rows(rows):
     return ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
 
 
+def _echo_csv(header, rows) -> None:
+    """CSV on stdout (quoting labels such as lora[target_modules=q,v])."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    click.echo(buf.getvalue(), nl=False)
+
+
 def _print_rows(rows):
     for line in _format_rows(rows):
         click.echo(line)
@@ -174,16 +186,9 @@ def budget(ctx, methods_, budget, model, fmt, plugin_files):
         for c in choices:
             solutions.append((b.text, solve(c.method, c.options, target, counter, c.label)))
     if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")  # quotes labels such as lora[target_modules=q,v]
-        writer.writerow(["method", "knob", "knob_value", "params", "budget", "deviation_pct", "fixed", "budget_spec"])
-        for btext, s in solutions:
-            writer.writerow([s.method, s.knob or "", "" if s.knob_value is None else s.knob_value, s.params,
-                             s.budget, f"{s.deviation_pct:.3f}", str(s.fixed).lower(), btext])
-        click.echo(buf.getvalue(), nl=False)
+        _echo_csv(["method", "knob", "knob_value", "params", "budget", "deviation_pct", "fixed", "budget_spec"],
+                  [[s.method, s.knob or "", "" if s.knob_value is None else s.knob_value, s.params,
+                    s.budget, f"{s.deviation_pct:.3f}", str(s.fixed).lower(), btext] for btext, s in solutions])
     else:
         click.echo(f"model {model}: {counter.base:,} base parameters (head excluded)")
         _print_rows(_budget_rows(solutions))
@@ -336,7 +341,7 @@ def analyze_subspace(record_a, record_b, plot, fmt):
     rows = an.subspace_table(an.factors(model_a), an.factors(model_b))
     cols = ("matrix", "r_a", "r_b", "phi_1_1", "phi_diag_mean", "random_1_1")
     if fmt == "csv":
-        click.echo("\n".join([",".join(cols), *(",".join(str(r[c]) for c in cols) for r in rows)]))
+        _echo_csv(cols, [[r[c] for c in cols] for r in rows])
     else:
         click.echo(f"A: {record_a} (r={rows[0]['r_a']}, seed {rec_a['spec']['seed']}); "
                    f"B: {record_b} (r={rows[0]['r_b']}, seed {rec_b['spec']['seed']})")
@@ -360,7 +365,7 @@ def analyze_delta(record, fmt):
             for name, f in an.factors(model).items()]
     cols = ("matrix", "r", "delta_norm", "w_norm", "proj_delta", "proj_w", "proj_random", "amplification")
     if fmt == "csv":
-        click.echo("\n".join([",".join(cols), *(",".join(str(r[c]) for c in cols) for r in rows)]))
+        _echo_csv(cols, [[r[c] for c in cols] for r in rows])
         return
     click.echo(f"{record}: lora r={rec['spec']['knob_value']} on {rec['spec']['task']}, seed {rec['spec']['seed']}")
     _print_rows([("matrix", "r", "‖ΔW‖", "‖W‖", "‖UᵀWV‖ ΔW dirs", "‖UᵀWV‖ W dirs", "‖UᵀWV‖ random",
@@ -406,14 +411,7 @@ def memory(ctx, model, methods_, knob_text, regimes, fmt, plugin_files):
         knobs.setdefault(name.strip(), []).append(int(value))
     base, table = mem.rows(model, choices, knobs, regimes)
     if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(table)
-        click.echo(buf.getvalue(), nl=False)
+        _echo_csv(list(table[0]), [list(row.values()) for row in table])
         return
     click.echo(f"model {model}: {base:,} parameters (task head excluded); bytes in decimal units (1 GB = 1e9 B); "
                "activations excluded")

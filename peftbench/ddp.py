@@ -50,7 +50,7 @@ def shard(batch: dict) -> dict:
 
 
 def reduce_stats(stats) -> dict:
-    """Sum throughput counters over ranks, the largest peak memory and step time; the parameter
+    """Sum throughput counters over ranks, the largest peak memory and step time (rank 0's own peak kept); the parameter
     checksum of every rank (equal when DDP kept the copies in step)."""
     import torch
     import torch.distributed as dist
@@ -65,7 +65,7 @@ def reduce_stats(stats) -> dict:
     stats.timed_time_s = float(longest[0])
     per_rank_peak = stats.memory.get("peak_mem_bytes")
     stats.memory["peak_mem_bytes"] = int(longest[1])
-    return {"per_rank_peak_mem_bytes_rank0": per_rank_peak}
+    return {"rank0_peak_mem_bytes": per_rank_peak}
 
 
 def checksums(model) -> list[float]:

@@ -48,13 +48,17 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def _failure_record(spec, status, error, started, attempt):
-    return {
+def record_failure(out, spec, status, error, started, attempt=None, error_type=None) -> dict:
+    """Write (atomically) and return the record of a run that did not write its own: it failed
+    before starting, died, hung, was cancelled, or its executor lost it (every executor uses this)."""
+    rec = {
         "schema": 1, "run_id": spec["run_id"], "attempt": attempt, "status": status,
-        "spec": spec, "error_type": status, "error": error,
+        "spec": spec, "error_type": error_type or status, "error": error,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": time.time() - started,
     }
+    write_atomic(record_path(out, spec["run_id"]), rec)
+    return rec
 
 
 def _own_record(out, spec, attempt) -> dict | None:
@@ -72,10 +76,8 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     attempt = uuid.uuid4().hex[:12]
     started = time.time()
     if spec.get("plan_error"):  # a plugin crashed while the sweep was planned: nothing to start
-        rec = _failure_record(spec, "failed", spec["plan_error"], started, attempt)
-        rec["error_type"] = spec.get("plan_error_type")
-        write_atomic(record_path(out, spec["run_id"]), rec)
-        return rec
+        return record_failure(out, spec, "failed", spec["plan_error"], started, attempt,
+                              error_type=spec.get("plan_error_type"))
     spec_file = records_dir(out) / f".{spec['run_id']}.spec"
     oom_kills_before = oom_kill_count()
     proc = None
@@ -97,8 +99,7 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
         if proc is not None and proc.is_alive():
             proc.join(10)  # the run got the same SIGINT from the terminal
         if _own_record(out, spec, attempt) is None:  # keep a record the run finished itself
-            rec = _failure_record(spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)
-            write_atomic(record_path(out, spec["run_id"]), rec)
+            record_failure(out, spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)
         raise
     finally:
         if proc is not None and proc.is_alive():
@@ -109,8 +110,7 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     if rec is None and proc.exitcode == worker.EXIT_INTERRUPTED:
         # the run was interrupted by a SIGINT this process did not get (e.g. `kill -INT <run pid>`):
         # the interrupt still ends the sweep
-        write_atomic(record_path(out, spec["run_id"]),
-                     _failure_record(spec, "cancelled", "interrupted (Ctrl-C)", started, attempt))
+        record_failure(out, spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)
         raise KeyboardInterrupt
     if rec is None:  # the child died before writing its record
         rc = proc.exitcode
@@ -125,8 +125,7 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
                 "/proc/vmstat tells)" if rc == -signal.SIGKILL else "")
         else:
             status, error = "failed", f"run process exited with code {rc} without a record"
-        rec = _failure_record(spec, status, error, started, attempt)
-        write_atomic(record_path(out, spec["run_id"]), rec)
+        rec = record_failure(out, spec, status, error, started, attempt)
     return rec
 
 

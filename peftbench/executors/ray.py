@@ -67,8 +67,7 @@ def run_all(todo, out, options, timeout, progress, on_done):
     out = Path(out).resolve()  # a task's working directory is not the sweep's
     import ray
 
-    from ..records import record_path, write_atomic
-    from ..sweep import _failure_record
+    from ..sweep import record_failure
 
     address = options.ray.get("address")
     started_here = not ray.is_initialized()
@@ -104,9 +103,7 @@ def run_all(todo, out, options, timeout, progress, on_done):
                     rec = ray.get(ref)
                 except ray.exceptions.RayError as e:  # the worker died (SIGKILL, OOM) or the task failed
                     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                    rec = _failure_record(spec, "failed", f"ray task failed ({type(e).__name__}): {first}",
-                                          started, None)
-                    write_atomic(record_path(out, spec["run_id"]), rec)
+                    rec = record_failure(out, spec, "failed", f"ray task failed ({type(e).__name__}): {first}", started)
                 on_done(rec)
     finally:
         if started_here:

@@ -21,8 +21,7 @@ def run_all(todo, out, options, timeout, progress, on_done):
     out = Path(out).resolve()  # a task's working directory is not the sweep's
     import submitit
 
-    from ..records import record_path, write_atomic
-    from ..sweep import _failure_record
+    from ..sweep import record_failure
 
     opts = options.slurm
     executor = submitit.AutoExecutor(folder=str(Path(out) / "slurm" / "%j"), cluster=opts.get("cluster", "slurm"))
@@ -47,7 +46,6 @@ def run_all(todo, out, options, timeout, progress, on_done):
             try:
                 rec = job.result()
             except Exception as e:  # the job itself died (node failure, scancel, the job's time limit)
-                rec = _failure_record(spec, "failed", f"slurm job {job.job_id} failed: "
-                                      f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}", started, None)
-                write_atomic(record_path(out, spec["run_id"]), rec)
+                rec = record_failure(out, spec, "failed", f"slurm job {job.job_id} failed: "
+                                     f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}", started)
             on_done(rec)

@@ -46,9 +46,10 @@ def add_significance(summary: pd.DataFrame) -> pd.DataFrame:
     ``gap_to_best``, ``gap_ci_low`` / ``gap_ci_high``, ``gap_test`` and ``within_noise``.
     Baseline rows take no part; rows of a task are compared only under the same primary metric."""
     out = summary.copy()
-    for col, empty in (("best", False), ("gap_to_best", np.nan), ("gap_ci_low", np.nan), ("gap_ci_high", np.nan),
-                       ("gap_test", None), ("within_noise", None)):
-        out[col] = pd.Series([empty] * len(out), index=out.index, dtype=object if empty is None or empty is False else float)
+    out["best"] = False
+    out[["gap_to_best", "gap_ci_low", "gap_ci_high"]] = np.nan
+    for col in ("gap_test", "within_noise"):  # None: not compared
+        out[col] = pd.Series([None] * len(out), index=out.index, dtype=object)
     if out.empty or "metric_mean" not in out:  # no run finished ok: nothing to compare
         return out
     candidates = out[(out.get("role", "method") != "baseline") & out.metric_mean.notna()]
