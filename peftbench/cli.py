@@ -480,6 +480,8 @@ def memory(ctx, model, methods_, knob_text, regimes, fmt, plugin_files):
 @click.option("--val-samples", type=int, default=500, show_default=True,
               help="Learning-rate search: training examples held out to score the candidates on.")
 @click.option("--search-seeds", default="0", show_default=True, help="Learning-rate search: seeds per candidate.")
+@click.option("--lr-extend", type=int, default=0, show_default=True,
+              help="Learning-rate search: where the best rate is at an edge of its grid, try up to N more rates beyond it.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
 @click.option("--nproc", type=int, default=1, show_default=True,
@@ -503,7 +505,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         data_seed, train_subset, batch_size, max_seq_len, weight_decay, warmup_ratio, max_grad_norm, device, precision, out,
         latency, latency_batch, latency_seq_len, latency_min_time, keep_checkpoints, rerun_failed, force,
         rerun_stale, timeout_per_run, progress, eval_split, eval_samples, num_beams, length_penalty,
-        no_repeat_ngram_size, max_new_tokens, meteor, lr_search, lr_grid, val_samples, search_seeds, config,
+        no_repeat_ngram_size, max_new_tokens, meteor, lr_search, lr_grid, val_samples, search_seeds, lr_extend, config,
         nproc, dry_run, executor, ray_address, ray_cpus_per_run, jobs, slurm_partition, slurm_time, slurm_gpus_per_run, slurm_array_parallelism,
         slurm_cluster, plugin_files):
     """Train and evaluate each method x task x budget x seed; print the comparison table."""
@@ -537,6 +539,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             eval_split=eval_split, eval_samples=eval_samples, num_beams=num_beams, length_penalty=length_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens, meteor=meteor,
             lr_search=lr_search, lr_grid=tuple(lr_grid), val_samples=val_samples, search_seeds=search_seeds,
+            lr_extend=lr_extend,
             nproc=nproc,
         )]
     out = Path(out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -611,8 +614,15 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     if the_plan.searches:  # first the search on held-out training data, then the runs at the chosen rates
         from . import lrsearch
 
-        searched = run_sweep(the_plan.searches, out / "search", **options)
-        finals, lines = lrsearch.finals(the_plan.templates, {r["run_id"]: r for r in searched.records})
+        found = {r["run_id"]: r for r in run_sweep(the_plan.searches, out / "search", **options).records}
+        while True:  # --lr-extend: grids whose best rate is at an edge grow, one rate at a time
+            more, grown = lrsearch.extend(the_plan.templates, found)
+            if not more:
+                break
+            for line in grown:
+                click.echo(f"learning-rate grid grown: {line}", err=True)
+            found.update({r["run_id"]: r for r in run_sweep(more, out / "search", **options).records})
+        finals, lines = lrsearch.finals(the_plan.templates, found)
         for line in lines:
             click.echo(f"learning rate chosen: {line}", err=True)
         specs = specs + finals
@@ -649,7 +659,8 @@ SWEEP_FLAGS = ("methods_", "tasks_", "seeds", "model", "budget", "knob", "lr", "
                "data_seed", "train_subset", "batch_size", "max_seq_len", "weight_decay", "warmup_ratio",
                "max_grad_norm", "device", "precision", "latency", "latency_batch", "latency_seq_len", "latency_min_time",
                "keep_checkpoints", "eval_split", "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size",
-               "max_new_tokens", "meteor", "lr_search", "lr_grid", "val_samples", "search_seeds", "nproc")
+               "max_new_tokens", "meteor", "lr_search", "lr_grid", "val_samples", "search_seeds", "lr_extend",
+               "nproc")
 
 
 def _summary_line(rec) -> str:

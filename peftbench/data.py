@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 CACHE_ENV = "PEFTBENCH_CACHE"
@@ -83,9 +84,13 @@ def subset_indices(n_total: int, n: int, how: str, data_seed: int) -> np.ndarray
     return np.sort(np.random.default_rng(data_seed).choice(n_total, n, replace=False))
 
 
-def validation_split(n_total: int, n_val: int, seed: int, labels=None) -> tuple[np.ndarray, np.ndarray, bool]:
+def validation_split(n_total: int, n_val: int, seed: int, labels=None,
+                     groups=None) -> tuple[np.ndarray, np.ndarray, bool]:
     """(validation indices, remaining indices, stratified?): ``n_val`` examples held out of the
-    training data, seeded, stratified by ``labels`` when given (classification) and possible."""
+    training data, seeded, stratified by ``labels`` when given (classification) and possible.
+    With ``groups`` (a generation task's inputs: E2E has several references per meaning
+    representation) whole groups are held out, in a seeded order, until ``n_val`` examples are:
+    no held-out input is also trained on."""
     from sklearn.model_selection import train_test_split
 
     from .errors import PeftbenchError
@@ -93,6 +98,16 @@ def validation_split(n_total: int, n_val: int, seed: int, labels=None) -> tuple[
     if not 0 < n_val < n_total:
         raise PeftbenchError(f"--val-samples {n_val}: the training file has {n_total} examples; hold out fewer")
     idx = np.arange(n_total)
+    if groups is not None:
+        codes, uniques = pd.factorize(pd.Series(list(groups)))
+        order = np.random.default_rng(seed).permutation(len(uniques))
+        sizes = np.bincount(codes, minlength=len(uniques))[order]
+        held = order[: int(np.searchsorted(np.cumsum(sizes), n_val)) + 1]
+        if len(held) >= len(uniques):
+            raise PeftbenchError(f"--val-samples {n_val}: holding out whole inputs leaves no training input "
+                                 f"({len(uniques)} distinct inputs); hold out fewer")
+        in_val = np.isin(codes, held)
+        return idx[in_val], idx[~in_val], False
     try:
         pool, val = train_test_split(idx, test_size=n_val, random_state=seed, stratify=labels)
         stratified = labels is not None

@@ -11,13 +11,18 @@ over ``--search-seeds`` wins, ties to the smaller rate; then the real seeds run 
 rate and are evaluated as usual. Search runs are ordinary runs with records of their own, in
 ``<out>/search/`` (resumable, and out of the tables); the final records name the search:
 candidates, their validation scores, the chosen rate and the compute it cost.
+
+``--lr-extend N`` (sweep files: ``lr_extend``): when the best rate lies at an edge of its grid,
+the grid grows by one more rate beyond that edge (the grid's own step there), up to N times per
+configuration, so that a search is not cut off by where its grid happened to end. The final
+run's ``lr_selection`` names the grid actually searched: a configuration whose best rate was
+inside its grid keeps the run id it had without extension.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+from dataclasses import dataclass, field
 
 from .errors import PeftbenchError
 from .records import run_id
@@ -60,34 +65,77 @@ def parse_grid(texts, valid) -> dict[str, list[float]]:
     return out
 
 
-def expand(specs: list[dict], grids: dict, val_samples: int, search_seeds: list[int]):
-    """(search specs, final templates): every spec whose method has a grid becomes a template for
-    the final run, and its group (the spec without seed and rate) gets one search run per
-    candidate and search seed."""
-    searches, templates, seen = [], [], set()
+@dataclass
+class Search:
+    """One configuration's search: its final run waiting for a rate, and the candidates."""
+    template: dict  # the final run's spec (its default-rate id until the rate is chosen)
+    group: dict  # the spec without seed and rate: what every candidate shares
+    grid: list  # candidate rates, ascending (grows at an edge with lr_extend)
+    candidates: list  # search run ids
+    seeds: list
+    val_samples: int
+    extend: int = 0  # how many rates the grid may still grow by
+    added: list = field(default_factory=list)  # rates the extension added, in order
+
+
+def _candidate(group: dict, rate: float, seed: int, val_samples: int) -> dict:
+    s = copy.deepcopy(group)
+    s.update(seed=seed, lr=rate, lr_source="search candidate", role="search", latency=None, keep_checkpoint=False,
+             validation={"samples": val_samples, "seed": group["data_seed"], "of": "the training file"})
+    s["lr_selection"] = "candidate"
+    s["run_id"] = run_id(s)
+    return s
+
+
+def expand(specs: list[dict], grids: dict, val_samples: int, search_seeds: list[int], extend: int = 0):
+    """(search specs, searches): every spec whose method has a grid waits for its search (a
+    ``Search``), and its group (the spec without seed and rate) gets one search run per candidate
+    and search seed."""
+    specs_out, searches, seen = [], [], set()
     for spec in specs:
         grid = grids.get(spec["method"])
         if grid is None:
             continue
         group = {k: v for k, v in spec.items() if k not in ("seed", "lr", "lr_source", "run_id")}
-        key = hashlib.sha256(json.dumps(group, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        candidates = []
-        for rate in grid:
+        search = Search(dict(spec), group, sorted(grid), [], list(search_seeds), val_samples, extend)
+        for rate in search.grid:
             for seed in search_seeds:
-                s = copy.deepcopy(group)
-                s.update(seed=seed, lr=rate, lr_source="search candidate", role="search", latency=None,
-                         keep_checkpoint=False,
-                         validation={"samples": val_samples, "seed": spec["data_seed"], "of": "the training file"})
-                s["lr_selection"] = "candidate"
-                s["run_id"] = run_id(s)
-                candidates.append(s["run_id"])
+                s = _candidate(group, rate, seed, val_samples)
+                search.candidates.append(s["run_id"])
                 if s["run_id"] not in seen:
                     seen.add(s["run_id"])
-                    searches.append(s)
-        template = dict(spec)
-        template["lr_selection"] = f"search {','.join(f'{r:g}' for r in grid)} on {val_samples} held-out"
-        templates.append((template, key, grid, candidates))
-    return searches, templates
+                    specs_out.append(s)
+        searches.append(search)
+    return specs_out, searches
+
+
+def extend(searches: list[Search], records: dict) -> tuple[list[dict], list[str]]:
+    """(search specs, lines): one more rate beyond the edge for every search whose best rate so
+    far is at an edge of its grid and that may still grow; the searches are updated in place."""
+    specs, lines, seen = [], [], set()
+    for search in searches:
+        if search.extend <= 0 or len(search.grid) < 2:
+            continue
+        chosen = choose(search.grid, search.candidates, records)["chosen"]
+        grid = search.grid
+        if chosen == grid[-1]:
+            rate = float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}")
+        elif chosen == grid[0]:
+            rate = float(f"{grid[0] * grid[0] / grid[1]:.3g}")
+        else:
+            continue
+        search.extend -= 1
+        search.added.append(rate)
+        search.grid = sorted(grid + [rate])
+        for seed in search.seeds:
+            s = _candidate(search.group, rate, seed, search.val_samples)
+            search.candidates.append(s["run_id"])
+            if s["run_id"] not in seen:
+                seen.add(s["run_id"])
+                specs.append(s)
+        lines.append(f"{search.template['label']} on {search.template['task']}: best rate {chosen:g} at the edge "
+                     f"of {','.join(f'{r:g}' for r in grid)}; trying {rate:g}")
+    return specs, lines
 
 
 def choose(grid, candidates, records: dict) -> dict:
@@ -115,12 +163,17 @@ def choose(grid, candidates, records: dict) -> dict:
             "search_runs": len(candidates), "seconds": seconds, "steps": int(steps)}
 
 
-def finals(templates, records: dict) -> tuple[list[dict], list[str]]:
+def finals(searches: list[Search], records: dict) -> tuple[list[dict], list[str]]:
     """The final specs at the chosen rates, and lines saying what was chosen."""
     specs, lines = [], []
-    for template, _, grid, candidates in templates:
-        outcome = choose(grid, candidates, records)
-        spec = dict(template)
+    for search in searches:
+        outcome = choose(search.grid, search.candidates, records)
+        if search.added:
+            outcome["extended_by"] = search.added
+        spec = dict(search.template)
+        spec["lr_selection"] = (f"search {','.join(f'{r:g}' for r in search.grid)} on {search.val_samples} held-out"
+                                + (f" (grown at its edge by {','.join(f'{r:g}' for r in search.added)})"
+                                   if search.added else ""))
         spec["lr_search"] = outcome
         if outcome["chosen"] is None:
             spec["lr"] = None

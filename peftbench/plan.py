@@ -152,6 +152,7 @@ class SweepSettings:
     lr_grid: tuple = ()  # "lora=1e-4,3e-4,1e-3" entries: these methods on these rates
     val_samples: int = 500
     search_seeds: str = "0"
+    lr_extend: int = 0  # grow a grid by up to this many rates where its best rate is at an edge
 
 
 GENERATION_FLAGS = {"eval_split": None, "eval_samples": None, "num_beams": 1, "length_penalty": 1.0,
@@ -299,7 +300,7 @@ def plan(s: SweepSettings) -> Plan:
                     seen.add(spec["run_id"])
                     specs.append(spec)
     searches, templates = _lr_search(s, specs, {c.method.name: c.method for c in choices}, lrs)
-    searched = {t["run_id"] for t, *_ in templates}  # a template still has its default-rate spec's id
+    searched = {t.template["run_id"] for t in templates}  # a template still has its default-rate spec's id
     return Plan([x for x in specs if x["run_id"] not in searched], solutions, warnings, searches, templates)
 
 
@@ -307,6 +308,9 @@ def _lr_search(s: SweepSettings, specs, methods: dict, lrs: dict):
     from . import lrsearch
 
     if not (s.lr_search or s.lr_grid):
+        if s.lr_extend:
+            raise PeftbenchError(f"--lr-extend {s.lr_extend} grows a learning-rate search's grid; add --lr-search "
+                                 "or --lr-grid, or drop --lr-extend")
         return [], []
     grids = lrsearch.parse_grid(s.lr_grid, methods)
     both = sorted(set(grids) & set(lrs)) or (sorted(grids) if "*" in lrs else [])
@@ -316,8 +320,10 @@ def _lr_search(s: SweepSettings, specs, methods: dict, lrs: dict):
     seeds = parse_int_list(s.search_seeds, "--search-seeds")
     if not isinstance(s.val_samples, int) or s.val_samples < 1:
         raise PeftbenchError(f"--val-samples must be a positive integer, got {s.val_samples}")
+    if isinstance(s.lr_extend, bool) or not isinstance(s.lr_extend, int) or s.lr_extend < 0:
+        raise PeftbenchError(f"--lr-extend must be a non-negative integer, got {s.lr_extend}")
     grids = {n: g for n, m in methods.items() if (g := lrsearch.grid_for(m, grids, s.lr_search))}
-    return lrsearch.expand([x for x in specs if not x.get("plan_error")], grids, s.val_samples, seeds)
+    return lrsearch.expand([x for x in specs if not x.get("plan_error")], grids, s.val_samples, seeds, s.lr_extend)
 
 
 def _size(choices, knobs, budgets, count, resolve_ref):

@@ -151,7 +151,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     t0 = time.perf_counter()
     search = spec.get("role") == "search"  # a learning-rate search run: scored on held-out training data
     taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"), train_only=search)
-    if not search and spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
+    if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
         raise PeftbenchError(f"task {task.name}: its data files changed since the sweep was planned "
                              f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
     tokenizer = load_tokenizer(spec["model"])
@@ -173,11 +173,13 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         collate = datamod.Collator(tokenizer.pad_token_id, task.is_regression)
     if search:  # hold out the validation split; the training subset comes from the rest
         labels = None if generation or task.is_regression else taskdata.train["label"].to_numpy()
+        groups = taskdata.train["source"].to_numpy() if generation else None
         val_idx, pool, stratified = datamod.validation_split(
-            len(train_ds), spec["validation"]["samples"], spec["validation"]["seed"], labels)
+            len(train_ds), spec["validation"]["samples"], spec["validation"]["seed"], labels, groups)
         eval_ds = evaluation = train_ds.select(val_idx)
         train_ds = train_ds.select(pool)
-        result["validation"] = {**spec["validation"], "stratified": stratified}
+        result["validation"] = {**spec["validation"], "stratified": stratified, "examples": len(val_idx),
+                                **({"grouped_by": "source"} if generation else {})}
     n_train_total = len(train_ds)
     if spec.get("train_samples") and spec["train_samples"] < len(train_ds):
         train_ds = train_ds.select(datamod.subset_indices(

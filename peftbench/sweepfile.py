@@ -40,7 +40,7 @@ _SCALARS = ("model", "data_dir", "epochs", "max_steps", "train_samples", "data_s
             "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "device", "keep_checkpoints",
             "latency", "latency_batch", "latency_seq_len", "latency_min_time", "precision", "eval_split",
             "eval_samples", "num_beams", "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "meteor",
-            "lr_search", "lr_grid", "val_samples", "search_seeds", "nproc")
+            "lr_search", "lr_grid", "val_samples", "search_seeds", "lr_extend", "nproc")
 KEYS = (*_LISTS, *_TABLES, *_SCALARS)
 TASK_KEYS = ("epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "lr", "warmup_ratio",
              "weight_decay", "max_grad_norm", "data_seed", "train_subset")
@@ -84,7 +84,7 @@ def settings_from(values: dict, path):
     for key, cast in (("epochs", float), ("max_steps", int), ("data_seed", int), ("batch_size", int),
                       ("max_seq_len", int), ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
                       ("eval_samples", int), ("num_beams", int), ("length_penalty", float),
-                      ("no_repeat_ngram_size", int), ("max_new_tokens", int), ("val_samples", int), ("nproc", int)):
+                      ("no_repeat_ngram_size", int), ("max_new_tokens", int), ("val_samples", int), ("lr_extend", int), ("nproc", int)):
         if key in values:
             value = values[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):

@@ -250,8 +250,8 @@ def locate(task: Task, data_dir: str | None = None, files=None) -> Path | None:
 def load_task_data(task: Task, data_dir: str | None = None, split: str | None = None,
                    train_only: bool = False) -> TaskData:
     """The task's training and evaluation data (``split``: a generation task's eval split). With
-    ``train_only`` the evaluation file is not opened at all (``eval`` is None; the fingerprint
-    then covers the training file alone): what a learning-rate search run reads."""
+    ``train_only`` the evaluation file is not parsed (``eval`` is None), only hashed, so that the
+    fingerprint is the same as a full read's: what a learning-rate search run reads."""
     import hashlib
 
     if task.kind == "generation":
@@ -262,11 +262,12 @@ def load_task_data(task: Task, data_dir: str | None = None, split: str | None = 
     folder = locate(task, data_dir)
     if folder is not None:
         frames, digest = [], hashlib.sha256(f"{task.name}:{task.version}".encode())
-        for name in (task.train_file,) if train_only else (task.train_file, task.eval_file):
+        for name in (task.train_file, task.eval_file):
             path = folder / name
             try:
                 digest.update(path.read_bytes())
-                frames.append(task.read(path))
+                if not (train_only and name == task.eval_file):
+                    frames.append(task.read(path))
             except UnicodeDecodeError:
                 raise PeftbenchError(f"{path}:{_first_bad_line(path)}: not UTF-8 text; re-save the file as UTF-8") from None
             except OSError as e:

@@ -2,6 +2,7 @@
 choosing, the final records name the search, a rerun reruns nothing."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -78,6 +79,18 @@ def test_search_never_reads_the_reported_split_and_resumes(tiny_model_dirs, cli_
     report = peftbench("report", out, env=env)
     assert "(searched" in report.stdout and "Learning rates: full: search 1e-05,3e-05 on 40 held-out" in report.stdout
 
+    # a search run checks the data it was planned on, the reported split included (hashed, never parsed)
+    changed = tmp_path / "changed"
+    shutil.copytree(cli_env["PEFTBENCH_DATA"], changed)
+    with open(changed / "SST-2" / "dev.tsv", "a") as f:
+        f.write("an added line\t1\n")
+    (tmp_path / "search.json").write_text(json.dumps(search[0]))
+    res = peftbench("run-spec", tmp_path / "search.json", "--out", tmp_path / "rerun", "--no-progress",
+                    env=dict(env, PEFTBENCH_DATA=str(changed)))
+    rec = records(tmp_path / "rerun")[0]
+    assert res.returncode == 1
+    assert rec["status"] == "failed" and "its data files changed since the sweep was planned" in rec["error"], rec
+
 
 def test_lr_and_search_for_the_same_method_is_bad_input(tiny_model_dirs, cli_env, tmp_path):
     res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr", "lora=1e-3",
@@ -86,3 +99,77 @@ def test_lr_and_search_for_the_same_method_is_bad_input(tiny_model_dirs, cli_env
     res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr-grid", "lora=1e-4",
                     "--out", tmp_path / "o", env=cli_env)
     assert res.returncode == 2 and "give at least two positive rates" in res.stderr
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr-extend", "2",
+                    "--out", tmp_path / "o", env=cli_env)
+    assert res.returncode == 2 and "--lr-extend 2 grows a learning-rate search's grid; add --lr-search" in res.stderr
+
+
+def _fake_records(specs, score):
+    return {s["run_id"]: {"status": "ok", "spec": s, "metrics": {"accuracy": score(s["lr"])}, "duration_s": 1.0,
+                          "train": {"steps": 4}, "selection_metric": {"name": "accuracy", "direction": "higher"}}
+            for s in specs}
+
+
+def test_a_grid_grows_at_the_edge_its_best_rate_is_at():
+    """--lr-extend: best at the top edge -> one more rate above (the grid's own step), until the
+    best is inside or the extension is spent; a best inside the grid keeps the unextended run id."""
+    from peftbench.lrsearch import expand, extend, finals
+    from peftbench.records import run_id
+
+    base = {"method": "lora", "label": "lora", "task": "sst2", "seed": 0, "data_seed": 0, "lr": None,
+            "lr_source": "default"}
+    base["run_id"] = run_id(base)
+    rising = lambda lr: min(lr, 4e-3)  # noqa: E731  best at 4e-3 (ties go to the smaller rate)
+    searches_specs, searches = expand([base], {"lora": [1e-4, 1e-3]}, 100, [0, 1], extend=3)
+    records = _fake_records(searches_specs, rising)
+    grown = []
+    while more := extend(searches, records)[0]:
+        grown.append(sorted({s["lr"] for s in more}))
+        assert len(more) == 2  # one run per search seed
+        records.update(_fake_records(more, rising))
+    # 1e-3 at the top -> 1e-2 (x10, the grid's step), best again -> 1e-1, which only ties it: 1e-2 inside
+    assert grown == [[1e-2], [1e-1]]
+    spec = finals(searches, records)[0][0]
+    assert spec["lr"] == 1e-2 and spec["lr_search"]["extended_by"] == [1e-2, 1e-1]
+    assert spec["lr_selection"] == "search 0.0001,0.001,0.01,0.1 on 100 held-out (grown at its edge by 0.01,0.1)"
+
+    # the best at the bottom edge grows the grid downwards; a spent extension stops there
+    falling = lambda lr: -lr  # noqa: E731
+    specs2, searches2 = expand([base], {"lora": [1e-4, 1e-3]}, 100, [0], extend=1)
+    records2 = _fake_records(specs2, falling)
+    more, lines = extend(searches2, records2)
+    assert [s["lr"] for s in more] == [1e-5] and "best rate 0.0001 at the edge of 0.0001,0.001" in lines[0]
+    records2.update(_fake_records(more, falling))
+    assert extend(searches2, records2)[0] == []  # spent, though 1e-5 is at the edge again
+
+    # inside the grid: nothing grows, and the final run's id is the one without --lr-extend
+    peak = lambda lr: -abs(lr - 1e-3)  # noqa: E731
+    ids = []
+    for ext in (0, 2):
+        specs3, searches3 = expand([base], {"lora": [1e-4, 1e-3, 1e-2]}, 100, [0], extend=ext)
+        records3 = _fake_records(specs3, peak)
+        assert extend(searches3, records3)[0] == []
+        final = finals(searches3, records3)[0][0]
+        assert final["lr"] == 1e-3 and final["lr_selection"] == "search 0.0001,0.001,0.01 on 100 held-out"
+        ids.append(final["run_id"])
+    assert ids[0] == ids[1]
+
+
+def test_lr_extend_runs_the_grown_grid_and_resumes(tiny_model_dirs, cli_env, tmp_path):
+    """A two-rate grid has its best at an edge: --lr-extend 1 searches one rate beyond it, the final
+    run names the grown grid, and running the command again runs nothing."""
+    out = tmp_path / "out"
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--knob", "lora=2", "--lr-grid",
+            "lora=1e-4,1e-3", "--lr-extend", "1", "--val-samples", "40", "--train-samples", "64", "--max-steps", "3",
+            "--batch-size", "8", "--no-latency", "--no-progress", "--out", out]
+    res = peftbench(*args, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    assert "learning-rate grid grown: lora on sst2: best rate" in res.stderr
+    search = records(out / "search")
+    assert sorted(r["spec"]["lr"] for r in search) in ([1e-5, 1e-4, 1e-3], [1e-4, 1e-3, 1e-2])
+    (final,) = records(out)
+    outcome = final["spec"]["lr_search"]
+    assert outcome["grid"] == sorted(r["spec"]["lr"] for r in search) and len(outcome["extended_by"]) == 1
+    assert "(grown at its edge by" in final["spec"]["lr_selection"] and final["spec"]["lr"] in outcome["grid"]
+    again = peftbench(*args, env=cli_env)
+    assert again.returncode == 0 and again.stderr.count("with an ok record; 0 to run") == 3, again.stderr

@@ -4,6 +4,7 @@ no published record comes from an uncommitted tree."""
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -71,14 +72,17 @@ def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
     specs = list(plan.specs)
     if plan.searches:  # learning rates searched: the search runs, then the finals at the rates they chose
         searched = load_records(folder / "search")
-        _same_runs(plan.searches, searched, "search/")
+        asked = list(plan.searches)
+        while more := lrsearch.extend(plan.templates, searched)[0]:  # lr_extend: the grids that grew
+            asked += more
+        _same_runs(asked, searched, "search/")
         specs += lrsearch.finals(plan.templates, searched)[0]
     _same_runs(specs, load_records(folder), "")
 
 
 def _same_runs(specs, records, where):
     planned = [_settings(s) | {"data": s.get("data_sha")} for s in specs]
-    # a search run hashes the training file alone (it never opens the evaluation file): its spec's
+    # a search run made before its data check hashed the training file alone: its spec's
     # data hash, checked at planning time, stands for the data
     published = [_settings(r["spec"]) | {"data": r["spec"]["data_sha"] if r["spec"].get("role") == "search"
                                          else r["data"]["fingerprint"]}
@@ -100,3 +104,15 @@ def test_summaries_regenerate_from_records(summary):
         records.update(load_records(folder))
     expected = overview.to_markdown(overview.overview(report.summarize(report.records_frame(records.values()))))
     assert summary.read_text() == expected, f"{summary} differs from `peftbench report {summary.parent} --summary`"
+
+
+def test_readme_leads_with_the_benchmark_summary():
+    """The top-level README shows results/benchmark-v1/summary.md verbatim (make tables copies it)."""
+    sys.path.insert(0, str(RESULTS.parent / "benchmarks"))
+    import readme_summary
+
+    readme = (RESULTS.parent / "README.md").read_text()
+    summary = (RESULTS / "benchmark-v1" / "summary.md").read_text().strip("\n")
+    assert readme_summary.block(readme) == summary, "README's summary is stale: run `make tables`"
+    head = readme[: readme.index(readme_summary.BEGIN)]
+    assert head.count("## ") == 1 and "](results/benchmark-v1/plot.png)" in readme  # the first section after the commands

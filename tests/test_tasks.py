@@ -149,6 +149,23 @@ def test_train_subset_random_and_first():
         subset_indices(100, 10, "last", 0)
 
 
+def test_held_out_inputs_of_a_generation_task_are_never_trained_on():
+    """E2E has several references per input: a search holds out whole inputs, never some of their pairs."""
+    from peftbench.data import validation_split
+
+    rng = np.random.default_rng(0)
+    groups = [f"mr{i}" for i in rng.integers(0, 40, size=200)]  # 200 pairs over <= 40 inputs
+    val, pool, stratified = validation_split(200, 30, seed=3, groups=groups)
+    held, trained = {groups[i] for i in val}, {groups[i] for i in pool}
+    assert not held & trained and len(val) >= 30 and len(val) + len(pool) == 200 and not stratified
+    assert len(val) < 30 + max(groups.count(g) for g in held)  # whole inputs until 30 pairs, not more
+    again, _, _ = validation_split(200, 30, seed=3, groups=groups)
+    assert again.tolist() == val.tolist()
+    assert validation_split(200, 30, seed=4, groups=groups)[0].tolist() != val.tolist()
+    with pytest.raises(PeftbenchError, match="leaves no training input"):
+        validation_split(200, 199, seed=3, groups=["a"] * 100 + ["b"] * 100)
+
+
 def test_train_subset_keeps_earlier_run_ids():
     """A field added later is left out of the id at its default, so published records stay valid."""
     from peftbench.records import run_id

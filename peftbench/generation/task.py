@@ -72,12 +72,12 @@ class GenerationTask(Task):
 
 def load_data(task: GenerationTask, data_dir=None, split: str | None = None, train_only: bool = False) -> TaskData:
     """Train pairs and the eval split's groups, read from the task's folder (--data-dir, then
-    PEFTBENCH_DATA), with a content hash of every file read (``train_only``: the training file
-    alone, ``eval`` None)."""
+    PEFTBENCH_DATA), with a content hash of the split's files (``train_only``: the eval files are
+    hashed, not parsed; ``eval`` None)."""
     from ..tasks import DATA_ENV, locate
 
     split = task.split(split)
-    files = [task.train_file] if train_only else task.files(split)
+    files = task.files(split)
     folder = locate(task, data_dir, files=files)
     if folder is None:
         raise PeftbenchError(f"task {task.name}: no data found (--data-dir not given, {DATA_ENV} not set); pass "
