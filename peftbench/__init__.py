@@ -7,7 +7,6 @@ What a plugin needs: ``peftbench.hookimpl``, and the classes it registers: ``pef
 from importlib.metadata import PackageNotFoundError, version
 
 from .hookspecs import hookimpl
-from .method import Method
 
 try:
     __version__ = version("peftbench")
@@ -17,7 +16,11 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = ["HubSource", "Method", "Metric", "Task", "hookimpl", "__version__"]
 
 
-def __getattr__(name):  # Task, Metric, HubSource: imported on first use (they pull in pandas)
+def __getattr__(name):  # imported on first use: Method pulls in torch, the others pandas
+    if name == "Method":
+        from .method import Method
+
+        return Method
     if name in ("Task", "Metric", "HubSource"):
         from . import tasks
 

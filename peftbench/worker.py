@@ -29,7 +29,8 @@ EXIT_INTERRUPTED = 130
 PRELOAD = [
     "peftbench.runner", "peftbench.train", "peftbench.data", "peftbench.measure", "peftbench.tasks",
     "peftbench.plugins", *DEFAULT_PLUGINS, "transformers.models.auto.modeling_auto", "datasets",
-    "safetensors.torch", "peft", "sklearn.metrics", "scipy.stats",  # the last three: the bridge and metrics
+    "safetensors.torch", "peft", "sklearn.metrics", "scipy.stats",  # these three: the bridge and metrics
+    "peftbench._forkserver",  # last: the server's exit skips its interpreter teardown
 ]
 
 

@@ -142,6 +142,13 @@ def test_console_script_exit_code_and_debug(tmp_path):
     assert res.returncode != 0 and "Traceback" in res.stderr
 
 
+def test_the_fork_servers_quick_exit_is_the_fork_servers_only():
+    """peftbench._forkserver makes the fork server end without interpreter teardown (os._exit(0)
+    at exit); imported by anything else it must not, or that process's exit code would become 0."""
+    code = "import sys, peftbench._forkserver; sys.exit(3)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 3
+
+
 def test_report_on_empty_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no run records found" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from peftbench.report import overview, record_folders, records_frame, render, summarize
-from peftbench.report.plots import pareto_front
+from peftbench.report.plots import _baselines, pareto_front
 from peftbench.report.stats import gap_interval
 
 
@@ -114,6 +114,28 @@ def test_pareto_front():
     params, values = [10, 100, 1000, 50, 5000], [0.5, 0.7, 0.9, 0.4, 0.85]
     assert pareto_front(params, values) == [0, 1, 2]
     assert pareto_front(params, [1.0, 0.5, 0.2, 2.0, 0.1], higher=False) == [0, 1, 2, 4]
+
+
+def test_a_far_baseline_is_written_at_the_edge_not_drawn():
+    """TREC: methods at 0.94-0.97, the majority class at 0.19; drawing it would squeeze the methods
+    into a sliver. A baseline within the methods' band height is drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = pd.DataFrame({"metric_mean": [0.94, 0.97], "metric_std": [0.01, 0.005]})
+    for value, drawn in ((0.19, False), (0.92, True)):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2], [0.94, 0.97])
+        _baselines(ax, methods, pd.DataFrame({"metric_mean": [value], "config": ["trivial baseline"]}))
+        notes = [t.get_text() for t in ax.texts]
+        lo, hi = ax.get_ylim()
+        plt.close(fig)
+        if drawn:
+            assert not notes and lo <= value
+        else:
+            assert lo > 0.9 and hi < 1.0 and notes == ["↓ trivial baseline: 0.19 (off the axis)"]
 
 
 def test_record_folders_recurse(tmp_path):

@@ -41,6 +41,29 @@ def _grid(n: int, width: int = 3):
     return math.ceil(n / cols), cols
 
 
+def _baselines(ax, methods: pd.DataFrame, baselines: pd.DataFrame) -> None:
+    """A baseline (trivial, or zero trainable parameters) as a dotted line; one far outside the
+    methods' band (more than the band's height away) would squeeze the methods into a sliver, so
+    the axis stops at the methods and the baseline is written at the edge it lies beyond."""
+    std = methods.metric_std.fillna(0)
+    lo, hi = (methods.metric_mean - std).min(), (methods.metric_mean + std).max()
+    pad = max(hi - lo, 1e-9)
+    clipped = []
+    for _, b in baselines.iterrows():
+        if len(methods) and not lo - pad <= b.metric_mean <= hi + pad:
+            clipped.append(b)
+        else:
+            ax.axhline(b.metric_mean, ls=":", color="0.2", lw=1.2, label=b.config)
+    if not clipped:
+        return
+    ax.set_ylim(lo - 0.15 * pad, hi + 0.15 * pad)
+    for b in clipped:
+        below = b.metric_mean < lo
+        ax.annotate(f"{'↓' if below else '↑'} {b.config}: {b.metric_mean:.3g} (off the axis)",
+                    xy=(0.01, 0.01 if below else 0.99), xycoords="axes fraction", fontsize=7, color="0.2",
+                    va="bottom" if below else "top")
+
+
 def plot(summary: pd.DataFrame, path) -> None:
     """Per task: the primary metric (mean ± std over seeds) against the method's own trainable
     parameters (log x), one curve per method configuration across budgets, the Pareto front
@@ -64,8 +87,7 @@ def plot(summary: pd.DataFrame, path) -> None:
             front = pareto_front(list(methods.trainable_params), list(methods.metric_mean), higher)
             f = methods.iloc[front]
             ax.step(f.trainable_params, f.metric_mean, where="post", ls="--", color="0.35", lw=1, label="Pareto front")
-        for _, b in t[(t.get("role", "method") == "baseline") | (t.trainable_params.fillna(0) == 0)].iterrows():
-            ax.axhline(b.metric_mean, ls=":", color="0.2", lw=1.2, label=b.config)
+        _baselines(ax, methods, t[(t.get("role", "method") == "baseline") | (t.trainable_params.fillna(0) == 0)])
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters of the method (log scale)")
         metric = t.metric.dropna().iloc[0] if t.metric.notna().any() else "metric"
