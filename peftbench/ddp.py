@@ -69,7 +69,6 @@ def reduce_stats(stats) -> dict:
 
 
 def checksums(model) -> list[float]:
-    import torch
     import torch.distributed as dist
 
     mine = float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -123,6 +124,42 @@ def write_plugin(tmp_path, name, body) -> Path:
     path = tmp_path / f"{name}.py"
     path.write_text(body)
     return path
+
+
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_in_process(*args, env=None) -> CliResult:
+    """``peftbench ARGS`` in this process, with ``env`` as the environment meanwhile: for commands
+    that start no run (bad input caught before training, ``memory``, ``budget``), ~5 s less each
+    than a subprocess importing torch, transformers and the plugins anew. Plugins it loads are
+    unregistered afterwards; the exit code is main()'s (the console script exits with it)."""
+    import contextlib
+    import io
+
+    from peftbench import plugins
+    from peftbench.cli import main
+
+    plugins.load_plugins()
+    before, files, saved = set(plugins.pm.get_plugins()), dict(plugins._loaded_files), dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        for plugin in set(plugins.pm.get_plugins()) - before:
+            plugins.pm.unregister(plugin)
+        plugins._loaded_files.clear()
+        plugins._loaded_files.update(files)
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from conftest import cli_in_process
 from peftbench.studies.analyze import delta_stats, similarity
 
 
@@ -70,8 +71,7 @@ def lora_runs(tiny_model_dirs, small_data, tmp_path_factory):
 
 
 def analyze(*args, env):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", "analyze", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return cli_in_process("analyze", *args, env=env)
 
 
 def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):

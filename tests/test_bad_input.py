@@ -54,7 +54,6 @@ def _case(tmp_path, small_data, tiny_model_dirs):
     not_a_model.mkdir()
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    model = str(tiny_model_dirs["bert"])
     return {
         "unknown method": (["--methods", "lorra"], "unknown method 'lorra' (did you mean lora"),
         "unknown task": (["--tasks", "sst3"], "unknown task 'sst3' (did you mean sst2"),

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from conftest import cli_in_process
 from peftbench.executors.lock import MachineLock
 from peftbench.records import load_records
 
@@ -106,9 +107,9 @@ def test_executor_bad_input(tmp_path, cli_env):
     env = dict(cli_env, PYTHONPATH=str(fake))
     res = peftbench("run", "--methods", "lora", "--executor", "slurm", "--dry-run", env=env)
     assert res.returncode == 2 and "--executor slurm needs submitit: pip install 'peftbench[slurm]'" in res.stderr
-    res = peftbench("run", "--methods", "lora", "--jobs", "0", "--dry-run", env=cli_env)
+    res = cli_in_process("run", "--methods", "lora", "--jobs", "0", "--dry-run", env=cli_env)
     assert res.returncode == 2 and "--jobs 0: give a positive number" in res.stderr
-    res = peftbench("run", "--methods", "lora", "--jobs", "999", "--dry-run", env=cli_env)
+    res = cli_in_process("run", "--methods", "lora", "--jobs", "999", "--dry-run", env=cli_env)
     assert res.returncode == 2 and "--jobs 999: this process may use" in res.stderr
 
 

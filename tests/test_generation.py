@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import cli_in_process, make_model
 from peftbench.method import apply_method
 from peftbench.plugins import get_method, get_task
 
@@ -153,7 +153,7 @@ def test_generation_bad_input(tiny_model_dirs, cli_env, tmp_path, monkeypatch):
                           "no eval split 'train'; use one of test, dev"),
     }
     for name, (args, message) in cases.items():
-        res = peftbench("run", "--methods", "lora", "--no-meteor", *args, "--out", tmp_path / "out", env=cli_env)
+        res = cli_in_process("run", "--methods", "lora", "--no-meteor", *args, "--out", tmp_path / "out", env=cli_env)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, (name, res.stderr)
         assert message in res.stderr, (name, res.stderr)
 

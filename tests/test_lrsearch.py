@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import write_plugin
+from conftest import cli_in_process, write_plugin
 
 LOGGED_TASK = '''
 import os
@@ -93,14 +93,14 @@ def test_search_never_reads_the_reported_split_and_resumes(tiny_model_dirs, cli_
 
 
 def test_lr_and_search_for_the_same_method_is_bad_input(tiny_model_dirs, cli_env, tmp_path):
-    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr", "lora=1e-3",
-                    "--lr-grid", "lora=1e-4,1e-3", "--out", tmp_path / "o", env=cli_env)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr", "lora=1e-3",
+                         "--lr-grid", "lora=1e-4,1e-3", "--out", tmp_path / "o", env=cli_env)
     assert res.returncode == 2 and "--lr and a learning-rate search both set the rate of lora" in res.stderr
-    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr-grid", "lora=1e-4",
-                    "--out", tmp_path / "o", env=cli_env)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr-grid", "lora=1e-4",
+                         "--out", tmp_path / "o", env=cli_env)
     assert res.returncode == 2 and "give at least two positive rates" in res.stderr
-    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr-extend", "2",
-                    "--out", tmp_path / "o", env=cli_env)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--lr-extend", "2",
+                         "--out", tmp_path / "o", env=cli_env)
     assert res.returncode == 2 and "--lr-extend 2 grows a learning-rate search's grid; add --lr-search" in res.stderr
 
 

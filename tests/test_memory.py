@@ -1,17 +1,15 @@
 """`peftbench memory`: exact trainable counts on built-in configs (no weights, meta device) and the
 byte accounting of each precision regime."""
 
-import subprocess
-import sys
 
 import pytest
 
+from conftest import cli_in_process
 from peftbench.studies.memory import REGIMES, project
 
 
 def memory(*args):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", "memory", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return cli_in_process("memory", *args)
 
 
 def counts(csv_text):
@@ -57,8 +55,7 @@ def test_bad_input_and_no_training_on_a_config():
     assert res.returncode == 2 and "--precision fp8: not a regime" in res.stderr and "Traceback" not in res.stderr
     res = memory("--knob", "lora=x")
     assert res.returncode == 2 and "give method=positive integer" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", "gpt3-175b", "--methods", "lora"],
-                         capture_output=True, text=True, timeout=300)
+    res = cli_in_process("run", "--model", "gpt3-175b", "--methods", "lora")
     assert res.returncode == 2 and "is a built-in config without weights" in res.stderr
 
 

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from conftest import make_model, write_plugin
+from conftest import cli_in_process, make_model, write_plugin
 from peftbench.errors import PeftbenchError, PluginError
 from peftbench.method import apply_method, parse_options
 from peftbench.plugins import get_methods, load_plugin_file
@@ -129,7 +129,7 @@ def test_apply_that_raises_is_a_failed_run_naming_method_and_plugin(tiny_model_d
     rec = next(r for r in records(out) if r["spec"]["method"] == "keyerror")
     assert rec["status"] == "failed" and rec["error_type"] == "KeyError"
     assert rec["error"] == f"method keyerror (plugin {path}): apply() raised KeyError: 'missing_layer'"
-    assert f"keyerror r=" in res.stderr and "FAILED - method keyerror (plugin" in res.stderr
+    assert "keyerror r=" in res.stderr and "FAILED - method keyerror (plugin" in res.stderr
     assert "KeyError: 'missing_layer'" in res.stderr
     assert [r["status"] for r in records(out) if r["spec"]["method"] == "bitfit"] == ["ok"]  # the sweep went on
 
@@ -167,8 +167,8 @@ def peftbench_register_tasks(register):
 ])
 def test_method_mistakes_are_one_line_errors_naming_the_method(tiny_model_dirs, cli_env, tmp_path, name, message):
     path = _plugin(tmp_path, name)
-    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", name,
-                    "--out", tmp_path / "out", *FAST, env=cli_env)
+    res = cli_in_process("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", name,
+                         "--out", tmp_path / "out", *FAST, env=cli_env)
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert f"method {name} (plugin {path})" in res.stderr and message in res.stderr
 

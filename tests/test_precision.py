@@ -54,12 +54,10 @@ def test_precision_is_recorded_and_in_the_run_id(tiny_model_dirs, small_data):
 
 
 def test_bad_precision_on_the_command_line_is_one_line(cli_env, tiny_model_dirs, tmp_path):
-    import subprocess
-    import sys
+    from conftest import cli_in_process
 
-    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", str(tiny_model_dirs["bert"]),
-                          "--methods", "lora", "--precision", "fp8", "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, env=cli_env, timeout=120)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--precision", "fp8",
+                         "--out", tmp_path / "o", env=cli_env)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--precision 'fp8'" in res.stderr
 
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from conftest import cli_in_process
+
 TINY = ["--tasks", "sst2", "--seeds", "0", "--max-steps", "2", "--batch-size", "8", "--no-lr-search"]
 
 
@@ -42,6 +44,6 @@ def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_e
 
 
 def test_targets_with_a_budget_no_set_reaches(tiny_model_dirs, cli_env, tmp_path):
-    res = study("targets", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v", "--budget", "5",
-                "--out", tmp_path / "t", *TINY, env=cli_env)
+    res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v", "--budget", "5",
+                         "--out", tmp_path / "t", *TINY, env=cli_env)
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") <= 2, res.stderr
