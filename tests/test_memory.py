@@ -4,7 +4,7 @@ byte accounting of each precision regime."""
 
 import pytest
 
-from conftest import cli_in_process
+from conftest import cli_in_process, make_model
 from peftbench.studies.memory import REGIMES, project
 
 
@@ -88,5 +88,51 @@ def test_counts_equal_the_real_modules_on_a_tiny_config(tmp_path):
 def test_published_projection_is_the_commands_output():
     from conftest import ROOT
 
+    published = (ROOT / "results" / "lora-paper" / "README.md").read_text()
     res = memory("--knob", "lora=1,lora=4,lora=8")
-    assert res.returncode == 0 and res.stdout.strip() in (ROOT / "results" / "lora-paper" / "README.md").read_text()
+    assert res.returncode == 0 and res.stdout.strip() in published
+    res = memory("--methods", "full,lora", "--knob", "lora=4", "--precision", "fp32,pure-16bit", "--activations", "1x2048")
+    assert res.returncode == 0 and res.stdout.strip() in published
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2-lm"])
+@pytest.mark.parametrize("method,knob", [("full", None), ("bitfit", None), ("lora", 4), ("adapter", 4), ("prefix", 4)])
+def test_activations_counted_on_meta_equal_those_measured_on_real_tensors(family, method, knob, plugin_manager):
+    """`memory --activations` counts on the meta device what `saved_activation_bytes` measures
+    in every run on real tensors: the same bytes, method by method."""
+    import copy
+
+    import torch
+
+    from peftbench.measure import saved_activation_bytes
+    from peftbench.method import apply_method
+    from peftbench.plugins import get_methods
+    from peftbench.studies.memory import activation_bytes
+
+    m = get_methods()[method]
+    real = make_model(family)
+    real.config.pad_token_id = None
+    with torch.device("meta"):
+        meta = type(real)(copy.deepcopy(real.config))
+    real, meta = (apply_method(m, model, knob)[0] for model in (real, meta))
+    causal = family.endswith("-lm")
+    ids = torch.randint(3, 1000, (3, 9), generator=torch.Generator().manual_seed(0))
+    labels = ids if causal else torch.zeros(3, dtype=torch.long)
+    measured = saved_activation_bytes(real, {"input_ids": ids, "labels": labels})
+    assert measured > 0 and activation_bytes(meta, 3, 9, causal) == measured
+
+
+def test_activations_flag():
+    res = memory("--model", "gpt2-medium", "--methods", "full,lora", "--precision", "fp32", "--activations", "2x128")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split("Activations of one training step at batch 2 x 128 tokens")[1].splitlines()
+    acts = {ln.split()[0]: ln.split()[2:4] for ln in lines if ln.startswith(("full ", "lora "))}
+    assert set(acts) == {"full", "lora"} and all(unit in ("MB", "GB") for _, unit in acts.values())
+    csv_out = memory("--model", "gpt2-medium", "--methods", "lora", "--precision", "fp32", "--activations", "2x128",
+                     "--format", "csv").stdout
+    header, row = csv_out.splitlines()[:2]
+    assert header.endswith("activations_fp32") and int(row.split(",")[-1]) > 0
+    for bad, message in (("2by128", "give BATCHxSEQ, two positive integers"), ("0x128", "two positive integers"),
+                         ("1x4096", "gpt2-medium has 1024 positions")):
+        res = memory("--model", "gpt2-medium", "--activations", bad)
+        assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
