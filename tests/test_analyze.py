@@ -102,3 +102,33 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     (tmp_path / "gone.json").write_text(json.dumps(gone))
     bad = analyze("delta", tmp_path / "gone.json", env=env)
     assert bad.returncode == 2 and "--keep-checkpoints" in bad.stderr
+
+
+# The published analyses of the rank study (results/lora-paper/rank): file -> (rank, seed) pairs
+PUBLISHED = {
+    "subspace-r8-r64-seed0.txt": ("subspace", (8, 0), (64, 0)),
+    "subspace-r64-seed0-seed1.txt": ("subspace", (64, 0), (64, 1)),
+    "subspace-r8-seed0-seed1.txt": ("subspace", (8, 0), (8, 1)),
+    "delta-r8-seed0.txt": ("delta", (8, 0)),
+    "delta-r64-seed0.txt": ("delta", (64, 0)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_rank_analyses_are_the_commands_output(name, monkeypatch):
+    """results/lora-paper/rank: each analysis file is what `peftbench analyze` prints for those
+    runs' kept checkpoints (MiniLM, TREC-6) today, run from the repository's root."""
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    folder = ROOT / "results" / "lora-paper" / "rank"
+    if not (folder / name).is_file():
+        pytest.skip("the rank study's analyses are not published")
+    recs = {(r["spec"]["knob_value"], r["spec"]["seed"]): p.relative_to(ROOT)
+            for p in sorted((folder / "records").glob("*.json")) for r in [json.loads(p.read_text())]
+            if r["status"] == "ok"}
+    command, *runs = PUBLISHED[name]
+    res = cli_in_process("analyze", command, *(recs[run] for run in runs))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == (folder / name).read_text()
