@@ -87,6 +87,17 @@ def _candidate(group: dict, rate: float, seed: int, val_samples: int) -> dict:
     return s
 
 
+def _add_rate(search: Search, rate: float, seen: set, out: list) -> None:
+    """One candidate per search seed at ``rate``: its id joins the search; a spec not yet in
+    ``seen`` (another configuration may share the group) joins ``out``."""
+    for seed in search.seeds:
+        s = _candidate(search.group, rate, seed, search.val_samples)
+        search.candidates.append(s["run_id"])
+        if s["run_id"] not in seen:
+            seen.add(s["run_id"])
+            out.append(s)
+
+
 def expand(specs: list[dict], grids: dict, val_samples: int, search_seeds: list[int], extend: int = 0):
     """(search specs, searches): every spec whose method has a grid waits for its search (a
     ``Search``), and its group (the spec without seed and rate) gets one search run per candidate
@@ -99,12 +110,7 @@ def expand(specs: list[dict], grids: dict, val_samples: int, search_seeds: list[
         group = {k: v for k, v in spec.items() if k not in ("seed", "lr", "lr_source", "run_id")}
         search = Search(dict(spec), group, sorted(grid), [], list(search_seeds), val_samples, extend)
         for rate in search.grid:
-            for seed in search_seeds:
-                s = _candidate(group, rate, seed, val_samples)
-                search.candidates.append(s["run_id"])
-                if s["run_id"] not in seen:
-                    seen.add(s["run_id"])
-                    specs_out.append(s)
+            _add_rate(search, rate, seen, specs_out)
         searches.append(search)
     return specs_out, searches
 
@@ -127,12 +133,7 @@ def extend(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
         search.extend -= 1
         search.added.append(rate)
         search.grid = sorted(grid + [rate])
-        for seed in search.seeds:
-            s = _candidate(search.group, rate, seed, search.val_samples)
-            search.candidates.append(s["run_id"])
-            if s["run_id"] not in seen:
-                seen.add(s["run_id"])
-                specs.append(s)
+        _add_rate(search, rate, seen, specs)
         lines.append(f"{search.template['label']} on {search.template['task']}: best rate {chosen:g} at the edge "
                      f"of {','.join(f'{r:g}' for r in grid)}; trying {rate:g}")
     return specs, lines

@@ -47,6 +47,14 @@ def project(base: int, trainable: int, full: bool, regime: Regime) -> dict:
     return out
 
 
+def method_knobs(choices, knobs: dict):
+    """(choice, knob value, knob text) for each method x its knob values (``knobs``: a method name's
+    values; default its default knob; None and "fixed" for a method without a knob)."""
+    for c in choices:
+        for knob in knobs.get(c.method.name, [c.method.default_knob]) if c.method.knob else [None]:
+            yield c, knob, f"{c.method.knob}={knob}" if c.method.knob else "fixed"
+
+
 def rows(model: str, choices, knobs: dict, regimes) -> tuple[int, list[dict]]:
     """(base parameters, one row per method x knob x regime) for a model config; ``knobs`` maps a
     method name to its knob values (default: the method's default knob)."""
@@ -62,13 +70,12 @@ def rows(model: str, choices, knobs: dict, regimes) -> tuple[int, list[dict]]:
         raise PeftbenchError(f"--model {model}: transformers cannot build this config ({first_line(e)}); give a config "
                              "of a model transformers knows") from None
     out = []
-    for c, knob in ((c, k) for c in choices for k in (knobs.get(c.method.name, [c.method.default_knob])
-                                                       if c.method.knob else [None])):
+    for c, knob, text in method_knobs(choices, knobs):
         trainable = counter.count(c.method, c.options, knob)
         full = trainable >= counter.base
         for name in regimes:
             proj = project(counter.base, trainable, full, REGIMES[name])
-            out.append({"method": c.label, "knob": f"{c.method.knob}={knob}" if c.method.knob else "fixed",
+            out.append({"method": c.label, "knob": text,
                         "trainable": trainable, "pct": 100.0 * trainable / counter.base, "regime": name, **proj})
     return counter.base, out
 
@@ -120,9 +127,8 @@ def activation_rows(model: str, choices, knobs: dict, batch: int, seq_len: int) 
     causal = is_causal_config(config)
     base = meta_model(config, kind="generation" if causal else "classification")
     out = {}
-    for c, knob in ((c, k) for c in choices for k in (knobs.get(c.method.name, [c.method.default_knob])
-                                                       if c.method.knob else [None])):
-        key = (c.label, f"{c.method.knob}={knob}" if c.method.knob else "fixed")
+    for c, knob, text in method_knobs(choices, knobs):
+        key = (c.label, text)
         try:
             applied = apply_method(c.method, copy.deepcopy(base), knob, c.options)[0]
         except PluginFailure:
