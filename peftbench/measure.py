@@ -90,14 +90,15 @@ def saved_activation_bytes(model, batch) -> int:
     casts autocast makes of them (a bf16 copy of a frozen weight is not an activation). Unlike a peak RSS
     this does not depend on the allocator, so it compares methods exactly. The RNG state and the
     train/eval mode are restored (a module that updates running statistics in training mode
-    would see one extra batch)."""
-    params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    would see one extra batch). A storage is identified by its object, not its data pointer, so
+    the same count runs on the meta device (``peftbench memory --activations``: no data pointers)."""
+    params = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
     saved: dict[int, int] = {}
 
     def pack(t):
         storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
+        if storage._cdata not in params:
+            saved[storage._cdata] = storage.nbytes()
         return t
 
     device = next(model.parameters()).device
@@ -111,8 +112,8 @@ def saved_activation_bytes(model, batch) -> int:
             del loss
         finally:
             model.train(was_training)
-    for ptr in (0, *casts.storages):  # empty storages; autocast's low-precision copies of weights
-        saved.pop(ptr, None)
+    for storage in casts.storages:  # autocast's low-precision copies of weights
+        saved.pop(storage, None)
     return sum(saved.values())
 
 
@@ -128,8 +129,8 @@ class _WeightCasts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten._to_copy.default and torch.is_tensor(args[0]) \
-                and args[0].untyped_storage().data_ptr() in self.weights:
-            self.storages.add(out.untyped_storage().data_ptr())
+                and args[0].untyped_storage()._cdata in self.weights:
+            self.storages.add(out.untyped_storage()._cdata)
         return out
 
 

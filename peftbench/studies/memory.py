@@ -90,22 +90,11 @@ def activation_bytes(model, batch: int, seq_len: int, causal: bool) -> int:
     tensor), with no recomputation, at the model's dtype."""
     import torch
 
-    weights = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()  # meta tensors have no data pointer: the storage object is the identity
-        if storage._cdata not in weights:
-            saved[storage._cdata] = storage.nbytes()
-        return t
+    from ..measure import saved_activation_bytes
 
     ids = torch.zeros((batch, seq_len), dtype=torch.long, device="meta")
     labels = ids if causal else torch.zeros((batch,), dtype=torch.long, device="meta")
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(input_ids=ids, labels=labels).loss  # no attention mask: nothing is padding
-        del loss
-    return sum(saved.values())
+    return saved_activation_bytes(model, {"input_ids": ids, "labels": labels})  # no attention mask: no padding
 
 
 def activation_rows(model: str, choices, knobs: dict, batch: int, seq_len: int) -> dict:
