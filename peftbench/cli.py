@@ -235,6 +235,8 @@ def study_options(f):
         click.option("--latency/--no-latency", default=False, show_default=True),
         click.option("--lr-search/--no-lr-search", default=True, show_default=True,
                      help="Choose each set's learning rate on held-out training data (default grid)."),
+        click.option("--lr-extend", type=int, default=0, show_default=True,
+                     help="Where a set's best rate is at an edge of the grid, try up to N more rates beyond it."),
         click.option("--out", required=True, type=click.Path(file_okay=False),
                      help="Folder for the study's sweep file and records (resumes)."),
     ]):
@@ -263,13 +265,14 @@ def _study(ctx, name, file_text, out):
 
 
 def _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
-                    lr_search, keep=False):
+                    lr_search, lr_extend, keep=False):
     from .plan import parse_int_list
 
     return {"model": model, "tasks": [t.strip() for t in tasks_.split(",") if t.strip()],
             "seeds": parse_int_list(seeds, "--seeds"), "train_samples": parse_train_samples(train_samples) or "all",
             "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "precision": precision,
-            "latency": latency, "lr_search": lr_search or None, "keep_checkpoints": keep}
+            "latency": latency, "lr_search": lr_search or None, "lr_extend": lr_extend or None,
+            "keep_checkpoints": keep}
 
 
 def _sets(text: str) -> list[str]:
@@ -287,13 +290,13 @@ def _sets(text: str) -> list[str]:
 @study_options
 @click.pass_context
 def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-                  latency, lr_search, out):
+                  latency, lr_search, lr_extend, out):
     """Which weight matrices to adapt under one budget (the paper's Table 5): LoRA on each target set,
     its rank solved for the budget (r = 8 / 4 / 2 for one / two / four matrix types)."""
     from .studies import lora_paper
 
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
-                               lr_search)
+                               lr_search, lr_extend)
     _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _sets(sets), budget=budget), out)
 
 
@@ -304,7 +307,7 @@ def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs
 @study_options
 @click.pass_context
 def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-               latency, lr_search, out):
+               latency, lr_search, lr_extend, out):
     """Which rank (the paper's Table 6): r x target sets; checkpoints kept for `analyze subspace`."""
     from .plan import parse_int_list
     from .studies import lora_paper
@@ -313,7 +316,7 @@ def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, ma
     if any(r < 1 for r in rs):
         raise PeftbenchError(f"--ranks {ranks}: ranks must be positive integers")
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-                               latency, lr_search, keep=True)
+                               latency, lr_search, lr_extend, keep=True)
     _study(ctx, "rank", lora_paper.sweep_file("rank", settings, _sets(sets), ranks=rs), out)
 
 

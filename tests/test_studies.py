@@ -47,3 +47,13 @@ def test_targets_with_a_budget_no_set_reaches(tiny_model_dirs, cli_env, tmp_path
     res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v", "--budget", "5",
                          "--out", tmp_path / "t", *TINY, env=cli_env)
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") <= 2, res.stderr
+
+
+def test_lr_extend_enters_the_study_sweep_file(tiny_model_dirs, cli_env, tmp_path):
+    out = tmp_path / "r"
+    res = cli_in_process("study", "rank", "--model", tiny_model_dirs["bert"], "--sets", "q", "--ranks", "1",
+                         "--lr-extend", "2", "--out", out, *TINY, env=cli_env)
+    assert "lr_extend = 2" in (out / "sweep.toml").read_text()
+    # TINY has --no-lr-search: a grid to grow is missing, which the sweep says in one line
+    assert res.returncode == 2 and "--lr-extend 2 grows a learning-rate search's grid" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
