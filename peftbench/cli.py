@@ -608,7 +608,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         click.echo("Budget solutions (method's own parameters, head excluded):", err=True)
         for line in _format_rows(_budget_rows(the_plan.solutions)):
             click.echo("  " + line, err=True)
-    click.echo(f"{len(the_plan.specs) + len(the_plan.templates)} run(s) -> {out}"
+    click.echo(f"{len(the_plan.specs) + len(the_plan.waiting)} run(s) -> {out}"
                + (f", after {len(the_plan.searches)} learning-rate search run(s) -> {out / 'search'}"
                   if the_plan.searches else ""), err=True)
 
@@ -620,7 +620,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             return sum(1 for s in specs if have.get(s["run_id"], {}).get("status") == "ok")
 
         searched = ("; the runs at searched rates get their ids once their search is done: "
-                    f"{len(the_plan.templates)} of them" if the_plan.templates else "")
+                    f"{len(the_plan.waiting)} of them" if the_plan.waiting else "")
         click.echo(f"dry run: {done(out / 'search', the_plan.searches)} of {len(the_plan.searches)} search run(s) and "
                    f"{done(out, the_plan.specs)} of {len(the_plan.specs)} run(s) at a fixed rate have an ok record in "
                    f"{out}{searched}; nothing was run", err=True)
@@ -646,15 +646,11 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     if the_plan.searches:  # first the search on held-out training data, then the runs at the chosen rates
         from . import lrsearch
 
-        found = {r["run_id"]: r for r in run_sweep(the_plan.searches, out / "search", **options).records}
-        while True:  # --lr-extend: grids whose best rate is at an edge grow, one rate at a time
-            more, grown = lrsearch.extend(the_plan.templates, found)
-            if not more:
-                break
-            for line in grown:
-                click.echo(f"learning-rate grid grown: {line}", err=True)
-            found.update({r["run_id"]: r for r in run_sweep(more, out / "search", **options).records})
-        finals, lines = lrsearch.finals(the_plan.templates, found)
+        def search(specs):
+            return {r["run_id"]: r for r in run_sweep(specs, out / "search", **options).records}
+
+        finals, lines, _ = lrsearch.run_search(the_plan.searches, the_plan.waiting, search,
+                                               lambda line: click.echo(f"learning-rate grid grown: {line}", err=True))
         for line in lines:
             click.echo(f"learning rate chosen: {line}", err=True)
         specs = specs + finals

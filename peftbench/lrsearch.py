@@ -139,6 +139,25 @@ def extend(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
     return specs, lines
 
 
+def run_search(candidates: list[dict], searches: list[Search], run, on_grown=lambda line: None):
+    """A sweep's whole learning-rate search: ``run(specs)`` (records by run id) on the planned
+    candidates, then, while a grid's best rate is at an edge it may still grow past (lr_extend),
+    on one more rate per such grid. Returns (final specs, lines saying what was chosen, every
+    candidate spec run)."""
+    asked = list(candidates)
+    found = dict(run(asked))
+    while True:
+        more, grown = extend(searches, found)
+        if not more:
+            break
+        for line in grown:
+            on_grown(line)
+        asked += more
+        found.update(run(more))
+    specs, lines = finals(searches, found)
+    return specs, lines, asked
+
+
 def choose(grid, candidates, records: dict) -> dict:
     """The search's outcome for one group: chosen rate and what it cost, from the search records."""
     scores: dict[float, list[float]] = {}

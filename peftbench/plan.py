@@ -165,7 +165,7 @@ class Plan:
     solutions: list  # budget solutions, for display
     warnings: list = field(default_factory=list)
     searches: list = field(default_factory=list)  # learning-rate search runs, to run first
-    templates: list = field(default_factory=list)  # final runs waiting for their searched rate
+    waiting: list = field(default_factory=list)  # lrsearch.Search: final runs waiting for their searched rate
 
 
 @dataclass
@@ -299,9 +299,9 @@ def plan(s: SweepSettings) -> Plan:
                 if spec["run_id"] not in seen:
                     seen.add(spec["run_id"])
                     specs.append(spec)
-    searches, templates = _lr_search(s, specs, {c.method.name: c.method for c in choices}, lrs)
-    searched = {t.template["run_id"] for t in templates}  # a template still has its default-rate spec's id
-    return Plan([x for x in specs if x["run_id"] not in searched], solutions, warnings, searches, templates)
+    searches, waiting = _lr_search(s, specs, {c.method.name: c.method for c in choices}, lrs)
+    searched = {w.template["run_id"] for w in waiting}  # a waiting final still has its default-rate spec's id
+    return Plan([x for x in specs if x["run_id"] not in searched], solutions, warnings, searches, waiting)
 
 
 def _lr_search(s: SweepSettings, specs, methods: dict, lrs: dict):
@@ -414,6 +414,6 @@ def plan_all(settings: list) -> Plan:
     searches = list({s["run_id"]: s for p in plans for s in p.searches}.values())
     return Plan(specs, [sol for p in plans for sol in p.solutions],
                 list(dict.fromkeys(w for p in plans for w in p.warnings)), searches,
-                [t for p in plans for t in p.templates])
+                [w for p in plans for w in p.waiting])
 
 

@@ -72,11 +72,10 @@ def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
     specs = list(plan.specs)
     if plan.searches:  # learning rates searched: the search runs, then the finals at the rates they chose
         searched = load_records(folder / "search")
-        asked = list(plan.searches)
-        while more := lrsearch.extend(plan.templates, searched)[0]:  # lr_extend: the grids that grew
-            asked += more
+        # the search as the sweep runs it (lr_extend: the grids that grew), each run answered by its record
+        finals, _, asked = lrsearch.run_search(plan.searches, plan.waiting, lambda specs: searched)
         _same_runs(asked, searched, "search/")
-        specs += lrsearch.finals(plan.templates, searched)[0]
+        specs += finals
     _same_runs(specs, load_records(folder), "")
 
 
