@@ -112,6 +112,25 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def parse_train_samples(text: str) -> int | None:
+    if str(text).lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise PeftbenchError(f"--train-samples {text!r}: give a positive integer or 'all'") from None
+
+
+def latency_settings(measure: bool, batch, seq_len, min_time) -> dict | None:
+    """The latency measurement a run makes (None: none), validated."""
+    if not measure:
+        return None
+    ok = isinstance(batch, int) and batch >= 1 and (seq_len is None or (isinstance(seq_len, int) and seq_len >= 1))
+    if not ok or not isinstance(min_time, (int, float)) or min_time < 0:
+        raise PeftbenchError("--latency-batch/--latency-seq-len must be positive integers and --latency-min-time >= 0")
+    return {"batch": batch, "seq_len": seq_len, "min_reps": 20, "min_time_s": float(min_time), "warmup": 3}
+
+
 # -- planning ----------------------------------------------------------------------------
 @dataclass
 class SweepSettings:

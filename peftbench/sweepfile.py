@@ -71,7 +71,7 @@ def _text(key, value, path) -> str | None:
 
 def settings_from(values: dict, path):
     """The SweepSettings for one sweep entry (keys already merged and checked)."""
-    from .cli import latency_settings, parse_train_samples
+    from .plan import latency_settings, parse_train_samples
     from .plan import SweepSettings
 
     kw = {}

@@ -1,0 +1,5 @@
+"""``python -m peftbench.cli``: the ``peftbench`` command."""
+
+from . import console
+
+console()
