@@ -57,9 +57,12 @@ def release_fork_server() -> None:
         server._forkserver_alive_fd = None
 
 
-def child_main(spec_file: str, out: str, progress: bool) -> None:
+def child_main(spec_file: str, out: str, progress: bool, environ: dict | None = None) -> None:
     die_with_parent()
     release_fork_server()
+    if environ is not None:  # the sweep's environment now, not the fork server's from its start
+        os.environ.clear()
+        os.environ.update(environ)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 1  # an exception that is not the run's (the run itself records its failures)
     try:
@@ -125,8 +128,11 @@ def context():
 
 def start(spec_file: Path, out: Path, progress: bool):
     """Start one run's process. The target lives in this module, so the child never needs
-    the parent's ``__main__``: hide it, so that a user's unguarded script is not re-run."""
-    proc = context().Process(target=child_main, args=(str(spec_file), str(out), progress), daemon=False)
+    the parent's ``__main__``: hide it, so that a user's unguarded script is not re-run.
+    The child runs with this process's environment as it is now (data folder, caches, plugin
+    files): the fork server was started once, maybe before the caller changed it."""
+    proc = context().Process(target=child_main, args=(str(spec_file), str(out), progress, dict(os.environ)),
+                             daemon=False)
     main = sys.modules.get("__main__")
     saved = {k: main.__dict__.pop(k) for k in ("__file__",) if main is not None and k in main.__dict__}
     spec = getattr(main, "__spec__", None)

@@ -133,10 +133,14 @@ class CliResult(NamedTuple):
 
 
 def cli_in_process(*args, env=None) -> CliResult:
-    """``peftbench ARGS`` in this process, with ``env`` as the environment meanwhile: for commands
-    that start no run (bad input caught before training, ``memory``, ``budget``), ~5 s less each
-    than a subprocess importing torch, transformers and the plugins anew. Plugins it loads are
-    unregistered afterwards; the exit code is main()'s (the console script exits with it)."""
+    """``peftbench ARGS`` in this process, with ``env`` as the environment meanwhile: ~5 s less each
+    than a subprocess importing torch, transformers and the plugins anew and starting its own fork
+    server. Runs still get their own processes, from the one fork server of this test session,
+    with ``env`` as their environment (``worker.start`` hands each child the sweep's). What the
+    runs themselves print is not captured (the server's output is the test session's); what the
+    sweep prints and the records are. Plugins it loads are unregistered afterwards; the exit code
+    is main()'s (the console script exits with it). Tests of signals, the console script and the
+    Ray and SLURM executors keep a subprocess."""
     import contextlib
     import io
 

@@ -2,8 +2,6 @@
 hand-built matrices of known answer and on real (tiny) runs' checkpoints."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -55,15 +53,13 @@ def lora_runs(tiny_model_dirs, small_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("lora-runs")
     env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
-    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", tiny_model_dirs["bert"],
-                          "--methods", "lora,adapter", "--knob", "lora=2,adapter=2", "--seeds", "0", "--out", out,
-                          "--max-steps", "4", "--batch-size", "8", "--no-latency", "--no-progress"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--knob",
+                         "lora=2,adapter=2", "--seeds", "0", "--out", out, "--max-steps", "4", "--batch-size", "8",
+                         "--no-latency", "--no-progress", env=env)
     assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", tiny_model_dirs["bert"],
-                          "--methods", "lora", "--knob", "lora=8", "--seeds", "0", "--out", out,
-                          "--max-steps", "4", "--batch-size", "8", "--no-latency", "--no-progress"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--knob", "lora=8",
+                         "--seeds", "0", "--out", out, "--max-steps", "4", "--batch-size", "8", "--no-latency",
+                         "--no-progress", env=env)
     assert res.returncode == 0, res.stderr
     recs = {(r["spec"]["method"], r["spec"]["knob_value"]): p
             for p in (out / "records").glob("*.json") for r in [json.loads(p.read_text())]}

@@ -1,7 +1,5 @@
 """The budget solver: parsing, exact counting on the meta device, agreement with brute force."""
 
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -139,12 +137,10 @@ def test_third_party_method_solved_without_host_changes(plugin_manager):
 
 
 def test_budget_command_csv(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "peftbench.cli", "budget", "--methods",
-         "lora,adapter[placement=pfeiffer],prefix,bitfit,lora[target_modules=q,k,v,o]",
-         "--budget", "lora:r=8", "--format", "csv"],
-        capture_output=True, text=True, timeout=120,
-    )
+    from conftest import cli_in_process
+
+    out = cli_in_process("budget", "--methods", "lora,adapter[placement=pfeiffer],prefix,bitfit,lora[target_modules=q,k,v,o]",
+                         "--budget", "lora:r=8", "--format", "csv")
     assert out.returncode == 0, out.stderr
     import csv
     import io

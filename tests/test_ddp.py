@@ -2,10 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from conftest import cli_in_process
 
 ARGS = ["--methods", "lora", "--knob", "lora=2", "--train-samples", "64", "--max-steps", "6", "--batch-size", "8",
         "--no-latency", "--no-progress"]
@@ -16,8 +16,7 @@ two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs tw
 
 
 def run(*args, env):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", "run", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return cli_in_process("run", *args, env=env)
 
 
 def record(out):

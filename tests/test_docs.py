@@ -2,10 +2,8 @@
 
 import json
 import re
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import ROOT, cli_in_process
 
 GUIDE = (ROOT / "docs" / "plugins.md").read_text()
 
@@ -21,8 +19,7 @@ def _files(tmp_path) -> dict:
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return cli_in_process(*args, env=env)  # in this process: no imports anew
 
 
 def test_guide_method_passes_the_contract(tmp_path):

@@ -27,7 +27,7 @@ def peftbench(*args, env, timeout=600):
 def sequential(tiny_model_dirs, small_data, tmp_path_factory):
     env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
     out = tmp_path_factory.mktemp("seq")
-    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST, env=env)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST, env=env)
     assert res.returncode == 0, res.stderr
     return {rid: r for rid, r in load_records(out).items()}, env
 
@@ -44,7 +44,7 @@ def _same_runs(a: dict, b: dict):
 def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
     seq, env = sequential
     out = tmp_path / "jobs"
-    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
                     "--jobs", "2", *FAST, env=env)
     assert res.returncode == 0, res.stderr
     recs = load_records(out)
@@ -53,7 +53,7 @@ def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
     assert all(p["jobs"] == 2 and p["shared_machine"] and p["torch_threads"] == len(p["cpus"]) == 1 for p in placements)
     assert all(r["env"]["cpu_affinity"] == 1 for r in recs.values())  # confined before the environment was read
     assert "waited_for_latency_s" in next(iter(recs.values()))["train"]
-    table = peftbench("report", out, env=env).stdout
+    table = cli_in_process("report", out, env=env).stdout
     assert "†" in table and "shared the machine" in table
 
 
@@ -96,7 +96,7 @@ def test_slurm_through_submitit_local_gives_the_same_runs(sequential, tiny_model
     assert any((out / "slurm").iterdir())  # submitit's job folders: logs of each array element
     assert all(r["env"]["pid"] != json.loads("0") for r in recs.values())
     # resumes on the other executor: nothing left to run
-    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST, env=env)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST, env=env)
     assert res.returncode == 0 and "skipping 2 run(s) with an ok record; 0 to run" in res.stderr
 
 
@@ -118,11 +118,11 @@ def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):
     rec = next(r for r in seq.values() if r["spec"]["method"] == "lora")
     (tmp_path / "rec.json").write_text(json.dumps(rec))
     out = tmp_path / "again"
-    res = peftbench("run-spec", tmp_path / "rec.json", "--out", out, "--no-progress", env=env)
+    res = cli_in_process("run-spec", tmp_path / "rec.json", "--out", out, "--no-progress", env=env)
     assert res.returncode == 0, res.stderr
     again = load_records(out)[rec["run_id"]]
     assert again["metrics"] == pytest.approx(rec["metrics"]) and again["spec"]["run_id"] == rec["run_id"]
-    bad = peftbench("run-spec", tmp_path / "nope.json", "--out", out, env=env)
+    bad = cli_in_process("run-spec", tmp_path / "nope.json", "--out", out, env=env)
     assert bad.returncode == 2 and "not a JSON spec" in bad.stderr
 
 

@@ -2,8 +2,6 @@
 `peftbench score`; the bad input of generation runs."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,8 +15,7 @@ FAST = ["--max-steps", "2", "--batch-size", "4", "--no-progress", "--no-meteor",
 
 
 def peftbench(*args, env):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return cli_in_process(*args, env=env)  # in this process: no imports anew
 
 
 def records(out):

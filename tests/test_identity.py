@@ -2,10 +2,8 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
-from conftest import write_plugin
+from conftest import cli_in_process, write_plugin
 
 FAST = ["--max-steps", "2", "--batch-size", "8", "--no-latency", "--no-progress", "--train-samples", "32"]
 
@@ -32,8 +30,7 @@ def peftbench_register_methods(register):
 
 
 def peftbench(*args, env):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return cli_in_process(*args, env=env)  # in this process: no imports anew
 
 
 def test_editing_a_plugin_file_reruns_that_methods_runs_only(tiny_model_dirs, cli_env, tmp_path):

@@ -3,8 +3,6 @@ choosing, the final records name the search, a rerun reruns nothing."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 from conftest import cli_in_process, write_plugin
 
@@ -30,8 +28,7 @@ def peftbench_register_tasks(register):
 
 
 def peftbench(*args, env):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return cli_in_process(*args, env=env)  # in this process: no imports anew
 
 
 def records(folder):

@@ -3,8 +3,6 @@ record that names the method and its plugin (issue: plugin authors first)."""
 
 import enum
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -19,8 +17,7 @@ FAST = ["--max-steps", "2", "--batch-size", "8", "--no-latency", "--no-progress"
 
 
 def peftbench(*args, env):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return cli_in_process(*args, env=env)  # in this process: no imports anew
 
 
 def records(out):

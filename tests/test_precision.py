@@ -62,14 +62,12 @@ def test_bad_precision_on_the_command_line_is_one_line(cli_env, tiny_model_dirs,
 
 
 def test_a_bf16_run_records_its_precision_everywhere(cli_env, tiny_model_dirs, tmp_path):
-    import subprocess
-    import sys
+    from conftest import cli_in_process
 
     out = tmp_path / "o"
-    res = subprocess.run([sys.executable, "-m", "peftbench.cli", "run", "--model", str(tiny_model_dirs["bert"]),
-                          "--methods", "lora", "--precision", "bf16", "--out", str(out), "--max-steps", "3",
-                          "--batch-size", "8", "--latency-min-time", "0", "--latency-batch", "2", "--no-progress"],
-                         capture_output=True, text=True, env=cli_env, timeout=300)
+    res = cli_in_process("run", "--model", str(tiny_model_dirs["bert"]), "--methods", "lora", "--precision", "bf16",
+                         "--out", str(out), "--max-steps", "3", "--batch-size", "8", "--latency-min-time", "0",
+                         "--latency-batch", "2", "--no-progress", env=cli_env)
     assert res.returncode == 0, res.stderr
     (rec,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     assert rec["precision"]["train"] == rec["precision"]["eval"] == rec["precision"]["latency"] == "bf16"

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -152,8 +150,9 @@ def test_report_command_recurses_and_writes_page(tmp_path):
         folder = tmp_path / "results" / rec["spec"]["task"] / "records"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{rec['run_id']}.json").write_text(json.dumps(rec))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "peftbench.cli", "report", *map(str, a)],  # noqa: E731
-                                    capture_output=True, text=True, timeout=300)
+    from conftest import cli_in_process
+
+    run = lambda *a: cli_in_process("report", *a)  # noqa: E731
     res = run(tmp_path / "results", "--summary")
     assert res.returncode == 0, res.stderr
     assert "| lora | **0.8100 ± 0.0100** |" in res.stdout

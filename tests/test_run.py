@@ -1,18 +1,17 @@
 """End to end: `peftbench run` on tiny models and slices of the real data, then `report`."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from peftbench.report import CSV_COLUMNS
 
+from conftest import cli_in_process
+
 
 def peftbench(*args, env, timeout=600):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    return cli_in_process(*args, env=env)  # in this process: no imports anew
 
 
 def records(out):

@@ -1,8 +1,6 @@
 """`peftbench study targets / rank`: the LoRA paper's Tables 5 and 6 as sweeps on a tiny model."""
 
 import json
-import subprocess
-import sys
 
 from conftest import cli_in_process
 
@@ -10,8 +8,7 @@ TINY = ["--tasks", "sst2", "--seeds", "0", "--max-steps", "2", "--batch-size", "
 
 
 def study(*args, env):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", "study", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return cli_in_process("study", *args, env=env)  # in this process: no imports anew
 
 
 def test_targets_solves_the_rank_per_set_and_resumes(tiny_model_dirs, cli_env, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_plugin
+from conftest import cli_in_process, write_plugin
 from peftbench.records import load_records, read_record, write_atomic
 
 FAULTS = '''
@@ -82,8 +82,7 @@ FAST = ["--max-steps", "4", "--batch-size", "8", "--no-latency", "--no-progress"
 
 
 def peftbench(*args, env, timeout=600):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    return cli_in_process(*args, env=env)  # in this process: no imports anew
 
 
 def by_label(out):
@@ -369,3 +368,40 @@ def test_sigint_to_the_run_alone_still_stops_the_sweep(tiny_model_dirs, cli_env,
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert [r["status"] for r in load_records(out).values()] == ["cancelled"]
+
+
+ENV_PROBE = '''
+import os
+import peftbench
+from peftbench.method import freeze
+
+
+class EnvProbe(peftbench.Method):
+    name = "env-probe"
+    probe = True
+
+    def apply(self, model, knob_value=None, **options):
+        if os.getpid() != int(os.environ["PROBE_SWEEP_PID"]):  # the run's process, not the planning sweep's
+            with open(os.environ["PROBE_FILE"], "w") as f:
+                f.write(os.environ["PROBE_MARK"])
+        freeze(model)
+        return model
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(EnvProbe())
+'''
+
+
+def test_each_run_gets_the_environment_its_sweep_has_now(tiny_model_dirs, cli_env, tmp_path):
+    """The fork server starts once per process (with the environment of that moment); a later sweep
+    of the same process, in another environment, hands its runs that environment."""
+    plugin = write_plugin(tmp_path, "envprobe", ENV_PROBE)
+    for mark in ("first", "second"):
+        probe = tmp_path / f"{mark}.txt"
+        env = dict(cli_env, PROBE_MARK=mark, PROBE_FILE=str(probe), PROBE_SWEEP_PID=str(os.getpid()))
+        res = cli_in_process("run", "--plugins", plugin, "--model", tiny_model_dirs["bert"], "--methods", "env-probe",
+                             "--out", tmp_path / mark, *FAST, env=env)
+        assert res.returncode == 0, res.stderr
+        assert probe.read_text() == mark
