@@ -136,7 +136,7 @@ def extend(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
         _add_rate(search, rate, seen, specs)
         lines.append(f"{search.template['label']} on {search.template['task']}: best rate {chosen:g} at the edge "
                      f"of {','.join(f'{r:g}' for r in grid)}; trying {rate:g}")
-    return specs, lines
+    return specs, list(dict.fromkeys(lines))  # the seeds of one configuration share its search
 
 
 def run_search(candidates: list[dict], searches: list[Search], run, on_grown=lambda line: None):

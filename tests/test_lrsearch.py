@@ -153,18 +153,20 @@ def test_a_grid_grows_at_the_edge_its_best_rate_is_at():
 
 
 def test_lr_extend_runs_the_grown_grid_and_resumes(tiny_model_dirs, cli_env, tmp_path):
-    """A two-rate grid has its best at an edge: --lr-extend 1 searches one rate beyond it, the final
-    run names the grown grid, and running the command again runs nothing."""
+    """A two-rate grid has its best at an edge: --lr-extend 1 searches one rate beyond it (once for
+    both seeds, which share the search), the final runs name the grown grid, and running the
+    command again runs nothing."""
     out = tmp_path / "out"
     args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--knob", "lora=2", "--lr-grid",
-            "lora=1e-4,1e-3", "--lr-extend", "1", "--val-samples", "40", "--train-samples", "64", "--max-steps", "3",
+            "lora=1e-4,1e-3", "--lr-extend", "1", "--seeds", "0,1", "--val-samples", "40", "--train-samples", "64", "--max-steps", "3",
             "--batch-size", "8", "--no-latency", "--no-progress", "--out", out]
     res = peftbench(*args, env=cli_env)
     assert res.returncode == 0, res.stderr
-    assert "learning-rate grid grown: lora on sst2: best rate" in res.stderr
+    assert res.stderr.count("learning-rate grid grown: lora on sst2: best rate") == 1, res.stderr
     search = records(out / "search")
     assert sorted(r["spec"]["lr"] for r in search) in ([1e-5, 1e-4, 1e-3], [1e-4, 1e-3, 1e-2])
-    (final,) = records(out)
+    final, other = records(out)
+    assert {final["spec"]["seed"], other["spec"]["seed"]} == {0, 1} and final["spec"]["lr"] == other["spec"]["lr"]
     outcome = final["spec"]["lr_search"]
     assert outcome["grid"] == sorted(r["spec"]["lr"] for r in search) and len(outcome["extended_by"]) == 1
     assert "(grown at its edge by" in final["spec"]["lr_selection"] and final["spec"]["lr"] in outcome["grid"]
