@@ -4,8 +4,10 @@ A sweep file holds what the ``run`` flags say, with the same names (``max_steps`
 ``--max-steps``) and the same validation; unknown keys are rejected. Top-level keys are
 defaults; each ``[[sweep]]`` table is one sweep that overrides them (none: the top level is the
 one sweep); ``[task.<name>]`` tables override the schedule for one task (e.g. more epochs on a
-harder task). ``out`` is relative to the file's folder, so a results folder can keep the file
-that made it::
+harder task). A top-level ``lr_extend`` applies to the sweeps that search a rate (a sweep of
+methods without a grid, such as a baseline, has nothing to grow; a file where no sweep searches
+is told so). ``out`` is relative to the
+file's folder, so a results folder can keep the file that made it::
 
     out = "."
     tasks = ["sst2", "trec"]
@@ -133,6 +135,13 @@ def _method_names(methods) -> set[str]:
     return names - {""}
 
 
+def _searches(values: dict) -> bool:
+    """Whether a sweep searches a learning rate: lr_search, or an lr_grid for one of its methods."""
+    grid = values.get("lr_grid")
+    return values.get("lr_search") is True or (
+        isinstance(grid, dict) and bool(set(grid) & _method_names(values.get("methods", []))))
+
+
 def _bool(value, key, path) -> bool:
     if not isinstance(value, bool):
         raise PeftbenchError(f"{path}: {key} = {value!r} must be true or false")
@@ -162,9 +171,12 @@ def load(path) -> tuple[list, Path | None]:
     out = data.get("out")
     all_tasks = set()
     settings = []
+    searching = any(_searches({**defaults, **e}) for e in entries)
     for i, entry in enumerate(entries, 1):
         _check_keys(entry, KEYS, f"[[sweep]] number {i}", path)
         merged = {**defaults, **entry}
+        if "lr_extend" not in entry and searching and not _searches(merged):  # a default grows the grids
+            merged.pop("lr_extend", None)  # of the sweeps that search, not a baseline's (which has none)
         tasks = merged.get("tasks", ["sst2"])
         tasks = tasks if isinstance(tasks, list) else [t for t in str(tasks).split(",") if t.strip()]
         groups: dict = {}  # tasks with the same overrides are planned together

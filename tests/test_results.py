@@ -115,3 +115,22 @@ def test_readme_leads_with_the_benchmark_summary():
     assert readme_summary.block(readme) == summary, "README's summary is stale: run `make tables`"
     head = readme[: readme.index(readme_summary.BEGIN)]
     assert head.count("## ") == 1 and "](results/benchmark-v1/plot.png)" in readme  # the first section after the commands
+
+
+UNRUN = sorted(p for p in RESULTS.rglob("sweep.toml") if not (p.parent / "records").is_dir())
+
+
+@pytest.mark.parametrize("path", UNRUN, ids=lambda p: str(p.parent.relative_to(RESULTS)))
+def test_sweep_files_not_yet_run_plan(path, monkeypatch):
+    """A published sweep file whose runs have not been made yet (the benchmark's next tasks) plans
+    without error, so that starting it is all that is left."""
+    from peftbench import sweepfile
+    from peftbench.plan import plan_all
+
+    data = shared_datasets()
+    if data is None:
+        pytest.skip("the shared datasets are not available")
+    monkeypatch.setenv("PEFTBENCH_DATA", str(data))
+    settings, out = sweepfile.load(path)
+    plan = plan_all(settings)
+    assert out == path.parent.resolve() and plan.searches and plan.waiting

@@ -134,7 +134,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     if config:
         from .. import sweepfile
 
-        given = [f"--{p.replace('_', '-')}" for p in SWEEP_FLAGS
+        given = [f"--{p.rstrip('_').replace('_', '-')}" for p in SWEEP_FLAGS
                  if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE]
         if given:
             raise PeftbenchError(f"--config {config} defines the sweep; drop {', '.join(given)} (or edit the file)")
