@@ -6,8 +6,8 @@ defaults; each ``[[sweep]]`` table is one sweep that overrides them (none: the t
 one sweep); ``[task.<name>]`` tables override the schedule for one task (e.g. more epochs on a
 harder task). A top-level ``lr_extend`` applies to the sweeps that search a rate (a sweep of
 methods without a grid, such as a baseline, has nothing to grow; a file where no sweep searches
-is told so). ``out`` is relative to the
-file's folder, so a results folder can keep the file that made it::
+is told so). ``out`` is relative to the file's folder, so a results folder can keep the file
+that made it::
 
     out = "."
     tasks = ["sst2", "trec"]
@@ -73,8 +73,7 @@ def _text(key, value, path) -> str | None:
 
 def settings_from(values: dict, path):
     """The SweepSettings for one sweep entry (keys already merged and checked)."""
-    from .plan import latency_settings, parse_train_samples
-    from .plan import SweepSettings
+    from .plan import SweepSettings, latency_settings, parse_train_samples
 
     kw = {}
     for key in ("methods", "tasks", "seeds", "budget", "knob", "lr"):
