@@ -4,6 +4,8 @@ choosing, the final records name the search, a rerun reruns nothing."""
 import json
 import shutil
 
+import pytest
+
 from conftest import cli_in_process, write_plugin
 
 LOGGED_TASK = '''
@@ -172,3 +174,19 @@ def test_lr_extend_runs_the_grown_grid_and_resumes(tiny_model_dirs, cli_env, tmp
     assert "(grown at its edge by" in final["spec"]["lr_selection"] and final["spec"]["lr"] in outcome["grid"]
     again = peftbench(*args, env=cli_env)
     assert again.returncode == 0 and again.stderr.count("with an ok record; 0 to run") == 3, again.stderr
+
+
+def test_the_best_mean_over_search_seeds_wins():
+    """--search-seeds 0,1: a rate that is best on one seed but worse on average loses."""
+    from peftbench.lrsearch import expand, finals
+
+    base = {"method": "lora", "label": "lora", "task": "sst2", "seed": 0, "data_seed": 0, "lr": None,
+            "lr_source": "default", "run_id": "x"}
+    specs, searches = expand([base], {"lora": [1e-4, 1e-3]}, 100, [0, 1])
+    assert sorted((s["lr"], s["seed"]) for s in specs) == [(1e-4, 0), (1e-4, 1), (1e-3, 0), (1e-3, 1)]
+    scores = {(1e-4, 0): 0.75, (1e-4, 1): 0.75, (1e-3, 0): 0.9, (1e-3, 1): 0.5}
+    records = _fake_records(specs, lambda lr: None)
+    for r in records.values():
+        r["metrics"]["accuracy"] = scores[r["spec"]["lr"], r["spec"]["seed"]]
+    (spec,), _ = finals(searches, records)
+    assert spec["lr"] == 1e-4 and spec["lr_search"]["scores"] == {"0.0001": 0.75, "0.001": pytest.approx(0.7)}
