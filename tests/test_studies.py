@@ -4,7 +4,7 @@ import json
 
 from conftest import cli_in_process
 
-TINY = ["--tasks", "sst2", "--seeds", "0", "--max-steps", "2", "--batch-size", "8", "--no-lr-search"]
+TINY = ["--tasks", "sst2", "--seeds", "0", "--max-steps", "2", "--batch-size", "8", "--no-lr-search", "--no-progress"]
 
 
 def study(*args, env):

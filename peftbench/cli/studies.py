@@ -34,12 +34,14 @@ def study_options(f):
                      help="Where a set's best rate is at an edge of the grid, try up to N more rates beyond it."),
         click.option("--out", required=True, type=click.Path(file_okay=False),
                      help="Folder for the study's sweep file and records (resumes)."),
+        click.option("--progress/--no-progress", default=True, show_default=True,
+                     help="Progress bars of the runs (off for a log file)."),
     ]):
         f = opt(f)
     return f
 
 
-def _study(ctx, name, file_text, out):
+def _study(ctx, name, file_text, out, progress):
     from ..report import records_frame, summarize
     from ..records import load_records, write_atomic
     from ..studies import lora_paper
@@ -51,7 +53,7 @@ def _study(ctx, name, file_text, out):
     click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
     code = 0
     try:
-        ctx.invoke(run, config=str(path))
+        ctx.invoke(run, config=str(path), progress=progress)
     except click.exceptions.Exit as e:
         code = e.exit_code
     click.echo(f"\nThe paper's shape ({name}):\n")
@@ -85,14 +87,14 @@ def _sets(text: str) -> list[str]:
 @study_options
 @click.pass_context
 def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-                  latency, lr_search, lr_extend, out):
+                  latency, lr_search, lr_extend, out, progress):
     """Which weight matrices to adapt under one budget (the paper's Table 5): LoRA on each target set,
     its rank solved for the budget (r = 8 / 4 / 2 for one / two / four matrix types)."""
     from ..studies import lora_paper
 
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
                                lr_search, lr_extend)
-    _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _sets(sets), budget=budget), out)
+    _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _sets(sets), budget=budget), out, progress)
 
 
 @study.command("rank")
@@ -102,7 +104,7 @@ def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs
 @study_options
 @click.pass_context
 def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-               latency, lr_search, lr_extend, out):
+               latency, lr_search, lr_extend, out, progress):
     """Which rank (the paper's Table 6): r x target sets; checkpoints kept for `analyze subspace`."""
     from ..plan import parse_int_list
     from ..studies import lora_paper
@@ -112,7 +114,7 @@ def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, ma
         raise PeftbenchError(f"--ranks {ranks}: ranks must be positive integers")
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
                                latency, lr_search, lr_extend, keep=True)
-    _study(ctx, "rank", lora_paper.sweep_file("rank", settings, _sets(sets), ranks=rs), out)
+    _study(ctx, "rank", lora_paper.sweep_file("rank", settings, _sets(sets), ranks=rs), out, progress)
 
 
 @cli.group()
