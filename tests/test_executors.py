@@ -45,7 +45,7 @@ def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
     seq, env = sequential
     out = tmp_path / "jobs"
     res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
-                    "--jobs", "2", *FAST, env=env)
+                         "--jobs", "2", *FAST, env=env)
     assert res.returncode == 0, res.stderr
     recs = load_records(out)
     _same_runs(seq, recs)
