@@ -18,8 +18,7 @@ def _files(tmp_path) -> dict:
     return out
 
 
-def _cli(*args, env=None):
-    return cli_in_process(*args, env=env)  # in this process: no imports anew
+_cli = cli_in_process  # in this process: no imports anew
 
 
 def test_guide_method_passes_the_contract(tmp_path):

@@ -29,8 +29,7 @@ def peftbench_register_methods(register):
 '''
 
 
-def peftbench(*args, env):
-    return cli_in_process(*args, env=env)  # in this process: no imports anew
+peftbench = cli_in_process  # in this process: no imports anew
 
 
 def test_editing_a_plugin_file_reruns_that_methods_runs_only(tiny_model_dirs, cli_env, tmp_path):

@@ -29,8 +29,7 @@ def peftbench_register_tasks(register):
 '''
 
 
-def peftbench(*args, env):
-    return cli_in_process(*args, env=env)  # in this process: no imports anew
+peftbench = cli_in_process  # in this process: no imports anew
 
 
 def records(folder):

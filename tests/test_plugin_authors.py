@@ -16,8 +16,7 @@ from peftbench.plugins import get_methods, load_plugin_file
 FAST = ["--max-steps", "2", "--batch-size", "8", "--no-latency", "--no-progress", "--train-samples", "32"]
 
 
-def peftbench(*args, env):
-    return cli_in_process(*args, env=env)  # in this process: no imports anew
+peftbench = cli_in_process  # in this process: no imports anew
 
 
 def records(out):

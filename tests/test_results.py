@@ -55,20 +55,27 @@ def _settings(spec: dict) -> dict:
     return {k: spec.get(k, DEFAULTS.get(k)) for k in SETTINGS}
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: str(p.relative_to(RESULTS)))
-def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
-    """The folder's sweep.toml, planned now (nothing runs), asks for the same runs, with the same
-    settings and data, as the ok records hold: the published command is the one that made them."""
-    from peftbench import lrsearch, sweepfile
+def _plan(path, monkeypatch):
+    """The sweep file at ``path`` planned now on the shared data (nothing runs); its ``out`` is its folder."""
+    from peftbench import sweepfile
     from peftbench.plan import plan_all
 
     data = shared_datasets()
     if data is None:
         pytest.skip("the shared datasets are not available")
     monkeypatch.setenv("PEFTBENCH_DATA", str(data))
-    settings, out = sweepfile.load(folder / "sweep.toml")
-    assert out == folder.resolve()
-    plan = plan_all(settings)
+    settings, out = sweepfile.load(path)
+    assert out == path.parent.resolve()
+    return plan_all(settings)
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
+    """The folder's sweep.toml, planned now (nothing runs), asks for the same runs, with the same
+    settings and data, as the ok records hold: the published command is the one that made them."""
+    from peftbench import lrsearch
+
+    plan = _plan(folder / "sweep.toml", monkeypatch)
     specs = list(plan.specs)
     if plan.searches:  # learning rates searched: the search runs, then the finals at the rates they chose
         searched = load_records(folder / "search")
@@ -124,13 +131,5 @@ UNRUN = sorted(p for p in RESULTS.rglob("sweep.toml") if not (p.parent / "record
 def test_sweep_files_not_yet_run_plan(path, monkeypatch):
     """A published sweep file whose runs have not been made yet (the benchmark's next tasks) plans
     without error, so that starting it is all that is left."""
-    from peftbench import sweepfile
-    from peftbench.plan import plan_all
-
-    data = shared_datasets()
-    if data is None:
-        pytest.skip("the shared datasets are not available")
-    monkeypatch.setenv("PEFTBENCH_DATA", str(data))
-    settings, out = sweepfile.load(path)
-    plan = plan_all(settings)
-    assert out == path.parent.resolve() and plan.searches and plan.waiting
+    plan = _plan(path, monkeypatch)
+    assert plan.searches and plan.waiting
