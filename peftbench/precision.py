@@ -2,9 +2,12 @@
 
 ``bf16``/``fp16`` are mixed precision: weights and optimizer state stay fp32, matmuls run under
 ``torch.autocast`` in the low precision (fp16 with a gradient scaler, CUDA only). ``auto`` picks
-bf16 where the hardware has bf16 units: CUDA devices that support it, and CPUs with AMX-BF16 or
-AVX512-BF16 (Intel Xeon since Sapphire Rapids, AMD since Zen 4), read from /proc/cpuinfo;
-fp32 elsewhere. Training, evaluation and latency all run at the run's precision.
+bf16 where it is faster: CUDA devices that support it, and CPUs with AMX-BF16 (Intel Xeon since
+Sapphire Rapids), read from /proc/cpuinfo; fp32 elsewhere. AVX512-BF16 alone is not enough: on a
+Xeon that has it (and AVX512-FP16) but no AMX, bf16 autocast trained MiniLM at 0.66-0.74x the
+speed of fp32 and its matmuls ran at half the fp32 rate (results/precision.md); AMD's Zen 4 is of
+that kind and untested here (ask for bf16 there if it measures faster). Training, evaluation and
+latency all run at the run's precision.
 """
 
 from __future__ import annotations
@@ -18,18 +21,32 @@ from .errors import PeftbenchError
 
 CHOICES = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # what a record says the CPU has
+FAST_CPU_BF16 = "amx_bf16"  # what auto needs
+
+
+def _cpuinfo(field: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field) and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def cpu_flags() -> set[str]:
     """The CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_identity() -> dict:
+    """The CPU a run ran on, for its record: its model name and bf16 features (None where unknown)."""
+    import platform
+
+    flags = cpu_flags()
+    return {"cpu": _cpuinfo("model name") or platform.processor() or None,
+            "cpu_bf16": sorted(f for f in CPU_BF16_FLAGS if f in flags) if flags else None}
 
 
 def resolve(requested: str, device: str) -> tuple[str, str]:
@@ -45,10 +62,13 @@ def resolve(requested: str, device: str) -> tuple[str, str]:
         if torch.cuda.is_bf16_supported():
             return "bf16", f"auto: {torch.cuda.get_device_name()} supports bf16"
         return "fp32", f"auto: {torch.cuda.get_device_name()} has no bf16 support"
-    found = [f for f in CPU_BF16_FLAGS if f in cpu_flags()]
-    if found:
-        return "bf16", f"auto: the CPU has {'/'.join(found)}"
-    return "fp32", f"auto: the CPU has none of {', '.join(CPU_BF16_FLAGS)}"
+    flags = cpu_flags()
+    if FAST_CPU_BF16 in flags:
+        return "bf16", f"auto: the CPU has {FAST_CPU_BF16}"
+    if "avx512_bf16" in flags:
+        return "fp32", (f"auto: the CPU has avx512_bf16 but no {FAST_CPU_BF16}; bf16 autocast measured slower than "
+                        "fp32 on such a CPU (--precision bf16 to use it anyway)")
+    return "fp32", f"auto: the CPU has no {FAST_CPU_BF16}"
 
 
 def autocast(device, precision: str = "fp32"):

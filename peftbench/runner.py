@@ -68,6 +68,7 @@ def git_commit() -> str | None:
 
 
 def environment(device: str, precision: str = "fp32") -> dict:
+    from .precision import cpu_identity
     from .provenance import host_code_hash, library_versions
 
     env = {
@@ -77,6 +78,7 @@ def environment(device: str, precision: str = "fp32") -> dict:
         **library_versions(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        **cpu_identity(),
         "cpu_count": os.cpu_count(),
         "device": device,
         "torch_threads": torch.get_num_threads(),

@@ -11,7 +11,9 @@ from peftbench.errors import PeftbenchError
 
 @pytest.mark.parametrize("flags,expected", [
     ({"avx2", "amx_bf16", "avx512_bf16"}, "bf16"),
-    ({"avx2", "avx512_bf16"}, "bf16"),
+    ({"avx2", "amx_bf16"}, "bf16"),
+    # AVX512-BF16 without AMX: bf16 autocast measured slower than fp32 (results/precision.md)
+    ({"avx2", "avx512_bf16", "avx512_fp16"}, "fp32"),
     ({"avx2", "avx512f"}, "fp32"),
     (set(), "fp32"),
 ])
@@ -19,6 +21,16 @@ def test_auto_follows_the_cpu_flags(monkeypatch, flags, expected):
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     got, why = precision.resolve("auto", "cpu")
     assert got == expected and why.startswith("auto: the CPU has")
+    assert ("avx512_bf16 but no amx_bf16" in why) == ("avx512_bf16" in flags and "amx_bf16" not in flags)
+
+
+def test_the_record_names_the_cpu(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some Xeon(R) 9999\nflags\t\t: fpu avx2 avx512_bf16 sse\n")
+    real = precision.Path
+    monkeypatch.setattr(precision, "Path", lambda p: info if p == "/proc/cpuinfo" else real(p))
+    assert precision.cpu_identity() == {"cpu": "Some Xeon(R) 9999", "cpu_bf16": ["avx512_bf16"]}
+    assert precision.resolve("auto", "cpu")[0] == "fp32"
 
 
 def test_auto_on_cuda(monkeypatch):

@@ -54,3 +54,19 @@ def test_lr_extend_enters_the_study_sweep_file(tiny_model_dirs, cli_env, tmp_pat
     # TINY has --no-lr-search: a grid to grow is missing, which the sweep says in one line
     assert res.returncode == 2 and "--lr-extend 2 grows a learning-rate search's grid" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_the_study_file_pins_what_auto_precision_resolved_to(tiny_model_dirs, cli_env, tmp_path, monkeypatch):
+    """--precision auto differs between machines (AMX or not); the study's sweep file names the
+    precision it resolved to, so that the file plans the same runs (ids) on any machine."""
+    from peftbench import precision
+
+    for flags, expected in (({"amx_bf16"}, "bf16"), ({"avx512_bf16"}, "fp32")):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        out = tmp_path / expected
+        res = cli_in_process("study", "rank", "--model", tiny_model_dirs["bert"], "--sets", "q", "--ranks", "1",
+                             "--out", out, *TINY, env=cli_env)
+        assert res.returncode == 0, res.stderr
+        text = (out / "sweep.toml").read_text()
+        assert f'precision = "{expected}"' in text and '"auto"' not in text
+        assert {json.loads(p.read_text())["spec"]["precision"] for p in (out / "records").glob("*.json")} == {expected}

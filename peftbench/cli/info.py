@@ -17,7 +17,7 @@ def env(line):
     """Show the environment: library versions, devices."""
     from ..provenance import library_versions, versions_line
 
-    from ..precision import resolve
+    from ..precision import cpu_identity, resolve
     from ..runner import resolve_device
 
     if line:
@@ -26,7 +26,9 @@ def env(line):
     device = resolve_device("auto")
     precision, why = resolve("auto", device)
     print_rows([("library", "version"), *library_versions().items()])
-    click.echo(f"\ndevice: {device}; --precision auto -> {precision} ({why})")
+    cpu = cpu_identity()
+    click.echo(f"\ncpu: {cpu['cpu'] or 'unknown'} (bf16 units: {', '.join(cpu['cpu_bf16'] or []) or 'none found'})"
+               f"\ndevice: {device}; --precision auto -> {precision} ({why})")
 
 
 @cli.command()

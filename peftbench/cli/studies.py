@@ -65,6 +65,11 @@ def _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batc
                     lr_search, lr_extend, keep=False):
     from ..plan import parse_int_list, parse_train_samples
 
+    if precision == "auto":  # the file pins what auto is here, so that it plans the same runs on any machine
+        from ..precision import resolve
+        from ..runner import resolve_device
+
+        precision = resolve("auto", resolve_device("auto"))[0]
     return {"model": model, "tasks": [t.strip() for t in tasks_.split(",") if t.strip()],
             "seeds": parse_int_list(seeds, "--seeds"), "train_samples": parse_train_samples(train_samples) or "all",
             "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "precision": precision,

@@ -29,6 +29,8 @@ def sweep_file(study: str, settings: dict, sets, ranks=None, budget: str | None 
     """The sweep file of a study: ``targets`` (one budget, the rank solved per target set) or
     ``rank`` (explicit ranks x target sets)."""
     lines = [f"# peftbench study {study}: written by the command, rerun with `peftbench run --config` (resumes)",
+             "# (precision: what --precision resolved to where the study started, auto included, so that it plans",
+             "# the same runs on any machine)",
              'out = "."']
     lines += [f"{k} = {json.dumps(v) if not isinstance(v, list) else _toml_list(v)}"
               for k, v in settings.items() if v is not None]
