@@ -100,13 +100,14 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     assert bad.returncode == 2 and "--keep-checkpoints" in bad.stderr
 
 
-# The published analyses of the rank study (results/lora-paper/rank): file -> (rank, seed) pairs
+# The published analyses of the rank study (results/lora-paper/rank): file -> (target set, rank, seed)
+# of the runs (the full study has several target sets at each rank)
 PUBLISHED = {
-    "subspace-r8-r64-seed0.txt": ("subspace", (8, 0), (64, 0)),
-    "subspace-r64-seed0-seed1.txt": ("subspace", (64, 0), (64, 1)),
-    "subspace-r8-seed0-seed1.txt": ("subspace", (8, 0), (8, 1)),
-    "delta-r8-seed0.txt": ("delta", (8, 0)),
-    "delta-r64-seed0.txt": ("delta", (64, 0)),
+    "subspace-r8-r64-seed0.txt": ("subspace", ("q,v", 8, 0), ("q,v", 64, 0)),
+    "subspace-r64-seed0-seed1.txt": ("subspace", ("q,v", 64, 0), ("q,v", 64, 1)),
+    "subspace-r8-seed0-seed1.txt": ("subspace", ("q,v", 8, 0), ("q,v", 8, 1)),
+    "delta-r8-seed0.txt": ("delta", ("q,v", 8, 0)),
+    "delta-r64-seed0.txt": ("delta", ("q,v", 64, 0)),
 }
 
 
@@ -121,9 +122,13 @@ def test_published_rank_analyses_are_the_commands_output(name, monkeypatch):
     folder = ROOT / "results" / "lora-paper" / "rank"
     if not (folder / name).is_file():
         pytest.skip("the rank study's analyses are not published")
-    recs = {(r["spec"]["knob_value"], r["spec"]["seed"]): p.relative_to(ROOT)
-            for p in sorted((folder / "records").glob("*.json")) for r in [json.loads(p.read_text())]
-            if r["status"] == "ok"}
+    recs = {}
+    for p in sorted((folder / "records").glob("*.json")):
+        r = json.loads(p.read_text())
+        if r["status"] == "ok":
+            key = (",".join(r["spec"]["options"]["target_modules"]), r["spec"]["knob_value"], r["spec"]["seed"])
+            assert key not in recs, f"two ok records for {key}"
+            recs[key] = p.relative_to(ROOT)
     command, *runs = PUBLISHED[name]
     res = cli_in_process("analyze", command, *(recs[run] for run in runs))
     assert res.returncode == 0, res.stderr
