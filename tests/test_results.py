@@ -133,3 +133,23 @@ def test_sweep_files_not_yet_run_plan(path, monkeypatch):
     without error, so that starting it is all that is left."""
     plan = _plan(path, monkeypatch)
     assert plan.searches and plan.waiting
+
+
+def _in_progress_jobs():
+    """The jobs of in-progress/resume.sh: (name, commit, folder kept in in-progress/)."""
+    text = (ROOT / "in-progress" / "resume.sh").read_text()
+    jobs = text.split("JOBS=(", 1)[1].split("\n)", 1)[0]
+    return [tuple(line.strip().strip('"').split("|")[:3]) for line in jobs.strip().splitlines()]
+
+
+@pytest.mark.parametrize("job", _in_progress_jobs(), ids=lambda j: j[0])
+def test_in_progress_records_come_from_their_jobs_one_clean_commit(job):
+    """A long sweep kept in in-progress/ resumes at one commit: every record it holds was made by
+    that commit's code, from a clean tree, and is a record (not a spec or temporary file)."""
+    name, commit, kept = job
+    folder = ROOT / "in-progress" / kept
+    records = sorted(folder.rglob("*.json"))
+    # (a record the sweep wrote for a run that died before starting has no env)
+    commits = {json.loads(p.read_text()).get("env", {}).get("git_commit") for p in records} - {None}
+    assert commits <= {commit}, f"{name}: records of other commits {sorted(commits - {commit})[:2]}"
+    assert not [p for p in folder.rglob("*") if p.is_file() and p.name.startswith(".")], "temporary files kept"
