@@ -235,3 +235,21 @@ def test_a_table_of_failed_runs_only():
     md = render(summary, "md")
     assert "| sst2 | lora |" in md and "1 failed" in md
     assert overview.overview(summary).empty
+
+
+def test_the_caption_names_the_cpu_and_says_when_rows_differ():
+    """Sessions get different machines: a table whose runs ran on two CPUs says so (costs compare
+    only within one); records from before the CPU was recorded add nothing."""
+    from peftbench.report import to_markdown
+
+    recs = bench_records()
+    plain = to_markdown(summarize(records_frame(recs)))  # no record names its CPU
+    assert "CPUs differ" not in plain and "; CPU " not in plain
+    for i, r in enumerate(recs):
+        r["env"] |= {"cpu": "Xeon A", "cpu_bf16": ["amx_bf16", "avx512_bf16"]} if i % 2 else {"cpu": "Xeon B",
+                                                                                              "cpu_bf16": []}
+    text = to_markdown(summarize(records_frame(recs)))
+    assert "CPUs differ between rows (Xeon A (amx_bf16/avx512_bf16), Xeon B)" in text
+    for r in recs:
+        r["env"] |= {"cpu": "Xeon B", "cpu_bf16": []}
+    assert "; CPU Xeon B." in to_markdown(summarize(records_frame(recs)))

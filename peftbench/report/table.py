@@ -33,7 +33,7 @@ CSV_COLUMNS = [
     *(f"gen_{what}_{size}{tag}" for size in ("b1", "bN") for what in ("ttft", "per_token")
       for tag in ("_ms", "_ratio", "_merged_ratio")),
     "lr_selection", "lr_grid_edge", "search_seconds", "search_steps", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
-    "libraries",
+    "libraries", "cpu",
 ]
 SETUP_FIELDS = ("model", "lr", "lr_selection", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len",
                 "device", "precision",
@@ -111,6 +111,7 @@ def record_row(rec: dict) -> dict:
         "host_code": _get(rec, "env", "host_code"),
         "libraries": " ".join(f"{k} {_get(rec, 'env', k)}" for k in ("torch", "transformers", "peft")
                               if _get(rec, "env", k)),
+        "cpu": _cpu(rec),
         **{k: spec.get(k) for k in ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size",
                                      "max_seq_len", "device", "task_version")},
         "precision": spec.get("precision") or "fp32",  # records from before --precision ran fp32 on CPU
@@ -205,7 +206,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         # nothing trained at all (the untuned model on a generation task): the floor, not a contender
         untuned = (first.get("trainable_params") == 0 and not (first.get("head_params") or 0))
         row["role"] = "baseline" if untuned else "method"
-        for c in ("git_commit", "host_code", "libraries"):  # where the row came from: every distinct value
+        for c in ("git_commit", "host_code", "libraries", "cpu"):  # where the row came from: every distinct value
             values = sorted({v for v in (ok if len(ok) else g)[c] if isinstance(v, str)}) if c in g else []
             row[c] = ",".join(values) if values else None
         if "metric_direction" in ok and len(ok):
@@ -417,6 +418,16 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
     return out
 
 
+def _cpu(rec: dict) -> str | None:
+    """The CPU a run ran on with its bf16 units, e.g. "Intel(R) Xeon(R) Processor (avx512_bf16)"
+    (records name it from commit 9aabbf3 on; None before)."""
+    name = _get(rec, "env", "cpu")
+    if not isinstance(name, str):
+        return None
+    units = _get(rec, "env", "cpu_bf16")
+    return name.replace(",", " ") + (f" ({'/'.join(units)})" if units else "")
+
+
 def setup_lines(summary: pd.DataFrame) -> list[str]:
     """What the rows were measured under (shared settings), for the table caption."""
     lines = []
@@ -440,7 +451,7 @@ def provenance_lines(summary: pd.DataFrame) -> list[str]:
     """Where the rows came from: the code (git commit, content hash of peftbench/) and libraries."""
     lines = []
     for col, label, plural in (("git_commit", "commit", "commits"), ("host_code", "peftbench code", "peftbench codes"),
-                               ("libraries", "libraries", "libraries")):
+                               ("libraries", "libraries", "libraries"), ("cpu", "CPU", "CPUs")):
         values = sorted({v for cell in summary.get(col, pd.Series(dtype=object)).dropna() for v in str(cell).split(",")})
         if len(values) == 1:
             lines.append(f"{label} {values[0]}")
