@@ -14,6 +14,7 @@ JOBS=(
   "stsb|d08202da63fe4b05422ee120b1b298c169abf91b|benchmark-v1/stsb|results/benchmark-v1/stsb|1|peftbench run --config results/benchmark-v1/stsb/sweep.toml --no-progress"
   "lora-paper-rank|d08202da63fe4b05422ee120b1b298c169abf91b|lora-paper-rank|runs/lora-paper-rank|0|peftbench study rank --tasks trec --seeds 0,1,2 --lr-extend 2 --precision bf16 --no-progress --out runs/lora-paper-rank"
 )
+mkdir -p "$RUNS"
 for job in "${JOBS[@]}"; do
   IFS='|' read -r name commit kept there core cmd <<< "$job"
   tree=$RUNS/${commit:0:7}
@@ -31,7 +32,8 @@ for job in "${JOBS[@]}"; do
     git clone -q "$ROOT" "$tree" && git -C "$tree" checkout -q "$commit"
   fi
   [ "$(git -C "$tree" rev-parse HEAD)" = "$commit" ] || { echo "$tree is not at $commit"; exit 2; }
-  [ -x "$tree/.venv/bin/peftbench" ] || make -C "$tree" install >/dev/null
+  [ -x "$tree/.venv/bin/peftbench" ] || make -C "$tree" install > "$RUNS/$name.install.log" 2>&1 \
+    || { echo "$name: make install failed at ${commit:0:7}, see $RUNS/$name.install.log"; exit 1; }
   mkdir -p "$tree/$there"
   [ -d "in-progress/$kept" ] && cp -r "in-progress/$kept/." "$tree/$there/"
   ( cd "$tree" && OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
