@@ -208,10 +208,15 @@ def test_same_command_twice_gives_identical_results(tiny_model_dirs, cli_env, tm
         assert res.returncode == 0, res.stderr
         results.append({r["run_id"]: r for r in load_records(out).values()})
     assert results[0].keys() == results[1].keys() and len(results[0]) == 4
+    # Same seeds, data order and initialisation; equal to float32 rounding, not always to the bit: on a
+    # Xeon without AMX (2026-12-02) one of the four runs' Pearson came out 0.08994855731725693 once and
+    # 0.08994858711957932 the next time in the same process (the BLAS kernels' summation order can vary
+    # between calls); a seeding or data-order mistake moves these numbers by far more than 1e-6.
     for rid, a in results[0].items():
         b = results[1][rid]
-        assert a["metrics"] == b["metrics"]
-        assert a["train"]["loss_curve"] == b["train"]["loss_curve"]
+        assert a["metrics"].keys() == b["metrics"].keys()
+        assert all(b["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-7) for k, v in a["metrics"].items())
+        assert b["train"]["loss_curve"] == pytest.approx(a["train"]["loss_curve"], rel=1e-6, abs=1e-7)
         assert a["determinism"]["seed"] == a["spec"]["seed"]
 
 
