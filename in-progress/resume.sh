@@ -2,21 +2,16 @@
 # Resume the long runs whose records are kept in in-progress/ (see README.md there): each at the one
 # commit all its records come from, in its own checkout, on one CPU core, in the background.
 #
-#   bash in-progress/resume.sh            # start (or resume) every job below
+#   bash in-progress/resume.sh            # start (or resume) every job of in-progress/jobs
 #   bash in-progress/resume.sh save       # copy the jobs' records back here (commit them)
 #
-# A job is: name, commit, folder in this repository's in-progress/, folder in its checkout, core, command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${PEFTBENCH_RUNS:-$ROOT/../peftbench-runs}  # the checkouts, one per commit
-JOBS=(
-  "stsb|d08202da63fe4b05422ee120b1b298c169abf91b|benchmark-v1/stsb|results/benchmark-v1/stsb|1|peftbench run --config results/benchmark-v1/stsb/sweep.toml --no-progress"
-  "lora-paper-rank|d08202da63fe4b05422ee120b1b298c169abf91b|lora-paper-rank|runs/lora-paper-rank|0|peftbench study rank --tasks trec --seeds 0,1,2 --lr-extend 2 --precision bf16 --no-progress --out runs/lora-paper-rank"
-)
+JOBS=in-progress/jobs  # name|commit|folder kept here|folder in its checkout|core|command, one job a line
 mkdir -p "$RUNS"
-for job in "${JOBS[@]}"; do
-  IFS='|' read -r name commit kept there core cmd <<< "$job"
+while IFS='|' read -r -u 3 name commit kept there core cmd; do
   tree=$RUNS/${commit:0:7}
   if [ "${1:-}" = save ]; then
     mkdir -p "in-progress/$kept"
@@ -39,4 +34,4 @@ for job in "${JOBS[@]}"; do
   ( cd "$tree" && OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
       setsid nohup taskset -c "$core" bash -c ".venv/bin/$cmd" > "$RUNS/$name.log" 2>&1 < /dev/null & )
   echo "$name: started on core $core at ${commit:0:7} (log $RUNS/$name.log)"
-done
+done 3< <(grep -v '^#' "$JOBS")

@@ -25,27 +25,31 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # what a record says the CPU has
 FAST_CPU_BF16 = "amx_bf16"  # what auto needs
 
 
-def _cpuinfo(field: str) -> str | None:
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields of /proc/cpuinfo (Linux; empty elsewhere), read once per call."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field) and ":" in line:
-                return line.split(":", 1)[1].strip()
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return None
+    return fields
 
 
 def cpu_flags() -> set[str]:
     """The CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    return set((_cpuinfo("flags") or "").split())
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def cpu_identity() -> dict:
     """The CPU a run ran on, for its record: its model name and bf16 features (None where unknown)."""
     import platform
 
-    flags = cpu_flags()
-    return {"cpu": _cpuinfo("model name") or platform.processor() or None,
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"cpu": info.get("model name") or platform.processor() or None,
             "cpu_bf16": sorted(f for f in CPU_BF16_FLAGS if f in flags) if flags else None}
 
 

@@ -136,10 +136,9 @@ def test_sweep_files_not_yet_run_plan(path, monkeypatch):
 
 
 def _in_progress_jobs():
-    """The jobs of in-progress/resume.sh: (name, commit, folder kept in in-progress/)."""
-    text = (ROOT / "in-progress" / "resume.sh").read_text()
-    jobs = text.split("JOBS=(", 1)[1].split("\n)", 1)[0]
-    return [tuple(line.strip().strip('"').split("|")[:3]) for line in jobs.strip().splitlines()]
+    """The jobs in-progress/resume.sh runs (in-progress/jobs): (name, commit, folder kept in in-progress/)."""
+    lines = (ROOT / "in-progress" / "jobs").read_text().splitlines()
+    return [tuple(line.split("|")[:3]) for line in lines if line and not line.startswith("#")]
 
 
 @pytest.mark.parametrize("job", _in_progress_jobs(), ids=lambda j: j[0])

@@ -448,7 +448,7 @@ def _plain(value) -> str:
 
 
 def provenance_lines(summary: pd.DataFrame) -> list[str]:
-    """Where the rows came from: the code (git commit, content hash of peftbench/) and libraries."""
+    """Where the rows came from: the code (git commit, content hash of peftbench/), libraries and CPU."""
     lines = []
     for col, label, plural in (("git_commit", "commit", "commits"), ("host_code", "peftbench code", "peftbench codes"),
                                ("libraries", "libraries", "libraries"), ("cpu", "CPU", "CPUs")):
