@@ -23,6 +23,13 @@ while IFS='|' read -r -u 3 name commit kept there core cmd; do
     echo "$name: $(find "in-progress/$kept" -name '*.json' | wc -l) record(s) in in-progress/$kept"
     continue
   fi
+  # a bf16 job on a CPU without bf16 units would run many times slower (bf16 matmuls emulated): skip it
+  sweep=$(grep -o -- '--config [^ ]*' <<< "$cmd" | cut -d' ' -f2 || true)
+  if { grep -q -- '--precision bf16' <<< "$cmd" || { [ -n "$sweep" ] && git -C "$ROOT" show "$commit:$sweep" \
+        | grep -q '^precision *= *"bf16"'; }; } && ! grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo; then
+    echo "$name: not started: it runs in bf16 and this CPU has neither amx_bf16 nor avx512_bf16 (bf16 emulated)"
+    continue
+  fi
   if [ ! -d "$tree" ]; then
     git clone -q "$ROOT" "$tree" && git -C "$tree" checkout -q "$commit"
   fi

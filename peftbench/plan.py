@@ -203,7 +203,7 @@ def plan(s: SweepSettings) -> Plan:
     """Validate everything and expand into run specs, before any training starts."""
     from .models import counter, is_causal_config, load_config, load_tokenizer, model_revision
     from .plugins import code_hash, get_methods, get_task, load_plugins
-    from .precision import resolve as resolve_precision
+    from .precision import cpu_warning, resolve as resolve_precision
     from .runner import resolve_device
     from .tasks import load_task_data
 
@@ -279,7 +279,8 @@ def plan(s: SweepSettings) -> Plan:
     sized = {kind: _size(choices, knobs, budgets, counter(config, kind), reference_resolver(methods))
              for kind in sorted(kinds)}
     solutions = [sol for kind in sorted(kinds) for sol in sized[kind][1]]
-    warnings = list(dict.fromkeys(w for kind in sorted(kinds) for w in sized[kind][2]))
+    warnings = list(dict.fromkeys([*filter(None, [cpu_warning(precision, device)]),
+                                   *(w for kind in sorted(kinds) for w in sized[kind][2])]))
 
     specs, seen = [], set()
     for task, data in zip(tasks, task_data):

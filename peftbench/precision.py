@@ -6,8 +6,10 @@ bf16 where it is faster: CUDA devices that support it, and CPUs with AMX-BF16 (I
 Sapphire Rapids), read from /proc/cpuinfo; fp32 elsewhere. AVX512-BF16 alone is not enough: on a
 Xeon that has it (and AVX512-FP16) but no AMX, bf16 autocast trained MiniLM at 0.66-0.74x the
 speed of fp32 and its matmuls ran at half the fp32 rate (results/precision.md); AMD's Zen 4 is of
-that kind and untested here (ask for bf16 there if it measures faster). Training, evaluation and
-latency all run at the run's precision.
+that kind and untested here (ask for bf16 there if it measures faster). A CPU with neither (AVX2
+only, e.g. AMD EPYC before Zen 4) emulates bf16 matmuls: 0.8 vs 29 GFLOP/s fp32 measured on one, so
+asking for bf16 there warns (``cpu_warning``). Training, evaluation and latency all run at the run's
+precision.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def resolve(requested: str, device: str) -> tuple[str, str]:
         return "fp32", (f"auto: the CPU has avx512_bf16 but no {FAST_CPU_BF16}; bf16 autocast measured slower than "
                         "fp32 on such a CPU (--precision bf16 to use it anyway)")
     return "fp32", f"auto: the CPU has no {FAST_CPU_BF16}"
+
+
+def cpu_warning(precision: str, device: str) -> str | None:
+    """A warning when bf16 is asked for on a CPU known to have no bf16 units (None otherwise)."""
+    flags = cpu_flags() if precision == "bf16" and device == "cpu" else None
+    if not flags or any(f in flags for f in CPU_BF16_FLAGS):
+        return None
+    return (f"--precision bf16 on a CPU with neither {' nor '.join(CPU_BF16_FLAGS)}: torch emulates bf16 matmuls "
+            "there (0.8 vs 29 GFLOP/s fp32 measured on an AVX2-only AMD EPYC, results/precision.md), so runs take "
+            "many times longer; use --precision fp32 (what auto picks here) unless bf16 itself is what you measure")
 
 
 def autocast(device, precision: str = "fp32"):
