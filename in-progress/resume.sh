@@ -3,21 +3,26 @@
 # commit all its records come from, in its own checkout, on one CPU core, in the background.
 #
 #   bash in-progress/resume.sh            # start (or resume) every job of in-progress/jobs
-#   bash in-progress/resume.sh save       # copy the jobs' records back here (commit them)
+#   bash in-progress/resume.sh save       # copy the jobs' new records back here (commit them)
 #
+# Jobs on the same core run one after the other, in the file's order (one chain per core); a job
+# holds a lock while it runs, so a job already running is waited for, never started twice, and a
+# job that is complete only plans and skips its ok records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${PEFTBENCH_RUNS:-$ROOT/../peftbench-runs}  # the checkouts, one per commit
 JOBS=in-progress/jobs  # name|commit|folder kept here|folder in its checkout|core|command, one job a line
 mkdir -p "$RUNS"
+declare -A CHAIN=()
 while IFS='|' read -r -u 3 name commit kept there core cmd; do
   tree=$RUNS/${commit:0:7}
   if [ "${1:-}" = save ]; then
     mkdir -p "in-progress/$kept"
-    # records and kept checkpoints only: no superseded records, spec or temporary files
-    ( cd "$tree/$there" && find -L . \( -path '*/superseded' -o -name '.*' -not -name . \) -prune -o -type f \
-        \( -name '*.json' -o -name '*.safetensors' \) -print ) | while read -r f; do
+    # what the job wrote: records and kept checkpoints its commit does not hold (a folder it resumes may
+    # hold published records of other commits: those come back from git), no superseded or temporary files
+    ( cd "$tree/$there" && git ls-files --others -- . ) | { grep -E '\.(json|safetensors)$' || true; } \
+      | { grep -vE '(^|/)(superseded/|\.)' || true; } | while read -r f; do
       mkdir -p "in-progress/$kept/$(dirname "$f")" && cp "$tree/$there/$f" "in-progress/$kept/$f"; done
     [ -f "$tree/$there/sweep.toml" ] && cp "$tree/$there/sweep.toml" "in-progress/$kept/"
     echo "$name: $(find "in-progress/$kept" -name '*.json' | wc -l) record(s) in in-progress/$kept"
@@ -37,8 +42,20 @@ while IFS='|' read -r -u 3 name commit kept there core cmd; do
   [ -x "$tree/.venv/bin/peftbench" ] || make -C "$tree" install > "$RUNS/$name.install.log" 2>&1 \
     || { echo "$name: make install failed at ${commit:0:7}, see $RUNS/$name.install.log"; exit 1; }
   mkdir -p "$tree/$there"
-  [ -d "in-progress/$kept" ] && cp -r "in-progress/$kept/." "$tree/$there/"
-  ( cd "$tree" && OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
-      setsid nohup taskset -c "$core" bash -c ".venv/bin/$cmd" > "$RUNS/$name.log" 2>&1 < /dev/null & )
-  echo "$name: started on core $core at ${commit:0:7} (log $RUNS/$name.log)"
+  # never overwrite what the checkout has (a job running now writes newer records than these)
+  if [ -d "in-progress/$kept" ]; then cp -rn "in-progress/$kept/." "$tree/$there/"; fi
+  CHAIN[$core]+="cd $(printf %q "$tree") && echo \"\$(date -u +%FT%TZ) $name: start\" >> $(printf %q "$RUNS/$name.log") && \
+flock $(printf %q "$RUNS/$name.lock") .venv/bin/$cmd >> $(printf %q "$RUNS/$name.log") 2>&1; "
+  echo "$name: queued on core $core at ${commit:0:7} (log $RUNS/$name.log)"
 done 3< <(grep -v '^#' "$JOBS")
+[ "${1:-}" = save ] && exit 0
+for core in "${!CHAIN[@]}"; do
+  lock=$RUNS/core$core.lock
+  if ! flock -n "$lock" true; then
+    echo "core $core: a chain of jobs runs there already (holding $lock): not starting another"
+    continue
+  fi
+  OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
+    setsid nohup flock "$lock" taskset -c "$core" bash -c "${CHAIN[$core]}" > "$RUNS/core$core.log" 2>&1 < /dev/null &
+  echo "core $core: chain started"
+done

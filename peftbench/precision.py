@@ -2,19 +2,21 @@
 
 ``bf16``/``fp16`` are mixed precision: weights and optimizer state stay fp32, matmuls run under
 ``torch.autocast`` in the low precision (fp16 with a gradient scaler, CUDA only). ``auto`` picks
-bf16 where it is faster: CUDA devices that support it, and CPUs with AMX-BF16 (Intel Xeon since
-Sapphire Rapids), read from /proc/cpuinfo; fp32 elsewhere. AVX512-BF16 alone is not enough: on a
-Xeon that has it (and AVX512-FP16) but no AMX, bf16 autocast trained MiniLM at 0.66-0.74x the
-speed of fp32 and its matmuls ran at half the fp32 rate (results/precision.md); AMD's Zen 4 is of
-that kind and untested here (ask for bf16 there if it measures faster). A CPU with neither (AVX2
-only, e.g. AMD EPYC before Zen 4) emulates bf16 matmuls: 0.8 vs 29 GFLOP/s fp32 measured on one, so
-asking for bf16 there warns (``cpu_warning``). Training, evaluation and latency all run at the run's
-precision.
+bf16 where it is faster: CUDA devices that support it; CPUs with AMX-BF16 (Intel Xeon since
+Sapphire Rapids), read from /proc/cpuinfo; and CPUs with AVX512-BF16 but no AMX where a short
+matmul measurement finds bf16 at least ``MEASURED_SPEEDUP`` times the fp32 rate. The flag alone
+does not say: on a Xeon with AVX512-BF16 but no AMX, bf16 matmuls ran at half the fp32 rate and
+bf16 autocast trained MiniLM at 0.66-0.74x fp32; on an AMD EPYC of family 26 (Zen 5) with the
+same flag, bf16 matmuls ran 4.1-4.8x faster and training 1.8-2.1x faster (results/precision.md).
+fp32 elsewhere. A CPU with neither flag (AVX2 only, e.g. AMD EPYC before Zen 4) emulates bf16
+matmuls: 0.8 vs 29 GFLOP/s fp32 measured on one, so asking for bf16 there warns (``cpu_warning``).
+Training, evaluation and latency all run at the run's precision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -24,7 +26,8 @@ from .errors import PeftbenchError
 CHOICES = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # what a record says the CPU has
-FAST_CPU_BF16 = "amx_bf16"  # what auto needs
+FAST_CPU_BF16 = "amx_bf16"  # what auto takes as fast without measuring
+MEASURED_SPEEDUP = 1.5  # avx512_bf16 without AMX: bf16 if its matmul rate is at least this times fp32's
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -55,6 +58,26 @@ def cpu_identity() -> dict:
             "cpu_bf16": sorted(f for f in CPU_BF16_FLAGS if f in flags) if flags else None}
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_matmul_rates(n: int = 1024, rounds: int = 3, seconds: float = 0.05) -> dict[str, float]:
+    """GFLOP/s of an n x n CPU matmul in fp32 and in bf16, best of ``rounds`` short timings taken in
+    turn (so both see the same load); measured once per process (about 0.3 s)."""
+    import time
+
+    best = {"fp32": 0.0, "bf16": 0.0}
+    mats = {p: torch.randn(n, n, dtype=DTYPES[p]) for p in best}
+    for p, a in mats.items():
+        a @ a  # warm-up
+    for _ in range(rounds):
+        for p, a in mats.items():
+            reps, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds or reps == 0:
+                a @ a
+                reps += 1
+            best[p] = max(best[p], 2 * n**3 * reps / elapsed / 1e9)
+    return {p: round(v, 1) for p, v in best.items()}
+
+
 def resolve(requested: str, device: str) -> tuple[str, str]:
     """(precision, why): ``auto`` resolved for ``device`` ("cpu" or "cuda"); others checked."""
     if requested not in CHOICES:
@@ -72,8 +95,14 @@ def resolve(requested: str, device: str) -> tuple[str, str]:
     if FAST_CPU_BF16 in flags:
         return "bf16", f"auto: the CPU has {FAST_CPU_BF16}"
     if "avx512_bf16" in flags:
-        return "fp32", (f"auto: the CPU has avx512_bf16 but no {FAST_CPU_BF16}; bf16 autocast measured slower than "
-                        "fp32 on such a CPU (--precision bf16 to use it anyway)")
+        rates = cpu_matmul_rates()
+        speedup = rates["bf16"] / max(rates["fp32"], 1e-9)
+        measured = (f"the CPU has avx512_bf16 but no {FAST_CPU_BF16}; bf16 matmul measured {rates['bf16']:g} vs fp32 "
+                    f"{rates['fp32']:g} GFLOP/s ({speedup:.1f}x)")
+        if speedup >= MEASURED_SPEEDUP:
+            return "bf16", f"auto: {measured}"
+        return "fp32", (f"auto: {measured}, under the {MEASURED_SPEEDUP:g}x auto asks for "
+                        "(--precision bf16 to use it anyway)")
     return "fp32", f"auto: the CPU has no {FAST_CPU_BF16}"
 
 

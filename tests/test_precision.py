@@ -9,19 +9,37 @@ from peftbench import precision
 from peftbench.errors import PeftbenchError
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ({"avx2", "amx_bf16", "avx512_bf16"}, "bf16"),
-    ({"avx2", "amx_bf16"}, "bf16"),
-    # AVX512-BF16 without AMX: bf16 autocast measured slower than fp32 (results/precision.md)
-    ({"avx2", "avx512_bf16", "avx512_fp16"}, "fp32"),
-    ({"avx2", "avx512f"}, "fp32"),
-    (set(), "fp32"),
+SLOW_BF16 = {"fp32": 138.4, "bf16": 74.4}  # a Xeon with avx512_bf16, no AMX (results/precision.md)
+FAST_BF16 = {"fp32": 77.7, "bf16": 371.3}  # an AMD EPYC of family 26 (Zen 5), the same flag
+
+
+@pytest.mark.parametrize("flags,rates,expected", [
+    ({"avx2", "amx_bf16", "avx512_bf16"}, None, "bf16"),
+    ({"avx2", "amx_bf16"}, None, "bf16"),
+    # AVX512-BF16 without AMX: the flag alone does not say; a matmul measurement decides
+    ({"avx2", "avx512_bf16", "avx512_fp16"}, SLOW_BF16, "fp32"),
+    ({"avx2", "avx512_bf16"}, FAST_BF16, "bf16"),
+    ({"avx2", "avx512_bf16"}, {"fp32": 100.0, "bf16": 140.0}, "fp32"),  # under the 1.5x auto asks for
+    ({"avx2", "avx512f"}, None, "fp32"),
+    (set(), None, "fp32"),
 ])
-def test_auto_follows_the_cpu_flags(monkeypatch, flags, expected):
+def test_auto_follows_the_cpu_flags_and_measures_where_they_do_not_say(monkeypatch, flags, rates, expected):
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    measured = []
+    monkeypatch.setattr(precision, "cpu_matmul_rates", lambda: measured.append(1) or rates)
     got, why = precision.resolve("auto", "cpu")
     assert got == expected and why.startswith("auto: the CPU has")
-    assert ("avx512_bf16 but no amx_bf16" in why) == ("avx512_bf16" in flags and "amx_bf16" not in flags)
+    assert bool(measured) == (rates is not None)  # only measured where the flags do not decide
+    if rates:
+        assert f"bf16 matmul measured {rates['bf16']:g} vs fp32 {rates['fp32']:g} GFLOP/s" in why
+
+
+def test_the_matmul_measurement_is_real_and_taken_once():
+    precision.cpu_matmul_rates.cache_clear()
+    rates = precision.cpu_matmul_rates(n=64, rounds=1, seconds=0.001)
+    assert set(rates) == {"fp32", "bf16"} and all(v > 0 for v in rates.values())
+    assert precision.cpu_matmul_rates(n=64, rounds=1, seconds=0.001) is rates
+    precision.cpu_matmul_rates.cache_clear()
 
 
 def test_the_record_names_the_cpu(monkeypatch, tmp_path):
@@ -30,6 +48,7 @@ def test_the_record_names_the_cpu(monkeypatch, tmp_path):
     real = precision.Path
     monkeypatch.setattr(precision, "Path", lambda p: info if p == "/proc/cpuinfo" else real(p))
     assert precision.cpu_identity() == {"cpu": "Some Xeon(R) 9999", "cpu_bf16": ["avx512_bf16"]}
+    monkeypatch.setattr(precision, "cpu_matmul_rates", lambda: SLOW_BF16)
     assert precision.resolve("auto", "cpu")[0] == "fp32"
 
 
