@@ -94,7 +94,7 @@ def environment(device: str, precision: str = "fp32") -> dict:
     return env
 
 
-def matmul_gflops(device: str, precision: str = "fp32", n: int = 1024, seconds: float = 0.3) -> float:
+def matmul_gflops(device: str, precision: str = "fp32", n: int = 1024, seconds: float = 0.1) -> float:
     """Matmul throughput right now (fp32 by default): how fast, and how loaded, this machine was."""
     from .precision import DTYPES
 

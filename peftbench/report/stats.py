@@ -21,10 +21,10 @@ BOOTSTRAP_SAMPLES = 10_000
 def gap_interval(row: dict, best: dict, level: float = LEVEL) -> dict:
     """Gap (row minus best) of the primary metric with a confidence interval over seeds.
     ``row`` / ``best`` map seed -> metric value."""
-    from scipy import stats
-
     common = sorted(set(row) & set(best))
     if len(common) >= 2:
+        from scipy import stats  # here: a one-seed table (make run's) does not pay for importing scipy
+
         d = np.array([row[s] - best[s] for s in common], dtype=float)
         mean = float(d.mean())
         sd = float(d.std(ddof=1))
