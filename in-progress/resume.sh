@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # Resume the long runs whose records are kept in in-progress/ (see README.md there): each at the one
-# commit all its records come from, in its own checkout, on one CPU core, in the background.
+# commit all its records come from, in its own checkout, on the CPU cores its line names, in the background.
 #
 #   bash in-progress/resume.sh            # start (or resume) every job of in-progress/jobs
 #   bash in-progress/resume.sh save       # copy the jobs' new records back here (commit them)
+#   bash in-progress/resume.sh stop       # end the chains; a run in progress is recorded as cancelled
 #
-# Jobs on the same core run one after the other, in the file's order (one chain per core); a job
-# holds a lock while it runs, so a job already running is waited for, never started twice, and a
+# Jobs on the same CPU cores run one after the other, in the file's order (one chain per set of cores); a
+# job holds a lock while it runs, so a job already running is waited for, never started twice, and a
 # job that is complete only plans and skips its ok records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${PEFTBENCH_RUNS:-$ROOT/../peftbench-runs}  # the checkouts, one per commit
-JOBS=in-progress/jobs  # name|commit|folder kept here|folder in its checkout|core|command, one job a line
+JOBS=in-progress/jobs  # name|commit|folder kept here|folder in its checkout|cores|command, one job a line
 mkdir -p "$RUNS"
+if [ "${1:-}" = stop ]; then
+  for pidfile in "$RUNS"/cpus-*.pid; do
+    [ -f "$pidfile" ] || continue
+    pgid=$(cat "$pidfile")
+    # the chain's shell first (else it starts the next job), then Ctrl-C to its sweep, which records
+    # the run in progress as cancelled; what has not ended after 60 s is terminated
+    pkill -KILL -g "$pgid" -x bash || true
+    kill -INT -- "-$pgid" 2>/dev/null || true
+    for _ in $(seq 60); do pgrep -g "$pgid" > /dev/null || break; sleep 1; done
+    kill -TERM -- "-$pgid" 2>/dev/null || true
+    rm -f "$pidfile"
+    echo "stopped the chain of $(basename "${pidfile%.pid}")"
+  done
+  exit 0
+fi
 declare -A CHAIN=()
-while IFS='|' read -r -u 3 name commit kept there core cmd; do
+while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
   tree=$RUNS/${commit:0:7}
   if [ "${1:-}" = save ]; then
     mkdir -p "in-progress/$kept"
@@ -29,9 +45,10 @@ while IFS='|' read -r -u 3 name commit kept there core cmd; do
     continue
   fi
   # a bf16 job on a CPU without bf16 units would run many times slower (bf16 matmuls emulated): skip it
-  sweep=$(grep -o -- '--config [^ ]*' <<< "$cmd" | cut -d' ' -f2 || true)
-  if { grep -q -- '--precision bf16' <<< "$cmd" || { [ -n "$sweep" ] && git -C "$ROOT" show "$commit:$sweep" \
-        | grep -q '^precision *= *"bf16"'; }; } && ! grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo; then
+  sweep=$(grep -o -- '--config [^ ]*' <<< "$cmd" | cut -d' ' -f2 || true)  # the kept copy, else the commit's
+  if { grep -q -- '--precision bf16' <<< "$cmd" || { [ -n "$sweep" ] && { cat "in-progress/$kept/sweep.toml" 2>/dev/null \
+        || git -C "$ROOT" show "$commit:$sweep"; } | grep -q '^precision *= *"bf16"'; }; } \
+        && ! grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo; then
     echo "$name: not started: it runs in bf16 and this CPU has neither amx_bf16 nor avx512_bf16 (bf16 emulated)"
     continue
   fi
@@ -42,20 +59,24 @@ while IFS='|' read -r -u 3 name commit kept there core cmd; do
   [ -x "$tree/.venv/bin/peftbench" ] || make -C "$tree" install > "$RUNS/$name.install.log" 2>&1 \
     || { echo "$name: make install failed at ${commit:0:7}, see $RUNS/$name.install.log"; exit 1; }
   mkdir -p "$tree/$there"
-  # never overwrite what the checkout has (a job running now writes newer records than these)
+  # never overwrite the checkout's records (a job running now writes newer ones than these); the kept
+  # sweep file is the job's (it may extend the one its commit has, as lora-paper-targets' does)
   if [ -d "in-progress/$kept" ]; then cp -rn "in-progress/$kept/." "$tree/$there/"; fi
-  CHAIN[$core]+="cd $(printf %q "$tree") && echo \"\$(date -u +%FT%TZ) $name: start\" >> $(printf %q "$RUNS/$name.log") && \
+  if [ -f "in-progress/$kept/sweep.toml" ]; then cp "in-progress/$kept/sweep.toml" "$tree/$there/"; fi
+  CHAIN[$cpus]+="cd $(printf %q "$tree") && echo \"\$(date -u +%FT%TZ) $name: start\" >> $(printf %q "$RUNS/$name.log") && \
 flock $(printf %q "$RUNS/$name.lock") .venv/bin/$cmd >> $(printf %q "$RUNS/$name.log") 2>&1; "
-  echo "$name: queued on core $core at ${commit:0:7} (log $RUNS/$name.log)"
+  echo "$name: queued on CPU(s) $cpus at ${commit:0:7} (log $RUNS/$name.log)"
 done 3< <(grep -v '^#' "$JOBS")
 [ "${1:-}" = save ] && exit 0
-for core in "${!CHAIN[@]}"; do
-  lock=$RUNS/core$core.lock
+for cpus in "${!CHAIN[@]}"; do
+  lock=$RUNS/cpus-${cpus//,/-}.lock
   if ! flock -n "$lock" true; then
-    echo "core $core: a chain of jobs runs there already (holding $lock): not starting another"
+    echo "CPU(s) $cpus: a chain of jobs runs there already (holding $lock): not starting another"
     continue
   fi
+  # one torch thread per run: a sweep with --jobs N gives each run its own share of these CPUs
   OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
-    setsid nohup flock "$lock" taskset -c "$core" bash -c "${CHAIN[$core]}" > "$RUNS/core$core.log" 2>&1 < /dev/null &
-  echo "core $core: chain started"
+    setsid nohup flock "$lock" taskset -c "$cpus" bash -c "${CHAIN[$cpus]}" > "${lock%.lock}.log" 2>&1 < /dev/null &
+  echo $! > "${lock%.lock}.pid"  # setsid: the chain's process group (resume.sh stop)
+  echo "CPU(s) $cpus: chain started"
 done
