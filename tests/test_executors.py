@@ -40,6 +40,35 @@ def _same_runs(a: dict, b: dict):
             assert b[rid]["metrics"][name] == pytest.approx(value, abs=1e-6)
 
 
+def test_a_ctrl_c_with_two_jobs_starts_no_further_run(monkeypatch, tmp_path):
+    """A worker thread picks its next spec the moment its run ends in a Ctrl-C, before the sweep
+    can cancel what is queued; that spec must start nothing (it did: the sweep then waited for a
+    whole run that began after the interrupt, and `resume.sh stop` found it still training)."""
+    from peftbench import sweep
+    from peftbench.executors import ExecutorOptions, local, placement
+
+    started, done = [], []
+    b_started, release = threading.Event(), threading.Event()
+
+    def fake_execute_one(spec, out, timeout, progress):
+        started.append(spec["run_id"])
+        if spec["run_id"] == "a":  # the Ctrl-C: this run ends interrupted while "b" trains
+            assert b_started.wait(5)
+            raise KeyboardInterrupt
+        b_started.set()
+        release.wait(5)
+        return {"run_id": spec["run_id"], "status": "ok"}
+
+    monkeypatch.setattr(sweep, "execute_one", fake_execute_one)
+    monkeypatch.setattr(placement, "slots", lambda jobs: [{"slot": k, "jobs": jobs, "cpus": [0]} for k in range(jobs)])
+    (tmp_path / "records").mkdir()
+    todo = [{"run_id": r} for r in "abcdef"]
+    threading.Timer(1.0, release.set).start()
+    with pytest.raises(KeyboardInterrupt):
+        local.run_all(todo, tmp_path, ExecutorOptions("local", 2), None, False, done.append)
+    assert sorted(started) == ["a", "b"], started  # nothing started after the interrupt
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
     seq, env = sequential

@@ -20,11 +20,20 @@ def run_all(todo, out, options, timeout, progress, on_done):
     free: queue.Queue = queue.Queue()
     for slot in slots(options.jobs):
         free.put({**slot, "lock": str(out / "records" / ".machine.lock")})
+    # Set by the first run that ends in a Ctrl-C: a worker thread picks its next spec the moment its
+    # run ends, before this thread can cancel what is queued, and shutdown would then wait for that
+    # whole run; a spec picked after the interrupt starts nothing.
+    stopping = threading.Event()
 
     def one(spec):
+        if stopping.is_set():
+            return None
         placement = free.get()
         try:
             return execute_one({**spec, "placement": placement}, out, timeout, progress=False)
+        except KeyboardInterrupt:
+            stopping.set()
+            raise
         finally:
             free.put(placement)
 
@@ -36,9 +45,11 @@ def run_all(todo, out, options, timeout, progress, on_done):
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     rec = future.result()  # a KeyboardInterrupt in a run ends the sweep here
-                    with lock:
-                        on_done(rec)
+                    if rec is not None:
+                        with lock:
+                            on_done(rec)
         except BaseException:
+            stopping.set()
             for future in pending:
                 future.cancel()
             raise
