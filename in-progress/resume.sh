@@ -34,6 +34,7 @@ declare -A CHAIN=()
 while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
   tree=$RUNS/${commit:0:7}
   if [ "${1:-}" = save ]; then
+    [ -d "$tree/$there" ] || { echo "$name: no checkout of it here ($tree/$there): nothing to save"; continue; }
     mkdir -p "in-progress/$kept"
     # what the job wrote: records and kept checkpoints its commit does not hold (a folder it resumes may
     # hold published records of other commits: those come back from git), no superseded or temporary files
