@@ -36,18 +36,18 @@ while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
   if [ "${1:-}" = save ]; then
     [ -d "$tree/$there" ] || { echo "$name: no checkout of it here ($tree/$there): nothing to save"; continue; }
     mkdir -p "in-progress/$kept"
-    # what the job wrote: records and kept checkpoints its commit does not hold (a folder it resumes may
-    # hold published records of other commits: those come back from git), no superseded or temporary files
-    ( cd "$tree/$there" && git ls-files --others -- . ) | { grep -E '\.(json|safetensors)$' || true; } \
+    # what the job wrote, and its sweep file where its commit does not hold it: the files its commit does
+    # not track (a folder it resumes may hold published records of other commits: those come back from
+    # git), records, kept checkpoints and sweep files only, no superseded or temporary files
+    ( cd "$tree/$there" && git ls-files --others -- . ) | { grep -E '\.(json|safetensors|toml)$' || true; } \
       | { grep -vE '(^|/)(superseded/|\.)' || true; } | while read -r f; do
       mkdir -p "in-progress/$kept/$(dirname "$f")" && cp "$tree/$there/$f" "in-progress/$kept/$f"; done
-    [ -f "$tree/$there/sweep.toml" ] && cp "$tree/$there/sweep.toml" "in-progress/$kept/"
     echo "$name: $(find "in-progress/$kept" -name '*.json' | wc -l) record(s) in in-progress/$kept"
     continue
   fi
   # a bf16 job on a CPU without bf16 units would run many times slower (bf16 matmuls emulated): skip it
   sweep=$(grep -o -- '--config [^ ]*' <<< "$cmd" | cut -d' ' -f2 || true)  # the kept copy, else the commit's
-  if { grep -q -- '--precision bf16' <<< "$cmd" || { [ -n "$sweep" ] && { cat "in-progress/$kept/sweep.toml" 2>/dev/null \
+  if { grep -q -- '--precision bf16' <<< "$cmd" || { [ -n "$sweep" ] && { cat "in-progress/$kept/${sweep##*/}" 2>/dev/null \
         || git -C "$ROOT" show "$commit:$sweep"; } | grep -q '^precision *= *"bf16"'; }; } \
         && ! grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo; then
     echo "$name: not started: it runs in bf16 and this CPU has neither amx_bf16 nor avx512_bf16 (bf16 emulated)"
@@ -57,13 +57,14 @@ while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
     git clone -q "$ROOT" "$tree" && git -C "$tree" checkout -q "$commit"
   fi
   [ "$(git -C "$tree" rev-parse HEAD)" = "$commit" ] || { echo "$tree is not at $commit"; exit 2; }
+  [ -z "$(git -C "$tree" status --porcelain --untracked-files=no)" ] || { echo "$tree has modified files (its \
+records would say ${commit:0:7}-dirty): git -C $tree status"; exit 2; }
   [ -x "$tree/.venv/bin/peftbench" ] || make -C "$tree" install > "$RUNS/$name.install.log" 2>&1 \
     || { echo "$name: make install failed at ${commit:0:7}, see $RUNS/$name.install.log"; exit 1; }
   mkdir -p "$tree/$there"
-  # never overwrite the checkout's records (a job running now writes newer ones than these); the kept
-  # sweep file is the job's (it may extend the one its commit has, as lora-paper-targets' does)
+  # never overwrite what the checkout has (a job running now writes newer records than these); none of
+  # these files is tracked there, so the checkout stays clean (a record of a modified tree says -dirty)
   if [ -d "in-progress/$kept" ]; then cp -rn "in-progress/$kept/." "$tree/$there/"; fi
-  if [ -f "in-progress/$kept/sweep.toml" ]; then cp "in-progress/$kept/sweep.toml" "$tree/$there/"; fi
   CHAIN[$cpus]+="cd $(printf %q "$tree") && echo \"\$(date -u +%FT%TZ) $name: start\" >> $(printf %q "$RUNS/$name.log") && \
 flock $(printf %q "$RUNS/$name.lock") .venv/bin/$cmd >> $(printf %q "$RUNS/$name.log") 2>&1; "
   echo "$name: queued on CPU(s) $cpus at ${commit:0:7} (log $RUNS/$name.log)"
