@@ -2,7 +2,7 @@
 # Resume the long runs whose records are kept in in-progress/ (see README.md there): each at the one
 # commit all its records come from, in its own checkout, on the CPU cores its line names, in the background.
 #
-#   bash in-progress/resume.sh            # start (or resume) every job of in-progress/jobs
+#   bash in-progress/resume.sh [start]    # start (or resume) every job of in-progress/jobs
 #   bash in-progress/resume.sh save       # copy the jobs' new records back here (commit them)
 #   bash in-progress/resume.sh stop       # end the chains; a run in progress is recorded as cancelled
 #
@@ -14,10 +14,18 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${PEFTBENCH_RUNS:-$ROOT/../peftbench-runs}  # the checkouts, one per commit
 JOBS=in-progress/jobs  # name|commit|folder kept here|folder in its checkout|cores|command, one job a line
+MODE=${1:-start}
+case $MODE in start|save|stop) ;; *) echo "usage: bash in-progress/resume.sh [start|save|stop]" >&2; exit 2;; esac
 mkdir -p "$RUNS"
-if [ "${1:-}" = stop ]; then
-  for pidfile in "$RUNS"/cpus-*.pid; do
-    [ -f "$pidfile" ] || continue
+
+if [ "$MODE" = stop ]; then
+  for lock in "$RUNS"/cpus-*.lock; do
+    [ -f "$lock" ] || continue
+    pidfile=${lock%.lock}.pid
+    if flock -n "$lock" true; then  # no chain holds it: nothing runs there (a pid in the file may be reused)
+      rm -f "$pidfile"
+      continue
+    fi
     pgid=$(cat "$pidfile")
     # the chain's shell first (else it starts the next job), then Ctrl-C to its sweep, which records
     # the run in progress as cancelled; what has not ended after 60 s is terminated
@@ -25,15 +33,17 @@ if [ "${1:-}" = stop ]; then
     kill -INT -- "-$pgid" 2>/dev/null || true
     for _ in $(seq 60); do pgrep -g "$pgid" > /dev/null || break; sleep 1; done
     kill -TERM -- "-$pgid" 2>/dev/null || true
+    for _ in $(seq 10); do pgrep -g "$pgid" > /dev/null || break; sleep 1; done
     rm -f "$pidfile"
-    echo "stopped the chain of $(basename "${pidfile%.pid}")"
+    echo "stopped the chain of $(basename "${lock%.lock}")"
   done
   exit 0
 fi
+
 declare -A CHAIN=()
 while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
   tree=$RUNS/${commit:0:7}
-  if [ "${1:-}" = save ]; then
+  if [ "$MODE" = save ]; then
     [ -d "$tree/$there" ] || { echo "$name: no checkout of it here ($tree/$there): nothing to save"; continue; }
     mkdir -p "in-progress/$kept"
     # what the job wrote, and its sweep file where its commit does not hold it: the files its commit does
@@ -42,7 +52,7 @@ while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
     ( cd "$tree/$there" && git ls-files --others -- . ) | { grep -E '\.(json|safetensors|toml)$' || true; } \
       | { grep -vE '(^|/)(superseded/|\.)' || true; } | while read -r f; do
       mkdir -p "in-progress/$kept/$(dirname "$f")" && cp "$tree/$there/$f" "in-progress/$kept/$f"; done
-    echo "$name: $(find "in-progress/$kept" -name '*.json' | wc -l) record(s) in in-progress/$kept"
+    echo "$name: $(find "in-progress/$kept" -path '*/records/*.json' | wc -l) record(s) in in-progress/$kept"
     continue
   fi
   # a bf16 job on a CPU without bf16 units would run many times slower (bf16 matmuls emulated): skip it
@@ -64,21 +74,30 @@ records would say ${commit:0:7}-dirty): git -C $tree status"; exit 2; }
   mkdir -p "$tree/$there"
   # never overwrite what the checkout has (a job running now writes newer records than these); none of
   # these files is tracked there, so the checkout stays clean (a record of a modified tree says -dirty)
-  if [ -d "in-progress/$kept" ]; then cp -rn "in-progress/$kept/." "$tree/$there/"; fi
-  CHAIN[$cpus]+="cd $(printf %q "$tree") && echo \"\$(date -u +%FT%TZ) $name: start\" >> $(printf %q "$RUNS/$name.log") && \
+  if [ -d "in-progress/$kept" ]; then
+    ( cd "in-progress/$kept" && find . -type f ) | while read -r f; do
+      [ -e "$tree/$there/$f" ] || { mkdir -p "$tree/$there/$(dirname "$f")" && cp "in-progress/$kept/$f" "$tree/$there/$f"; }
+    done
+  fi
+  CHAIN[$cpus]+="cd $(printf %q "$tree") && echo \"\$(date -u +%FT%TZ) $name: its turn\" >> $(printf %q "$RUNS/$name.log") && \
 flock $(printf %q "$RUNS/$name.lock") .venv/bin/$cmd >> $(printf %q "$RUNS/$name.log") 2>&1; "
   echo "$name: queued on CPU(s) $cpus at ${commit:0:7} (log $RUNS/$name.log)"
 done 3< <(grep -v '^#' "$JOBS")
-[ "${1:-}" = save ] && exit 0
+[ "$MODE" = save ] && exit 0
+
 for cpus in "${!CHAIN[@]}"; do
   lock=$RUNS/cpus-${cpus//,/-}.lock
   if ! flock -n "$lock" true; then
     echo "CPU(s) $cpus: a chain of jobs runs there already (holding $lock): not starting another"
     continue
   fi
-  # one torch thread per run: a sweep with --jobs N gives each run its own share of these CPUs
+  # The chain takes the lock without waiting (two starts at once: one chain) and, holding it, writes its
+  # process group for `stop`. A command started with & here would ignore SIGINT (bash does that in a
+  # script), and so would the sweep: env gives it back its default. One torch thread per run: a sweep
+  # with --jobs N gives each run its own share of these CPUs.
   OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
-    setsid nohup flock "$lock" taskset -c "$cpus" bash -c "${CHAIN[$cpus]}" > "${lock%.lock}.log" 2>&1 < /dev/null &
-  echo $! > "${lock%.lock}.pid"  # setsid: the chain's process group (resume.sh stop)
+    setsid nohup env --default-signal=INT flock -n "$lock" taskset -c "$cpus" bash -c \
+    "ps -o pgid= -p \$\$ | tr -d ' ' > $(printf %q "${lock%.lock}.pid"); ${CHAIN[$cpus]}" \
+    > "${lock%.lock}.log" 2>&1 < /dev/null &
   echo "CPU(s) $cpus: chain started"
 done
