@@ -110,10 +110,16 @@ class Launched:
         return self.proc.poll() is None
 
     def kill(self):
+        self._signal_group("SIGKILL")
+
+    def interrupt(self):
+        self._signal_group("SIGINT")
+
+    def _signal_group(self, name):
         import signal
 
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, getattr(signal, name))
         except ProcessLookupError:
             pass
 

@@ -7,7 +7,7 @@ Sapphire Rapids), read from /proc/cpuinfo; and CPUs with AVX512-BF16 but no AMX 
 matmul measurement finds bf16 at least ``MEASURED_SPEEDUP`` times the fp32 rate. The flag alone
 does not say: on a Xeon with AVX512-BF16 but no AMX, bf16 matmuls ran at half the fp32 rate and
 bf16 autocast trained MiniLM at 0.66-0.74x fp32; on an AMD EPYC of family 26 (Zen 5) with the
-same flag, bf16 matmuls ran 4.1-4.8x faster and training 1.8-2.1x faster (results/precision.md).
+same flag, bf16 matmuls ran 3.4-4.8x faster and training 1.8-2.1x faster (results/precision.md).
 fp32 elsewhere. A CPU with neither flag (AVX2 only, e.g. AMD EPYC before Zen 4) emulates bf16
 matmuls: 0.8 vs 29 GFLOP/s fp32 measured on one, so asking for bf16 there warns (``cpu_warning``).
 Training, evaluation and latency all run at the run's precision.
@@ -60,21 +60,27 @@ def cpu_identity() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def cpu_matmul_rates(n: int = 1024, rounds: int = 3, seconds: float = 0.05) -> dict[str, float]:
-    """GFLOP/s of an n x n CPU matmul in fp32 and in bf16, best of ``rounds`` short timings taken in
-    turn (so both see the same load); measured once per process (about 0.3 s)."""
+    """GFLOP/s of an n x n CPU matmul in fp32 and in bf16 on one thread (as a run of a --jobs sweep
+    has), best of ``rounds`` short timings taken in turn (so both see the same load); measured once
+    per process (about 0.3 s)."""
     import time
 
     best = {"fp32": 0.0, "bf16": 0.0}
     mats = {p: torch.randn(n, n, dtype=DTYPES[p]) for p in best}
-    for p, a in mats.items():
-        a @ a  # warm-up
-    for _ in range(rounds):
-        for p, a in mats.items():
-            reps, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds or reps == 0:
-                a @ a
-                reps += 1
-            best[p] = max(best[p], 2 * n**3 * reps / elapsed / 1e9)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for a in mats.values():
+            a @ a  # warm-up
+        for _ in range(rounds):
+            for p, a in mats.items():
+                reps, start = 0, time.perf_counter()
+                while (elapsed := time.perf_counter() - start) < seconds or reps == 0:
+                    a @ a
+                    reps += 1
+                best[p] = max(best[p], 2 * n**3 * reps / elapsed / 1e9)
+    finally:
+        torch.set_num_threads(threads)
     return {p: round(v, 1) for p, v in best.items()}
 
 

@@ -70,9 +70,29 @@ def _own_record(out, spec, attempt) -> dict | None:
     return rec if rec is not None and rec.get("attempt") == attempt else None
 
 
-def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) -> dict:
+def _join(proc, timeout: float | None, stop) -> bool:
+    """Wait for the run's process (at most ``timeout`` s). With ``stop`` (an event another thread sets
+    when the sweep is interrupted) the run is sent a Ctrl-C once it is set: a run started just as the
+    sweep was interrupted never got the terminal's. True if that happened."""
+    if stop is None:
+        proc.join(timeout)
+        return False
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.is_alive():
+        if stop.is_set():
+            proc.interrupt() if hasattr(proc, "interrupt") else os.kill(proc.pid, signal.SIGINT)
+            proc.join(10)
+            return True
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        proc.join(0.5 if left is None else min(0.5, left))
+    return False
+
+
+def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool, stop=None) -> dict:
     """Run one spec in its own process and return its record (written by the child, or
-    here when the child died, hung or was interrupted)."""
+    here when the child died, hung or was interrupted). ``stop``: see ``_join``."""
     attempt = uuid.uuid4().hex[:12]
     started = time.time()
     if spec.get("plan_error"):  # a plugin crashed while the sweep was planned: nothing to start
@@ -81,7 +101,7 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
     spec_file = records_dir(out) / f".{spec['run_id']}.spec"
     oom_kills_before = oom_kill_count()
     proc = None
-    timed_out = False
+    timed_out = interrupted = False
     try:  # from the moment the spec exists, a Ctrl-C leaves a cancelled record and no spec file
         write_atomic(spec_file, {**spec, "attempt": attempt})
         if spec.get("nproc", 1) > 1:  # one run over several processes: torchrun, rank 0 writes the record
@@ -90,11 +110,11 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
             proc = Launched(spec_file, out, spec["nproc"])
         else:
             proc = worker.start(spec_file, out, progress)
-        proc.join(timeout)
-        if proc.exitcode is None:  # still running: hung
+        interrupted = _join(proc, timeout, stop)
+        if proc.exitcode is None:  # still running: hung (or deaf to the Ctrl-C it was sent)
             proc.kill()
             proc.join()
-            timed_out = True
+            timed_out = not interrupted
     except KeyboardInterrupt:
         if proc is not None and proc.is_alive():
             proc.join(10)  # the run got the same SIGINT from the terminal
@@ -107,7 +127,7 @@ def execute_one(spec: dict, out: Path, timeout: float | None, progress: bool) ->
             proc.join()
         spec_file.unlink(missing_ok=True)
     rec = _own_record(out, spec, attempt)
-    if rec is None and proc.exitcode == worker.EXIT_INTERRUPTED:
+    if rec is None and (proc.exitcode == worker.EXIT_INTERRUPTED or interrupted):
         # the run was interrupted by a SIGINT this process did not get (e.g. `kill -INT <run pid>`):
         # the interrupt still ends the sweep
         record_failure(out, spec, "cancelled", "interrupted (Ctrl-C)", started, attempt)

@@ -50,7 +50,7 @@ def test_a_ctrl_c_with_two_jobs_starts_no_further_run(monkeypatch, tmp_path):
     started, done = [], []
     b_started, release = threading.Event(), threading.Event()
 
-    def fake_execute_one(spec, out, timeout, progress):
+    def fake_execute_one(spec, out, timeout, progress, stop=None):
         started.append(spec["run_id"])
         if spec["run_id"] == "a":  # the Ctrl-C: this run ends interrupted while "b" trains
             assert b_started.wait(5)
@@ -67,6 +67,32 @@ def test_a_ctrl_c_with_two_jobs_starts_no_further_run(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         local.run_all(todo, tmp_path, ExecutorOptions("local", 2), None, False, done.append)
     assert sorted(started) == ["a", "b"], started  # nothing started after the interrupt
+
+
+def test_a_run_started_as_the_sweep_is_interrupted_is_sent_a_ctrl_c():
+    """A run another thread started just before the interrupt never got the terminal's Ctrl-C: once
+    the sweep's stop event is set, its wait sends it one (and a plain timeout does not)."""
+    from peftbench.sweep import _join
+
+    class Run:  # the parts of a run's process that _join uses
+        def __init__(self):
+            self.alive, self.interrupted = True, False
+
+        def is_alive(self):
+            return self.alive
+
+        def join(self, timeout=None):
+            time.sleep(min(timeout or 0.0, 0.02))
+
+        def interrupt(self):
+            self.interrupted, self.alive = True, False
+
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    run = Run()
+    assert _join(run, None, stop) is True and run.interrupted
+    run = Run()
+    assert _join(run, 0.1, threading.Event()) is False and not run.interrupted and run.alive
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")

@@ -20,9 +20,10 @@ def run_all(todo, out, options, timeout, progress, on_done):
     free: queue.Queue = queue.Queue()
     for slot in slots(options.jobs):
         free.put({**slot, "lock": str(out / "records" / ".machine.lock")})
-    # Set by the first run that ends in a Ctrl-C: a worker thread picks its next spec the moment its
-    # run ends, before this thread can cancel what is queued, and shutdown would then wait for that
-    # whole run; a spec picked after the interrupt starts nothing.
+    # Set by the first run that ends in a Ctrl-C (or by this thread's own KeyboardInterrupt): a worker
+    # thread picks its next spec the moment its run ends, before this thread can cancel what is queued,
+    # and shutdown would then wait for that whole run. A spec picked after it starts nothing, and a run
+    # started just before it (which never got the Ctrl-C) is sent one (sweep.execute_one's ``stop``).
     stopping = threading.Event()
 
     def one(spec):
@@ -30,7 +31,7 @@ def run_all(todo, out, options, timeout, progress, on_done):
             return None
         placement = free.get()
         try:
-            return execute_one({**spec, "placement": placement}, out, timeout, progress=False)
+            return execute_one({**spec, "placement": placement}, out, timeout, progress=False, stop=stopping)
         except KeyboardInterrupt:
             stopping.set()
             raise
