@@ -51,16 +51,19 @@ def resolve_device(device: str) -> str:
 
 
 def git_commit() -> str | None:
+    """The checkout's commit, with -dirty where tracked files are modified (None outside git).
+    ``--no-optional-locks``: ``git status`` would otherwise take the index lock to refresh the index,
+    and one killed at its timeout (a loaded machine, several runs at once) left the lock behind."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
         )
         if commit.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            ["git", "--no-optional-locks", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=30,
         ).stdout.strip()
         return commit.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
