@@ -12,7 +12,7 @@ import re
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .errors import UnsupportedModel
+from .errors import PeftbenchError, UnsupportedModel
 
 # Block-relative module names of each role, one pattern per naming family.
 ROLE_PATTERNS = {
@@ -63,12 +63,32 @@ def find_role(model: nn.Module, role: str) -> list[tuple[str, nn.Module]]:
 
 
 def find_by_suffix(model: nn.Module, suffix: str) -> list[tuple[str, nn.Module]]:
-    """Linear layers whose qualified name is ``suffix`` or ends with ``.suffix``."""
-    return [
+    """Linear layers whose qualified name is ``suffix`` or ends with ``.suffix``, never in the task head
+    (RoBERTa's ``classifier.dense`` for ``dense``): every method trains the head in full and the budget
+    counts it apart, so an update there would hide in the head's count."""
+    hits = [
         (n, m)
         for n, m in model.named_modules()
         if is_linear(m) and (n == suffix or n.endswith("." + suffix))
     ]
+    head = _head_modules(model, [n for n, _ in hits])
+    if hits and len(head) == len(hits):
+        raise UnsupportedModel(
+            f"target {suffix!r} names only the task head ({', '.join(head)}), which every method trains in "
+            "full; name layers of the base model"
+        )
+    return [(n, m) for n, m in hits if n not in head]
+
+
+def _head_modules(model: nn.Module, names: list[str]) -> list[str]:
+    """Those of ``names`` in the task head (outside ``base_model_prefix``; a causal LM has none)."""
+    from .method import head_parameter_names
+
+    try:
+        head = head_parameter_names(model)
+    except PeftbenchError:  # not a transformers task model: no head to keep apart
+        return []
+    return [name for name in names if any(p.startswith(name + ".") for p in head)]
 
 
 def require_role(model: nn.Module, role: str, method: str) -> list[tuple[str, nn.Module]]:

@@ -142,6 +142,12 @@ class Prefix(peftbench.Method):
                 f"prefix: {type(model).__name__} uses attention {base_impl!r}; prefix supports "
                 f"{' and '.join(SUPPORTED_BASE)} (load the model with attn_implementation='sdpa')"
             )
+        unsure = [type(m).__name__ for m in attns if not isinstance(getattr(m, "is_causal", None), bool)]
+        if unsure:  # sdpa takes a missing mask as causal: with prefix keys it would crop the real ones
+            raise UnsupportedModel(
+                f"prefix: {unsure[0]} does not say whether its attention is causal (no is_causal attribute); "
+                "prefix-tuning needs it to build the mask over the prefix"
+            )
         freeze(model)
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads

@@ -98,6 +98,19 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     (tmp_path / "gone.json").write_text(json.dumps(gone))
     bad = analyze("delta", tmp_path / "gone.json", env=env)
     assert bad.returncode == 2 and "--keep-checkpoints" in bad.stderr
+    # a checkpoint that lacks a factor (loading is not strict: B would stay 0) or is another run's
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(json.loads(r8.read_text())["checkpoint"]["path"])
+    dropped = next(k for k in state if ".lora_B" in k)
+    save_file({k: v for k, v in state.items() if k != dropped}, tmp_path / "short.safetensors")
+    for name, ckpt, says in (("short", tmp_path / "short.safetensors", "lacks 1 of the run's LoRA factors"),
+                             ("r2", json.loads(r2.read_text())["checkpoint"]["path"], "does not fit the run's model")):
+        wrong = json.loads(r8.read_text())
+        wrong["checkpoint"]["path"], wrong["run_id"] = str(ckpt), "1" * 16
+        (tmp_path / f"{name}.json").write_text(json.dumps(wrong))
+        bad = analyze("delta", tmp_path / f"{name}.json", env=env)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 # The published analyses of the rank study (results/lora-paper/rank): file -> (target set, rank, seed)

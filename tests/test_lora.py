@@ -73,6 +73,19 @@ def test_target_modules(family, targets, expected):
     assert found == expected
 
 
+def test_a_module_name_suffix_never_reaches_the_task_head():
+    """RoBERTa's head has a ``classifier.dense``: ``dense`` adapts the base model's dense layers only
+    (the head trains in full with every method and is counted apart from the budget)."""
+    model, _ = apply_method(LORA, make_model("roberta"), 2, {"target_modules": "dense"})
+    names = [name for name, _ in lora_layers(model)]
+    assert names and all(n.startswith("roberta.") for n in names)
+    assert not any(n.startswith("classifier") for n, p in model.named_parameters() if "lora_" in n)
+    from peftbench.errors import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="'classifier' names only the task head"):
+        apply_method(LORA, make_model("bert"), 2, {"target_modules": "classifier"})
+
+
 def test_alpha_and_dropout_options():
     model, _ = apply_method(LORA, make_model("bert"), 4, {"alpha": "32", "dropout": "0"})
     layer = lora_layers(model)[0][1]

@@ -92,3 +92,16 @@ def test_prefix_count_matches_layers_heads_and_length():
     assert counts.method == 2 * 2 * 2 * 5 * 8
     _, counts = apply_method(PREFIX, make_model("bert"), 5)
     assert counts.method == 2 * 2 * 4 * 5 * 8
+
+
+def test_an_attention_that_does_not_say_whether_it_is_causal_is_refused():
+    """sdpa takes a missing mask as causal and would crop the real keys behind the prefix: an
+    attention module without ``is_causal`` cannot be prefixed safely."""
+    from peftbench.arch import attention_modules
+    from peftbench.errors import UnsupportedModel
+
+    model = make_model("bert")
+    for _, attn in attention_modules(model, "prefix"):
+        attn.is_causal = None
+    with pytest.raises(UnsupportedModel, match="does not say whether its attention is causal"):
+        apply_method(PREFIX, model, 4)

@@ -195,6 +195,10 @@ def browser_check(page, tmp_path):
             for img in ("#plot-metric", "#plot-costs"):  # decoded and laid out
                 assert tab.eval_on_selector(img, "i => i.complete && i.naturalWidth > 500 && i.clientWidth > 100")
             assert tab.locator("#summary tbody tr").count() == 5
+            # a metric cell sorts by its value (as text, "mcc ↑ -0.25" would sort after "mcc ↑ -0.10")
+            value = lambda text: tab.evaluate("t => cellValue({textContent: t})", text)  # noqa: E731
+            assert value("mcc ↑ -0.2500") == -0.25 and value("accuracy ↑ 0.8100") == 0.81
+            assert value("lora:r=8 (+0.0%)") == "lora:r=8 (+0.0%)" and abs(value("73.7k (0.325%)") - 73_700) < 1e-6
             assert tab.locator("#table-sst2 tbody tr").count() == 5
             first = lambda: tab.locator("#table-sst2 tbody tr").first.locator("td").nth(1).inner_text()  # noqa: E731
             header = tab.locator("#table-sst2 th", has_text="metric")
@@ -253,3 +257,73 @@ def test_the_caption_names_the_cpu_and_says_when_rows_differ():
     for r in recs:
         r["env"] |= {"cpu": "Xeon B", "cpu_bf16": []}
     assert "; CPU Xeon B." in to_markdown(summarize(records_frame(recs)))
+
+
+def test_equal_seed_values_tie_whatever_the_order_records_are_read_in():
+    """TREC's BitFit {0.952, 0.922, 0.946} and LoRA at 0.1% {0.934, 0.954, 0.932} both average 0.94,
+    but summed in another order one mean is 0.9400000000000001: their ranks must not depend on that."""
+    a, b = (0.952, 0.922, 0.946), (0.934, 0.954, 0.932)
+    assert sum(a) / 3 != sum(b) / 3  # the trap is real: 0.9400000000000001 vs 0.94
+    recs = [fake_record("trec", "bitfit", s, v, knob=None, knob_value=None) for s, v in enumerate(a)]
+    recs += [fake_record("trec", "lora", s, v) for s, v in enumerate(b)]
+    recs.append(fake_record("trec", "prefix", 0, 0.99, knob="prefix_len"))
+    for order in (recs, recs[::-1], recs[3:] + recs[:3]):
+        ov = overview.overview(summarize(records_frame(order))).set_index("config")
+        assert ov.loc["bitfit", "trec"] == ov.loc["lora", "trec"] == 0.94
+        assert ov.loc["bitfit", "trec_rank"] == ov.loc["lora", "trec_rank"] == 2
+
+
+def test_a_row_with_two_records_of_one_seed_is_warned_about(tmp_path):
+    recs = bench_records()
+    twin = json.loads(json.dumps(recs[0]))  # sst2 lora seed 0 again, under another run id (e.g. other code)
+    twin["run_id"] = "another-run"
+    assert summarize(records_frame(recs)).n_seeds.max() == 3
+    from peftbench.report import duplicate_seeds
+
+    assert duplicate_seeds(records_frame(recs)) == []
+    lines = duplicate_seeds(records_frame([*recs, twin]))
+    assert lines == ["sst2 / lora: ok records share a seed (seed 0: another-run, sst2-lora-8-0); the row averages "
+                     "them: keep one record per seed (move the others to records/superseded/)"]
+    folder = tmp_path / "records"
+    folder.mkdir()
+    for rec in [*recs, twin]:
+        (folder / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    from conftest import cli_in_process
+
+    res = cli_in_process("report", tmp_path)
+    assert res.returncode == 0 and f"warning: {lines[0]}" in res.stderr
+
+
+def test_the_summary_marks_a_gap_without_an_interval_and_puts_partial_rows_last():
+    recs = bench_records()
+    recs.append(fake_record("trec", "bitfit", 0, 0.5, knob=None, knob_value=None))  # one seed, far behind
+    ov = overview.overview(summarize(records_frame(recs)))
+    # adapter (sst2 only, rank 2) comes after prefix (mean rank 2.5 over both tasks)
+    assert list(ov.n_tasks)[1:] == sorted(ov.n_tasks[1:], reverse=True)
+    assert list(ov.config).index("adapter") > list(ov.config).index("prefix")
+    rows = ov.set_index("config")
+    assert rows.loc["bitfit", "trec_noise"] is None and rows.loc["adapter", "sst2_noise"] is True
+    assert rows.loc["prefix", "sst2_noise"] is False
+    md = overview.to_markdown(ov)
+    bitfit = next(ln for ln in md.splitlines() if ln.startswith("| bitfit |"))
+    assert "| 0.5000 ? |" in bitfit and "?: no interval, it or the best has one seed" in md
+    assert "| 0.7500 ? |" in md  # lora at 0.1%: one seed
+    plain = overview.to_markdown(overview.overview(summarize(records_frame(bench_records()[:-1]))))
+    assert " ?" not in plain and "no interval" not in plain  # three seeds a row: every gap has its interval
+
+
+def test_two_rows_under_one_summary_key_rank_and_cost_as_one():
+    """One task with a configuration at two sizes outside any budget (one row each in its table, one
+    key in the summary): the summary keeps the better, ranks only it and takes only its costs."""
+    recs = bench_records()
+    for seed in range(3):
+        other = fake_record("trec", "prefix", seed, 0.92, knob="prefix_len", knob_value=16, budget=None,
+                            params=99_999)
+        other["run_id"] = f"trec-prefix-16-{seed}"
+        recs.append(other)
+    s = summarize(records_frame(recs))
+    assert len(s[(s.task == "trec") & (s.config == "prefix")]) == 2
+    ov = overview.overview(s).set_index("config")
+    assert ov.loc["prefix", "trec"] == pytest.approx(0.94) and ov.loc["prefix", "trec_rank"] == 1
+    assert ov.loc["lora", "trec_rank"] == 2  # not pushed behind the row left out
+    assert ov.loc["prefix", "trainable_pct"] == pytest.approx(0.01)  # its costs only, not the other size's

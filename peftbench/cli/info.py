@@ -201,6 +201,8 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter):
                              "(the one holding records/)")
     _warn_stale(records.values())
     df = rep.records_frame(records.values())
+    for line in rep.duplicate_seeds(df):
+        click.echo(f"warning: {line}", err=True)
     if task_filter:
         df = df[df.task.isin([t.strip() for t in task_filter.split(",")])]
     summary = rep.summarize(df)

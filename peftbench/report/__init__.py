@@ -2,8 +2,8 @@
 confidence interval (``stats``), the summary across tasks (``overview``), plots (``plots``) and one
 self-contained HTML page (``page``)."""
 
-from .table import (CSV_COLUMNS, display_frame, records_frame, record_row, render, summarize,  # noqa: F401
-                    to_html, to_latex, to_markdown)
+from .table import (CSV_COLUMNS, display_frame, duplicate_seeds, records_frame, record_row,  # noqa: F401
+                    render, summarize, to_html, to_latex, to_markdown)
 from . import overview, page, plots  # noqa: F401
 from .plots import plot  # noqa: F401
 

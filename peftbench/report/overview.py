@@ -45,17 +45,18 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
     for task in tasks:
         t = s[s.task == task]
         lower = t.metric_direction.iloc[0] == "lower"
+        # two rows of one task under one key (e.g. two setups): the better one stands for the key, and
+        # only it is ranked and gives the costs
+        t = t.sort_values("metric_mean", ascending=lower, kind="stable").drop_duplicates("_key")
         contenders = t[t.role != "baseline"]
         ranks = contenders.metric_mean.rank(ascending=lower, method="min")
         for i, r in t.iterrows():
             row = rows.setdefault(r._key, {"config": r._key, "_costs": {c: [] for c, _ in COSTS}})
-            if task in row:  # two rows of one task under one key (e.g. two setups): keep the better
-                better = r.metric_mean < row[task] if lower else r.metric_mean > row[task]
-                if not better:
-                    continue
             row[task], row[f"{task}_std"] = r.metric_mean, r.metric_std
             row[f"{task}_best"] = bool(r.get("best"))
-            row[f"{task}_noise"] = r.get("within_noise") is True
+            # True: within noise of the best; False: a gap outside noise; None: no interval (one seed)
+            noise = r.get("within_noise")
+            row[f"{task}_noise"] = None if noise is None or r.role == "baseline" or row[f"{task}_best"] else bool(noise)
             row[f"{task}_rank"] = ranks.get(i, np.nan)
             for c, _ in COSTS:
                 if c in r and pd.notna(r[c]):
@@ -71,9 +72,12 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
         del row["_costs"]
         out.append(row)
     df = pd.DataFrame(out)
-    df["_baseline"] = df.config == BASELINE
-    df = df.sort_values(["_baseline", "mean_rank"], ascending=[False, True], na_position="last", kind="stable")
-    df = df.drop(columns="_baseline").reset_index(drop=True)
+    df["_baseline"], df["_order"] = df.config == BASELINE, range(len(df))
+    # rows over fewer tasks after those over more (a mean rank over one task is not one over all); ties
+    # in the order the tables list them
+    df = df.sort_values(["_baseline", "n_tasks", "mean_rank", "_order"], ascending=[False, False, True, True],
+                        na_position="last")
+    df = df.drop(columns=["_baseline", "_order"]).reset_index(drop=True)
     df.attrs["tasks"] = tasks
     df.attrs["metrics"] = {t: s[s.task == t].metric.iloc[0] for t in tasks}
     df.attrs["models"] = {t: ", ".join(sorted({str(m) for m in s[s.task == t].model.dropna()})) for t in tasks}
@@ -84,6 +88,12 @@ def _count(x) -> str:
     from .table import _count as count
 
     return count(x)
+
+
+def _no_interval(r, task) -> bool:
+    """A row of a task with no interval of its gap to the best (it or the best has one seed)."""
+    return (r.config != BASELINE and not r.get(f"{task}_best") and r.get(f"{task}_noise") is None
+            and pd.notna(r.get(task)))
 
 
 def display(ov: pd.DataFrame, mark=None) -> pd.DataFrame:
@@ -99,7 +109,8 @@ def display(ov: pd.DataFrame, mark=None) -> pd.DataFrame:
                 cell[t] = ""
                 continue
             text = f"{v:.4f}" + (f" ± {r[f'{t}_std']:.4f}" if pd.notna(r.get(f"{t}_std")) else "")
-            text += " ≈" if r.get(f"{t}_noise") else ""
+            noise = r.get(f"{t}_noise")
+            text += " ≈" if noise is True else " ?" if _no_interval(r, t) else ""
             cell[t] = mark(text) if r.get(f"{t}_best") else text
         cell["mean rank ↓"] = f"{r.mean_rank:.1f} ({r.n_tasks})" if pd.notna(r.mean_rank) else ""
         for c, name in COSTS:
@@ -130,9 +141,12 @@ def to_markdown(ov: pd.DataFrame) -> str:
 
     head, sep, *body = markdown_lines(disp)
     models = sorted(set(ov.attrs.get("models", {}).values()))
+    unknown = any(_no_interval(r, t) for _, r in ov.iterrows() for t in ov.attrs.get("tasks", []))
     note = ("\nEach task: its primary metric, mean ± std over seeds (bold: the best of the task; ≈: within "
-            "noise of it, the 95% interval of the gap containing 0). Mean rank: over the tasks the row has "
-            "(in brackets), 1 = best of a task. Costs: medians over the tasks. A configuration at another than "
+            "noise of it, the 95% interval of the gap containing 0"
+            f"{'; ?: no interval, it or the best has one seed' if unknown else ''}). Mean rank: over the tasks "
+            "the row has (in brackets; rows over fewer tasks come after), 1 = best of a task. Costs: medians "
+            "over the tasks. A configuration at another than "
             "its task's main budget is a row of its own (@ budget). "
             f"Model{'s' if len(models) > 1 else ''}: {', '.join(models)}. Per-task tables give every column.\n")
     return "\n".join([head, sep, *body]) + "\n" + note

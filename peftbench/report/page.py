@@ -23,10 +23,12 @@ p.note { font-size: 12px; color: #555; max-width: 75em; }
 img { max-width: 100%; border: 1px solid #eee; }
 """
 
-# click a header to sort by it (numbers by their leading value, text alphabetically); again to reverse
+# click a header to sort by it (numbers by their leading value, a metric cell by its value, text
+# alphabetically); again to reverse
 SCRIPT = """
 function cellValue(td) {
-  const t = td.textContent.trim().replace(/,/g, "");
+  // a metric cell ("accuracy ↑ 0.8477") sorts by its number
+  const t = td.textContent.trim().replace(/,/g, "").replace(/^[^\\d+-]*[↑↓]\\s*/, "");
   const m = t.match(/^[+-]?\\d+(\\.\\d+)?(e[+-]?\\d+)?/i);
   if (!m) return t.toLowerCase();
   const scale = {k: 1e3, M: 1e6, B: 1e9}[t.charAt(m[0].length)] || 1;

@@ -183,6 +183,23 @@ def _tell_apart(rows: list[dict]) -> None:
                 row["config"] = f"{row['config']} ({', '.join(parts)})"
 
 
+def duplicate_seeds(df: pd.DataFrame) -> list[str]:
+    """One line per table row holding two ok records of one seed: runs the table does not tell apart
+    (other code, data or evaluation split, which the run ids differ in) that its row would average."""
+    if df.empty:
+        return []
+    ok = df[df.status == "ok"]
+    out = []
+    for _, g in ok.groupby("group", sort=False):
+        dup = g[g.seed.duplicated(keep=False)]
+        if len(dup):
+            first = g.iloc[0]
+            seeds = ", ".join(f"seed {s}: {', '.join(sorted(d.run_id))}" for s, d in dup.groupby("seed"))
+            out.append(f"{first.task} / {first.config}: ok records share a seed ({seeds}); the row averages "
+                       "them: keep one record per seed (move the others to records/superseded/)")
+    return out
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration; stable column names (CSV_COLUMNS plus metric columns)."""
     if df.empty:
@@ -200,7 +217,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["_seeds"] = {}
         if row["metric"]:
             values = ok[f"m_{row['metric']}"].astype(float)
-            row["metric_mean"] = values.mean()
+            # the sum exactly rounded, then 12 decimals: rows with the same seed values tie exactly (their
+            # rank and the best row must not depend on the order the records were read in)
+            row["metric_mean"] = round(math.fsum(values) / len(values), 12)
             row["metric_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
             row["_seeds"] = dict(zip(ok.seed, values))  # seed -> value, for the paired gap to the best row
         # nothing trained at all (the untuned model on a generation task): the floor, not a contender
@@ -241,8 +260,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     # throughput relative to full fine-tuning on the same task and training setup
     out["throughput_vs_full"] = np.nan
     if "train_samples_per_s" in out:
-        same = [c for c in ("task", "model", "batch_size", "max_seq_len", "device", "train_samples", "epochs",
-                            "max_steps") if c in out]
+        same = [c for c in ("task", "model", "batch_size", "max_seq_len", "device", "precision", "threads",
+                            "train_samples", "epochs", "max_steps") if c in out]
         for i, r in out.iterrows():
             full = out[out.method == "full"]
             for c in same:

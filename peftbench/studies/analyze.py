@@ -61,7 +61,19 @@ def load_run(path) -> tuple[dict, torch.nn.Module]:
     method, task = get_method("lora"), get_task(spec["task"])
     model = load_model(spec["model"], task, load_tokenizer(spec["model"]), "cpu")
     model, _ = apply_method(method, model, spec["knob_value"], spec["options"])
-    method.load_trainable_state(model, load_file(str(_checkpoint_of(path, rec))))
+    checkpoint = _checkpoint_of(path, rec)
+    state = load_file(str(checkpoint))
+    # loading is not strict (the frozen weights are not in a checkpoint): a factor it lacks would stay at
+    # its initialisation (B = 0) and be analysed as if learned
+    missing = sorted(n for n, _ in model.named_parameters() if ".lora_" in n and n not in state)
+    if missing:
+        raise PeftbenchError(f"{checkpoint}: lacks {len(missing)} of the run's LoRA factors ({missing[0]}, ...); "
+                             "it is not this run's checkpoint: rerun with --keep-checkpoints")
+    try:
+        method.load_trainable_state(model, state)
+    except RuntimeError as e:  # tensors of other shapes: another run's checkpoint
+        raise PeftbenchError(f"{checkpoint}: does not fit the run's model ({str(e).splitlines()[-1].strip()}); "
+                             "it is not this run's checkpoint: rerun with --keep-checkpoints") from None
     return rec, model.eval()
 
 
