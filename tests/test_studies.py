@@ -23,8 +23,9 @@ def test_targets_solves_the_rank_per_set_and_resumes(tiny_model_dirs, cli_env, t
     row = next(ln for ln in table.splitlines() if ln.startswith("| sst2 |"))
     # the tiny BERT: 2 layers, hidden 32 -> one matrix type at r=4 is 2 x (4 x 32 + 32 x 4) = 512 parameters
     assert "(r=4, 512)" in row and "(r=2, 512)" in row and "(r=1, 512)" in row
-    again = study(*args, env=cli_env)  # the study is a sweep: the same command resumes
+    again = study(*args, "--plot", tmp_path / "targets.png", env=cli_env)  # a sweep: the same command resumes
     assert again.returncode == 0 and "skipping 3 run(s) with an ok record; 0 to run" in again.stderr
+    assert (tmp_path / "targets.png").stat().st_size > 10_000  # the figure, from the records
 
 
 def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_env, tmp_path):
@@ -36,6 +37,26 @@ def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_e
     assert "| task | r | q | q,v |" in table and "| sst2 | 1 |" in table and "| sst2 | 2 |" in table
     recs = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     assert len(recs) == 4 and all(r["checkpoint"]["path"] for r in recs)
+    # the figure: two panels (accuracy vs r, vs trainable parameters), one line per set, from the records
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from peftbench.report import records_frame, summarize
+    from peftbench.studies import lora_paper
+
+    calls = []
+    real = plt.Axes.errorbar
+    plt.Axes.errorbar = lambda ax, x, y, *a, **k: calls.append((list(x), list(y), k.get("label"))) or real(
+        ax, x, y, *a, **k)
+    try:
+        lora_paper.plot(summarize(records_frame(recs)), "rank", tmp_path / "rank.png")
+    finally:
+        plt.Axes.errorbar = real
+    assert sorted(c[2] for c in calls) == ["q", "q", "q,v", "q,v"] and all(len(c[0]) == 2 for c in calls)
+    q_by_r = next(c for c in calls if c[2] == "q")
+    assert q_by_r[0] == [1, 2] and (tmp_path / "rank.png").stat().st_size > 10_000
     bad = study("rank", "--model", tiny_model_dirs["bert"], "--ranks", "0", "--out", out, *TINY, env=cli_env)
     assert bad.returncode == 2 and "ranks must be positive integers" in bad.stderr
 

@@ -36,12 +36,14 @@ def study_options(f):
                      help="Folder for the study's sweep file and records (resumes)."),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bars of the runs (off for a log file)."),
+        click.option("--plot", type=click.Path(dir_okay=False), default=None,
+                     help="Also write the study's figure (PNG) from the records, finished or not."),
     ]):
         f = opt(f)
     return f
 
 
-def _study(ctx, name, file_text, out, progress):
+def _study(ctx, name, file_text, out, progress, plot=None):
     from ..report import records_frame, summarize
     from ..records import load_records, write_atomic
     from ..studies import lora_paper
@@ -57,7 +59,11 @@ def _study(ctx, name, file_text, out, progress):
     except click.exceptions.Exit as e:
         code = e.exit_code
     click.echo(f"\nThe paper's shape ({name}):\n")
-    click.echo(lora_paper.table(summarize(records_frame(load_records(out).values())), name), nl=False)
+    summary = summarize(records_frame(load_records(out).values()))
+    click.echo(lora_paper.table(summary, name), nl=False)
+    if plot:
+        lora_paper.plot(summary, name, plot)
+        click.echo(f"figure: {plot}", err=True)
     ctx.exit(code)
 
 
@@ -92,14 +98,15 @@ def _sets(text: str) -> list[str]:
 @study_options
 @click.pass_context
 def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-                  latency, lr_search, lr_extend, out, progress):
+                  latency, lr_search, lr_extend, out, progress, plot):
     """Which weight matrices to adapt under one budget (the paper's Table 5): LoRA on each target set,
     its rank solved for the budget (r = 8 / 4 / 2 for one / two / four matrix types)."""
     from ..studies import lora_paper
 
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
                                lr_search, lr_extend)
-    _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _sets(sets), budget=budget), out, progress)
+    _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _sets(sets), budget=budget), out, progress,
+           plot)
 
 
 @study.command("rank")
@@ -109,7 +116,7 @@ def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs
 @study_options
 @click.pass_context
 def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-               latency, lr_search, lr_extend, out, progress):
+               latency, lr_search, lr_extend, out, progress, plot):
     """Which rank (the paper's Table 6): r x target sets; checkpoints kept for `analyze subspace`."""
     from ..plan import parse_int_list
     from ..studies import lora_paper
@@ -119,7 +126,7 @@ def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, ma
         raise PeftbenchError(f"--ranks {ranks}: ranks must be positive integers")
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
                                latency, lr_search, lr_extend, keep=True)
-    _study(ctx, "rank", lora_paper.sweep_file("rank", settings, _sets(sets), ranks=rs), out, progress)
+    _study(ctx, "rank", lora_paper.sweep_file("rank", settings, _sets(sets), ranks=rs), out, progress, plot)
 
 
 @cli.group()

@@ -52,14 +52,20 @@ def _targets_of(config: str) -> str:
     return ",".join(LoRAOptions().target_modules)
 
 
+def _lora_rows(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The finished lora rows with their target set (``targets``), and the sets in the paper's order."""
+    s = summary[(summary.method == "lora") & summary.metric_mean.notna()].copy()
+    s["targets"] = [_targets_of(c) for c in s.config]
+    order = [t for t in (*TARGET_SETS, *sorted(set(s.targets) - set(TARGET_SETS))) if t in set(s.targets)]
+    return s, order
+
+
 def table(summary: pd.DataFrame, study: str) -> str:
     """Rows: task (targets) or task x rank (rank); columns: target sets; cells: metric ± std, and the
     rank each set got (targets)."""
-    s = summary[(summary.method == "lora") & summary.metric_mean.notna()].copy()
+    s, order = _lora_rows(summary)
     if s.empty:
         return "(no finished lora runs)\n"
-    s["targets"] = [_targets_of(c) for c in s.config]
-    order = [t for t in (*TARGET_SETS, *sorted(set(s.targets) - set(TARGET_SETS))) if t in set(s.targets)]
     rows = []
     keys = ["task"] if study == "targets" else ["task", "knob_value"]
     for key, g in s.groupby(keys, sort=False):
@@ -87,3 +93,66 @@ def table(summary: pd.DataFrame, study: str) -> str:
             "parameters)" if study == "targets" else "") + "; columns: LoRA's target matrices. The paper's "
             "Table 5 (GPT-3, 18M trainable) / Table 6 shape.\n")
     return "\n".join([head, sep, *body]) + "\n" + note
+
+
+def plot(summary: pd.DataFrame, study: str, path) -> None:
+    """The study as a figure, per task (mean ± std over seeds, the trivial baseline's value written in a
+    corner): ``targets``, the metric per target set (labelled with its rank); ``rank``, the metric against
+    r (log scale) and against the trainable parameters (log scale), one line per target set."""
+    from ..errors import PeftbenchError
+    from ..report.plots import _grid, _plt
+
+    s, order = _lora_rows(summary)
+    if s.empty:
+        raise PeftbenchError("no finished lora runs to plot yet; run the study first")
+    plt = _plt()
+    tasks = list(dict.fromkeys(s.task))
+    panels = [(t, x) for t in tasks for x in (("sets",) if study == "targets" else ("r", "params"))]
+    rows, cols = _grid(len(panels), width=2)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.4 * rows), squeeze=False)
+    colors = {t: plt.cm.tab10(i % 10) for i, t in enumerate(order)}
+    for k, (task, x) in enumerate(panels):
+        ax, t = axes[k // cols][k % cols], s[s.task == task]
+        metric = t.metric.iloc[0]
+        if x == "sets":
+            t = t.set_index("targets").loc[[o for o in order if o in set(t.targets)]]
+            pos = range(len(t))
+            for i, (name, r) in zip(pos, t.iterrows()):
+                ax.errorbar([i], [r.metric_mean], yerr=[0 if pd.isna(r.metric_std) else r.metric_std], fmt="o",
+                            capsize=4, color=colors[name])
+            ax.set_xticks(list(pos), [f"{name}\nr={int(r.knob_value)}" for name, r in t.iterrows()], fontsize=8)
+            ax.set_xlabel("LoRA's target matrices (the rank the one budget gives each set)")
+            ax.set_title(f"{task}: which matrices to adapt at one budget\n(mean ± std over seeds)", fontsize=10)
+        else:
+            column = "knob_value" if x == "r" else "trainable_params"
+            for name in order:
+                g = t[t.targets == name].sort_values(column)
+                if len(g):
+                    ax.errorbar(g[column], g.metric_mean, yerr=g.metric_std.fillna(0), marker="o", capsize=3,
+                                label=name, color=colors[name])
+            ax.set_xscale("log", base=2 if x == "r" else 10)
+            if x == "r":
+                ranks = sorted({int(v) for v in t.knob_value})
+                ax.set_xticks(ranks, [str(v) for v in ranks])
+                ax.set_xlabel("LoRA rank r (log scale)")
+            else:
+                ax.set_xlabel("trainable parameters of the method (log scale)")
+            ax.set_title(f"{task}: {metric} vs {'rank' if x == 'r' else 'trainable parameters'}, per target set"
+                         "\n(mean ± std over seeds)", fontsize=10)
+            ax.legend(title="target matrices", fontsize=8, title_fontsize=8, loc="best")
+        trivial = summary[(summary.task == task) & (summary.get("role", "method") == "baseline")]
+        if len(trivial) and pd.notna(trivial.metric_mean.iloc[0]):  # a line if it is in view, else its value
+            value, (lo, hi) = trivial.metric_mean.iloc[0], ax.get_ylim()
+            if lo <= value <= hi:
+                ax.axhline(value, ls=":", color="0.2", lw=1.2)
+            where = "" if lo <= value <= hi else " (below the axis)" if value < lo else " (above the axis)"
+            ax.annotate(f"{trivial.config.iloc[0]}: {value:.3f}{where}", xy=(0.01, 0.01), xycoords="axes fraction",
+                        fontsize=7, color="0.3")
+        direction = "lower" if t.metric_direction.iloc[0] == "lower" else "higher"
+        ax.set_ylabel(f"{metric} ({direction} is better)")
+        ax.grid(alpha=0.3, which="both")
+    for k in range(len(panels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
