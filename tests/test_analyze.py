@@ -119,6 +119,7 @@ PUBLISHED = {
     "subspace-r8-r64-seed0.txt": ("subspace", ("q,v", 8, 0), ("q,v", 64, 0)),
     "subspace-r64-seed0-seed1.txt": ("subspace", ("q,v", 64, 0), ("q,v", 64, 1)),
     "subspace-r8-seed0-seed1.txt": ("subspace", ("q,v", 8, 0), ("q,v", 8, 1)),
+    "delta-r4-seed0.txt": ("delta", ("q,v", 4, 0)),
     "delta-r8-seed0.txt": ("delta", ("q,v", 8, 0)),
     "delta-r64-seed0.txt": ("delta", ("q,v", 64, 0)),
 }

@@ -327,3 +327,23 @@ def test_two_rows_under_one_summary_key_rank_and_cost_as_one():
     assert ov.loc["prefix", "trec"] == pytest.approx(0.94) and ov.loc["prefix", "trec_rank"] == 1
     assert ov.loc["lora", "trec_rank"] == 2  # not pushed behind the row left out
     assert ov.loc["prefix", "trainable_pct"] == pytest.approx(0.01)  # its costs only, not the other size's
+
+
+def test_a_search_whose_rates_all_scored_the_same_is_called_flat_not_an_edge():
+    """On CoLA most methods scored MCC 0 at every rate: the smallest was taken by the tie rule, which
+    is no evidence that a smaller rate might do better ('bottom of grid'); the table says 'flat grid'."""
+    from peftbench.report import to_markdown
+
+    def searched(scores, chosen):
+        recs = [fake_record("cola", "lora", seed, 0.0, metric="mcc", trivial=0.0) for seed in range(2)]
+        for r in recs:
+            r["spec"] |= {"lr": chosen, "lr_selection": "search 0.001,0.003,0.01 on 500 held-out",
+                          "lr_search": {"chosen": chosen, "grid": [1e-3, 3e-3, 1e-2], "scores": scores}}
+        return to_markdown(summarize(records_frame(recs)))
+
+    flat = searched({"0.001": 0.0, "0.003": 0.0, "0.01": 0.0}, 1e-3)
+    assert "0.001 (searched, flat grid)" in flat and "'flat grid': every rate scored the same" in flat
+    edge = searched({"0.001": 0.1, "0.003": 0.0, "0.01": 0.0}, 1e-3)
+    assert "0.001 (searched, bottom of grid)" in edge and "flat grid" not in edge
+    inside = searched({"0.001": 0.0, "0.003": 0.2, "0.01": 0.0}, 3e-3)
+    assert "0.003 (searched)" in inside and "(searched, " not in inside

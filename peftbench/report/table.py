@@ -134,6 +134,9 @@ def _edge(spec) -> str | None:
     grid, chosen = search.get("grid"), search.get("chosen")
     if not grid or chosen is None or len(grid) < 2:
         return None
+    scores = list((search.get("scores") or {}).values())
+    if len(scores) > 1 and len(set(scores)) == 1:  # every rate scored the same: the search chose nothing
+        return "flat"
     return "top" if chosen == max(grid) else "bottom" if chosen == min(grid) else None
 
 
@@ -405,7 +408,8 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
             "per token bN ms (vs base)": _ratio(r.get("gen_per_token_bN_ms"), r.get("gen_per_token_bN_ratio")),
             "gen tok/s ↑": _n(r.get("generated_tokens_per_s"), "{:.0f}"),
             "lr": (f"{r.lr:g}" if isinstance(r.lr, (int, float)) and pd.notna(r.lr) else "")
-            + (" (searched" + (f", {r.lr_grid_edge} of grid" if isinstance(r.get("lr_grid_edge"), str) else "")
+            + (" (searched" + (", flat grid" if r.get("lr_grid_edge") == "flat" else f", {r.lr_grid_edge} of grid"
+                                if isinstance(r.get("lr_grid_edge"), str) else "")
                + ")" if isinstance(r.get("lr_selection"), str) else ""),
             "search s": _n(r.get("search_seconds"), "{:,.0f}"),
             "merge Δ": _n(r.merged_max_abs_diff, "{:.1e}"),
@@ -501,7 +505,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
             "; ".join(sorted({f"{r.config}: {r.lr_selection}" for r in searched.itertuples()}))
             + " training examples (the reported split never read; search s = the search's compute; 'top of "
             "grid' / 'bottom of grid': the chosen rate is the grid's largest / smallest, so a rate beyond it "
-            "might do better); the other "
+            "might do better" + ("; 'flat grid': every rate scored the same on the held-out examples, so the "
+                                 "search told them apart in nothing and the smallest was taken"
+                                 if "lr_grid_edge" in searched and (searched.lr_grid_edge == "flat").any() else "")
+            + "); the other "
             "rows at their method's default or --lr." if len(searched) else "each method's default or --lr (no search)."),
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
