@@ -140,6 +140,11 @@ def _edge(spec) -> str | None:
     return "top" if chosen == max(grid) else "bottom" if chosen == min(grid) else None
 
 
+def _size(r) -> str:
+    """' r=8' for a row with a knob (the caption tells a method's rows apart by it), else ''."""
+    return f" {r.knob}={int(r.knob_value)}" if isinstance(r.knob, str) and pd.notna(r.knob_value) else ""
+
+
 def _short_commit(commit):
     if not commit:
         return None
@@ -502,7 +507,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "Settings: " + "; ".join(setup_lines(summary)) + ".",
         *(["Code: " + "; ".join(provenance) + "."] if provenance else []),
         "Learning rates: " + (
-            "; ".join(sorted({f"{r.config}: {r.lr_selection}" for r in searched.itertuples()}))
+            "; ".join(sorted({f"{r.config}{_size(r)}: {r.lr_selection}" for r in searched.itertuples()}))
             + " training examples (the reported split never read; search s = the search's compute; 'top of "
             "grid' / 'bottom of grid': the chosen rate is the grid's largest / smallest, so a rate beyond it "
             "might do better" + ("; 'flat grid': every rate scored the same on the held-out examples, so the "
