@@ -12,9 +12,12 @@ rate and are evaluated as usual. Search runs are ordinary runs with records of t
 ``<out>/search/`` (resumable, and out of the tables); the final records name the search:
 candidates, their validation scores, the chosen rate and the compute it cost.
 
-``--lr-extend N`` (sweep files: ``lr_extend``): when the best rate lies at an edge of its grid,
-the grid grows by one more rate beyond that edge (the grid's own step there), up to N times per
-configuration, so that a search is not cut off by where its grid happened to end. The final
+``--lr-extend N`` (sweep files: ``lr_extend``): when the best rate lies at an edge of its grid
+and no other rate scored as well, the grid grows by one more rate beyond that edge (the grid's own
+step there), up to N times per configuration, so that a search is not cut off by where its grid
+happened to end. A best score shared with another rate (a flat grid: every rate the same, as when
+no rate leaves the majority class) shows no trend toward that edge, so it does not grow the grid
+(before 2026-12-03 it did: ties go to the smaller rate, and CoLA's flat grids grew downward). The final
 run's ``lr_selection`` names the grid actually searched: a configuration whose best rate was
 inside its grid keeps the run id it had without extension.
 """
@@ -122,8 +125,10 @@ def extend(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
     for search in searches:
         if search.extend <= 0 or len(search.grid) < 2:
             continue
-        chosen = choose(search.grid, search.candidates, records)["chosen"]
-        grid = search.grid
+        outcome = choose(search.grid, search.candidates, records)
+        chosen, grid = outcome["chosen"], search.grid
+        if chosen is not None and list(outcome["scores"].values()).count(outcome["scores"][f"{chosen:g}"]) > 1:
+            continue  # the best score is shared (a flat grid, or an edge tied with another rate): no trend to follow
         if chosen == grid[-1]:
             rate = float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}")
         elif chosen == grid[0]:

@@ -153,17 +153,41 @@ def test_a_grid_grows_at_the_edge_its_best_rate_is_at():
     assert ids[0] == ids[1]
 
 
+def test_a_best_score_shared_with_another_rate_does_not_grow_the_grid():
+    """CoLA: most methods scored MCC 0 at every rate; the tie rule took the smallest, and lr_extend
+    grew those flat grids downward twice (18 runs at rates that could not be told apart either).
+    A best score another rate matches (flat, or an edge tied with a rate inside) shows no trend
+    toward the edge: the grid keeps its rates and the final run keeps its unextended id."""
+    from peftbench.lrsearch import expand, extend, finals
+
+    base = {"method": "lora", "label": "lora", "task": "cola", "seed": 0, "data_seed": 0, "lr": None,
+            "lr_source": "default"}
+    for score in (lambda lr: 0.0,  # flat: the majority class at every rate
+                  lambda lr: {1e-3: 0.0, 3e-3: -0.04, 1e-2: 0.0}[lr],  # bottom edge tied with the top
+                  lambda lr: {1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.7}[lr]):  # top edge tied with a rate inside
+        specs, searches = expand([base], {"lora": [1e-3, 3e-3, 1e-2]}, 500, [0], extend=2)
+        records = _fake_records(specs, score)
+        assert extend(searches, records) == ([], [])
+        final = finals(searches, records)[0][0]
+        assert final["lr_selection"] == "search 0.001,0.003,0.01 on 500 held-out"
+        assert final["lr"] == min(lr for lr in (1e-3, 3e-3, 1e-2) if score(lr) == max(map(score, (1e-3, 3e-3, 1e-2))))
+    # a unique best at the edge still grows it
+    specs, searches = expand([base], {"lora": [1e-3, 3e-3, 1e-2]}, 500, [0], extend=2)
+    assert [s["lr"] for s in extend(searches, _fake_records(specs, lambda lr: lr))[0]] == [0.0333]
+
+
 def test_lr_extend_runs_the_grown_grid_and_resumes(tiny_model_dirs, cli_env, tmp_path):
     """A two-rate grid has its best at an edge: --lr-extend 1 searches one rate beyond it (once for
     both seeds, which share the search), the final runs name the grown grid, and running the
-    command again runs nothing."""
+    command again runs nothing. STS-B: a tiny model's Pearson tells rates apart (its SST-2 accuracy
+    is the majority class at every rate, a flat grid, which does not grow)."""
     out = tmp_path / "out"
-    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--knob", "lora=2", "--lr-grid",
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "lora", "--tasks", "stsb", "--knob", "lora=2", "--lr-grid",
             "lora=1e-4,1e-3", "--lr-extend", "1", "--seeds", "0,1", "--val-samples", "40", "--train-samples", "64", "--max-steps", "3",
             "--batch-size", "8", "--no-latency", "--no-progress", "--out", out]
     res = peftbench(*args, env=cli_env)
     assert res.returncode == 0, res.stderr
-    assert res.stderr.count("learning-rate grid grown: lora on sst2: best rate") == 1, res.stderr
+    assert res.stderr.count("learning-rate grid grown: lora on stsb: best rate") == 1, res.stderr
     search = records(out / "search")
     assert sorted(r["spec"]["lr"] for r in search) in ([1e-5, 1e-4, 1e-3], [1e-4, 1e-3, 1e-2])
     final, other = records(out)

@@ -345,5 +345,8 @@ def test_a_search_whose_rates_all_scored_the_same_is_called_flat_not_an_edge():
     assert "0.001 (searched, flat grid)" in flat and "'flat grid': every rate scored the same" in flat
     edge = searched({"0.001": 0.1, "0.003": 0.0, "0.01": 0.0}, 1e-3)
     assert "0.001 (searched, bottom of grid)" in edge and "flat grid" not in edge
+    tied = searched({"0.001": 0.1, "0.003": 0.0, "0.01": 0.1}, 1e-3)
+    assert "0.001 (searched, bottom of grid, tied)" in tied and "'tied': another rate scored as well" in tied
+    assert "'tied'" not in edge and "'tied'" not in flat
     inside = searched({"0.001": 0.0, "0.003": 0.2, "0.01": 0.0}, 3e-3)
     assert "0.003 (searched)" in inside and "(searched, " not in inside

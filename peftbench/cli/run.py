@@ -89,7 +89,8 @@ def run_spec(spec_file, out, timeout_per_run, progress):
               help="Learning-rate search: training examples held out to score the candidates on.")
 @click.option("--search-seeds", default="0", show_default=True, help="Learning-rate search: seeds per candidate.")
 @click.option("--lr-extend", type=int, default=0, show_default=True,
-              help="Learning-rate search: where the best rate is at an edge of its grid, try up to N more rates beyond it.")
+              help="Learning-rate search: where the best rate is at an edge of its grid (and no other rate scored as well), "
+                   "try up to N more rates beyond it.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A sweep file (TOML) instead of the sweep flags; see peftbench/sweepfile.py.")
 @click.option("--nproc", type=int, default=1, show_default=True,

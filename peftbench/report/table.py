@@ -137,7 +137,16 @@ def _edge(spec) -> str | None:
     scores = list((search.get("scores") or {}).values())
     if len(scores) > 1 and len(set(scores)) == 1:  # every rate scored the same: the search chose nothing
         return "flat"
-    return "top" if chosen == max(grid) else "bottom" if chosen == min(grid) else None
+    edge = "top" if chosen == max(grid) else "bottom" if chosen == min(grid) else None
+    if edge and scores.count((search.get("scores") or {}).get(f"{chosen:g}")) > 1:
+        edge += ", tied"  # another rate scored as well: no trend toward the edge (lr_extend does not grow it)
+    return edge
+
+
+def _edge_words(edge: str) -> str:
+    """', top of grid' / ', bottom of grid, tied' for the lr cell."""
+    where, _, tied = edge.partition(", ")
+    return f", {where} of grid" + (f", {tied}" if tied else "")
 
 
 def _size(r) -> str:
@@ -413,7 +422,7 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
             "per token bN ms (vs base)": _ratio(r.get("gen_per_token_bN_ms"), r.get("gen_per_token_bN_ratio")),
             "gen tok/s ↑": _n(r.get("generated_tokens_per_s"), "{:.0f}"),
             "lr": (f"{r.lr:g}" if isinstance(r.lr, (int, float)) and pd.notna(r.lr) else "")
-            + (" (searched" + (", flat grid" if r.get("lr_grid_edge") == "flat" else f", {r.lr_grid_edge} of grid"
+            + (" (searched" + (", flat grid" if r.get("lr_grid_edge") == "flat" else _edge_words(r.lr_grid_edge)
                                 if isinstance(r.get("lr_grid_edge"), str) else "")
                + ")" if isinstance(r.get("lr_selection"), str) else ""),
             "search s": _n(r.get("search_seconds"), "{:,.0f}"),
@@ -513,6 +522,9 @@ def to_markdown(summary: pd.DataFrame) -> str:
             "might do better" + ("; 'flat grid': every rate scored the same on the held-out examples, so the "
                                  "search told them apart in nothing and the smallest was taken"
                                  if "lr_grid_edge" in searched and (searched.lr_grid_edge == "flat").any() else "")
+            + ("; 'tied': another rate scored as well as the chosen one, so nothing points past the edge "
+               "(lr_extend grows a grid only at a best rate no other rate matches)"
+               if "lr_grid_edge" in searched and searched.lr_grid_edge.astype(str).str.endswith(", tied").any() else "")
             + "); the other "
             "rows at their method's default or --lr." if len(searched) else "each method's default or --lr (no search)."),
         "params = the method's own trainable parameters (the budget counts these); the task head "
