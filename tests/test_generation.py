@@ -85,6 +85,50 @@ def test_e2e_report_and_score_agree(e2e_run, small_data):
     assert got["outputs"] == 10 and got["bleu"] > 0.9 and set(got) >= {"bleu", "nist", "rouge_l", "cider"}
 
 
+def test_validation_loss_is_the_cross_entropy_for_every_method():
+    """The generation search's score: mean cross-entropy per target token, from the logits. peft's
+    AdaLoRA adds its orthogonality penalty to ``.loss`` whenever labels are passed (eval mode too),
+    which the search used to compare against the other rates and methods."""
+    from peftbench.generation.run import validation_loss
+
+    torch.manual_seed(0)
+    ids = torch.randint(5, 90, (4, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100  # the prompt
+    labels[1, 8:] = -100  # a shorter target
+    data = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": lab} for i, lab in zip(ids, labels)]
+    collate = lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
+    model = make_model("llama-lm").eval()
+    with torch.no_grad():
+        own = float(model(**collate(data)).loss)
+    assert validation_loss(model, data, collate, "cpu", "fp32", batch_size=3) == pytest.approx(own, rel=1e-5)
+    ada, _ = apply_method(get_method("peft-adalora"), make_model("llama-lm"), 4)  # as the runs apply it
+    ada.eval()
+    with torch.no_grad():
+        penalised = float(ada(**collate(data)).loss)
+    cross_entropy = validation_loss(ada, data, collate, "cpu", "fp32", batch_size=4)
+    assert cross_entropy == pytest.approx(own, rel=1e-5)  # AdaLoRA's E starts at 0: the base model's outputs
+    assert penalised > cross_entropy + 1e-3
+
+
+def test_a_generation_search_chooses_the_lowest_validation_loss(tiny_model_dirs, small_data, tmp_path):
+    """E2E's rates are searched by validation loss (lower is better) on held-out training pairs."""
+    import os
+
+    env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
+    out = tmp_path / "out"
+    res = peftbench("run", "--model", tiny_model_dirs["llama-lm"], "--tasks", "e2e", "--methods", "lora",
+                    "--knob", "lora=2", "--lr-grid", "lora=1e-4,1e-1", "--val-samples", "16", "--seeds", "0",
+                    "--no-latency", "--out", out, *FAST, env=env)
+    assert res.returncode == 0, res.stderr
+    search = [json.loads(p.read_text()) for p in (out / "search" / "records").glob("*.json")]
+    assert len(search) == 2 and all(r["metric_directions"] == {"val_loss": "lower"} for r in search)
+    losses = {r["spec"]["lr"]: r["metrics"]["val_loss"] for r in search}
+    assert all(0 < v < 20 for v in losses.values()) and losses[1e-4] != losses[1e-1]
+    (final,) = records(out).values()
+    assert final["spec"]["lr"] == min(losses, key=losses.get) and "bleu" in final["metrics"]
+
+
 def test_eval_groups_every_reference_of_an_mr(small_data):
     from peftbench.tasks import load_task_data
 

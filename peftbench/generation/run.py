@@ -13,7 +13,7 @@ def prepare(task, taskdata, tokenizer, spec, key) -> tuple:
     """(train dataset, eval frame (first ``eval_samples`` inputs), collator)."""
     train_ds = tokenize_pairs(task, taskdata.train, tokenizer, spec["max_seq_len"], {**key, "split": "train"})
     evaluation = taskdata.eval
-    if spec.get("eval_samples"):
+    if spec.get("eval_samples") and evaluation is not None:  # a search run reads no evaluation split
         evaluation = evaluation.iloc[: spec["eval_samples"]]
     return train_ds, evaluation, Collator(tokenizer.pad_token_id)
 
@@ -50,8 +50,12 @@ def latency(models: dict, tokenizer, task, evaluation, spec, device, precision) 
 
 
 def validation_loss(model, dataset, collate, device, precision, batch_size=32) -> float:
-    """Mean cross-entropy per target token over ``dataset`` (the held-out training pairs)."""
+    """Mean cross-entropy per target token over ``dataset`` (the held-out training pairs), computed
+    here from the logits, the same for every method: a model's own ``.loss`` need not be the
+    cross-entropy (peft's AdaLoRA adds its orthogonality penalty whenever labels are passed, in
+    eval mode too, which rewarded the rates that shrink the penalty fastest)."""
     import torch
+    import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
     from ..precision import autocast
@@ -62,9 +66,12 @@ def validation_loss(model, dataset, collate, device, precision, batch_size=32) -
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
             batch = to_device(batch, device)
-            n = int((batch["labels"][:, 1:] != -100).sum())  # the shifted targets the loss averages over
+            labels = batch.pop("labels")
             with autocast(device, precision):
-                loss = model(**batch).loss
-            total += float(loss) * n
-            tokens += n
+                logits = model(**batch).logits
+            logits = logits[:, -labels.shape[1]:]  # peft's prompt methods put virtual tokens in front
+            targets = labels[:, 1:]  # token t predicts token t+1
+            total += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                           targets.reshape(-1), ignore_index=-100, reduction="sum"))
+            tokens += int((targets != -100).sum())
     return total / tokens
