@@ -15,12 +15,6 @@ from peftbench.records import load_records
 RESULTS = ROOT / "results"
 FOLDERS = report.record_folders(RESULTS)  # results/<name>/ and deeper (results/benchmark-v1/<task>/)
 FORMATS = {"table.md": "md", "table.csv": "csv", "table.tex": "latex", "table.html": "html"}
-# what a record's settings must agree on with the sweep file's plan (identity hashes of code are
-# left out: code moves on; a record's code is shown per row and flagged stale by `report`)
-SETTINGS = ("method", "label", "options", "knob", "knob_value", "budget", "budget_params", "task", "task_version",
-            "model", "seed", "data_seed", "train_samples", "train_subset", "lr", "epochs", "max_steps", "batch_size",
-            "max_seq_len", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "keep_checkpoint", "precision")
-DEFAULTS = {"train_subset": "random", "precision": "fp32"}  # fields older records lack, at their default then
 
 
 def test_there_are_published_folders():
@@ -51,10 +45,6 @@ def test_no_published_record_comes_from_an_uncommitted_tree(folder):
     assert not dirty, f"{folder.name}: records made from a dirty tree: {dirty[:3]}"
 
 
-def _settings(spec: dict) -> dict:
-    return {k: spec.get(k, DEFAULTS.get(k)) for k in SETTINGS}
-
-
 def _plan(path, monkeypatch):
     """The sweep file at ``path`` planned now on the shared data (nothing runs); its ``out`` is its folder."""
     from peftbench import sweepfile
@@ -72,40 +62,18 @@ def _plan(path, monkeypatch):
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: str(p.relative_to(RESULTS)))
 def test_sweep_file_plans_exactly_the_published_runs(folder, monkeypatch):
     """The folder's sweep.toml, planned now (nothing runs), asks for the same runs, with the same
-    settings and data, as the ok records hold: the published command is the one that made them."""
-    from peftbench import lrsearch
+    settings and data, as the ok records hold: the published command is the one that made them.
+    The search as the sweep runs it (lr_extend: the grids that grew), each run answered by the
+    record of its settings (not by run id: that hashes the code too, which moves on)."""
+    from peftbench.published import audit
 
-    plan = _plan(folder / "sweep.toml", monkeypatch)
-    specs = list(plan.specs)
-    if plan.searches:  # learning rates searched: the search runs, then the finals at the rates they chose
-        searched = load_records(folder / "search")
-        # the search as the sweep runs it (lr_extend: the grids that grew), each run answered by the record
-        # of its settings (not by run id: that hashes the code too, which moves on)
-        by_settings = {_key(_settings(r["spec"]) | {"data": r["spec"]["data_sha"]}): r
-                       for r in searched.values() if r["status"] == "ok"}
-        answer = lambda specs: {s["run_id"]: by_settings[k] for s in specs  # noqa: E731
-                                if (k := _key(_settings(s) | {"data": s.get("data_sha")})) in by_settings}
-        finals, _, asked = lrsearch.run_search(plan.searches, plan.waiting, answer)
-        _same_runs(asked, searched, "search/")
-        specs += finals
-    _same_runs(specs, load_records(folder), "")
-
-
-def _key(settings: dict) -> str:
-    return json.dumps(settings, sort_keys=True, default=str)
-
-
-def _same_runs(specs, records, where):
-    planned = [_settings(s) | {"data": s.get("data_sha")} for s in specs]
-    # a search run made before its data check hashed the training file alone: its spec's
-    # data hash, checked at planning time, stands for the data
-    published = [_settings(r["spec"]) | {"data": r["spec"]["data_sha"] if r["spec"].get("role") == "search"
-                                         else r["data"]["fingerprint"]}
-                 for r in records.values() if r["status"] == "ok"]
-    missing = sorted(set(map(_key, planned)) - set(map(_key, published)))
-    extra = sorted(set(map(_key, published)) - set(map(_key, planned)))
-    assert not missing and not extra, f"{where}planned but not published: {missing[:2]}; published but not planned: {extra[:2]}"
-    assert len(published) == len(set(map(_key, published))), "two ok records for the same run"
+    data = shared_datasets()
+    if data is None:
+        pytest.skip("the shared datasets are not available")
+    monkeypatch.setenv("PEFTBENCH_DATA", str(data))
+    found = audit(folder)
+    assert not any(found.values()), {k: [len(v), *(x.rsplit("/", 1)[-1][:200] for x in v[:2])]
+                                     for k, v in found.items() if v}
 
 
 @pytest.mark.parametrize("summary", sorted(RESULTS.rglob("summary.md")), ids=lambda p: str(p.relative_to(RESULTS)))
