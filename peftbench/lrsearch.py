@@ -4,7 +4,8 @@ split the tables report.
 For each method configuration x task x budget, a validation split is carved out of the
 *training* file (``--val-samples`` examples, seeded by the data seed, stratified by label for
 classification), the candidate rates are trained on the remaining training examples (the same
-schedule; the training subset is drawn from what is left) and scored on that split: the task's
+schedule in epochs, so fewer steps than a final run on the whole file: TREC 310 vs 342; the
+training subset is drawn from what is left) and scored on that split: the task's
 primary metric for classification, the validation loss (mean target-token cross-entropy) for
 generation, where generating for every candidate would cost more than training. The best mean
 over ``--search-seeds`` wins, ties to the smaller rate; then the real seeds run at the chosen
