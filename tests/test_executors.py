@@ -140,6 +140,28 @@ def test_latency_waits_for_no_training(tmp_path):
     assert a.waited_s > 0.1
 
 
+def test_a_run_killed_while_timing_latency_does_not_pause_the_others_for_ever(tmp_path):
+    """A process SIGKILLed inside exclusive() (a per-run timeout, the OOM killer) never removes
+    its pause flag; the other jobs' steps would wait on it for ever. A dead process's flag is
+    cleared; a live one's still pauses."""
+    import signal
+    import subprocess
+    import sys
+
+    lock = MachineLock(tmp_path / "m.lock")
+    code = ("import sys, time; from peftbench.executors.lock import MachineLock\n"
+            "with MachineLock(sys.argv[1]).exclusive():\n    print('in', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "m.lock")], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "in"
+    assert lock.paused()  # a live measurement pauses
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert [p.name for p in lock.pauses.iterdir()] == [str(child.pid)]  # left behind
+    assert not lock.paused() and not any(lock.pauses.iterdir())
+    with lock.step():  # and a training step goes on
+        pass
+
+
 def test_slurm_through_submitit_local_gives_the_same_runs(sequential, tiny_model_dirs, tmp_path):
     seq, env = sequential
     out = tmp_path / "slurm"

@@ -94,6 +94,19 @@ def test_baseline_rows_bold_and_caption(summary):
     assert not any(c.startswith("_") for c in csv.columns)
 
 
+def test_latency_is_bold_by_its_ratio_to_the_base_model():
+    """Latency in ms comes from separate runs on a machine whose speed moves: the best latency is
+    the lowest ratio to the base model timed in the same process, not the fewest ms."""
+    fast_machine = fake_record("sst2", "lora", 0, 0.8, lat=1.10)  # 11 ms, 1.10x the base
+    slow_machine = fake_record("sst2", "adapter", 0, 0.8, knob="bottleneck", lat=1.02)
+    slow_machine["latency"]["timings"] = {"unmerged_b1": {"median_ms": 15.3}, "base_b1": {"median_ms": 15.0}}
+    md = render(summarize(records_frame([fast_machine, slow_machine])), "md")
+    col = md.splitlines()[0].split("|").index(" b1 ms ↓ (vs base) ")
+    cells = {ln.split("|")[2].strip(): ln.split("|")[col] for ln in md.splitlines() if ln.startswith("| sst2 |")}
+    assert "**" in cells["adapter"] and "**" not in cells["lora"], cells
+    assert "latency: the lowest ratio to the base model" in md
+
+
 def test_overview_across_tasks(summary):
     ov = overview.overview(summary)
     rows = ov.set_index("config")

@@ -1,7 +1,8 @@
 """With several local jobs, latency is timed alone: a job about to time latency raises a pause
 flag and takes the machine lock exclusively; training steps of the other jobs hold it shared,
 one step at a time, and do not start a step while a pause is raised. So no training runs while
-a latency measurement is being taken (flock on one file in the output folder)."""
+a latency measurement is being taken (flock on one file in the output folder). Only training
+steps wait: another job's data loading, evaluation or merge check may still run meanwhile."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ class MachineLock:
         self.waited_s = 0.0  # how long this process's training waited for others' latency
 
     def paused(self) -> bool:
-        return any(self.pauses.iterdir())
+        """A pause is raised by a live process; the flag of one that died measuring (SIGKILL: a
+        per-run timeout, the OOM killer) is removed, else the other jobs would wait for ever."""
+        for flag in list(self.pauses.iterdir()):
+            if _alive(flag.name):
+                return True
+            flag.unlink(missing_ok=True)
+        return False
 
     @contextlib.contextmanager
     def step(self):
@@ -49,3 +56,15 @@ class MachineLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             flag.unlink(missing_ok=True)
+
+
+def _alive(name: str) -> bool:
+    try:
+        os.kill(int(name), 0)
+    except ValueError:  # not a pid: not this module's flag to judge
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

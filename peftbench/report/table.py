@@ -357,7 +357,8 @@ def _gap(r) -> str:
 # display column -> (summary column, which is best) for the best-per-task marking
 BEST_OF = {"metric": (None, None), "params ↓ (% base)": ("trainable_params", "min"),
            "samples/s ↑": ("train_samples_per_s", "max"), "peak MB ↓ (Δ train)": ("peak_mem_mb", "min"),
-           "b1 ms ↓ (vs base)": ("latency_b1_ms", "min"), "bN ms ↓ (vs base)": ("latency_bN_ms", "min"),
+           # latency by its ratio to the base model timed in the same process (ms come from separate runs)
+           "b1 ms ↓ (vs base)": ("latency_b1_ratio", "min"), "bN ms ↓ (vs base)": ("latency_bN_ratio", "min"),
            "ckpt ↓": ("checkpoint_bytes", "min")}
 
 
@@ -529,9 +530,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
             "rows at their method's default or --lr." if len(searched) else "each method's default or --lr (no search)."),
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
-        "Peak MB: the run process's peak memory during training (CPU: resident set size; CUDA: "
-        "max allocated); Δ train: its growth over the moment training started, which excludes "
-        "what loading and data preparation left behind. "
+        "Peak MB: the run process's peak memory during training (CPU: resident set size, which "
+        "keeps what the allocator has freed, so that seeds of one configuration can differ by as much "
+        "as methods do; CUDA: max allocated); Δ train: its growth over the moment training started, "
+        "which excludes what loading and data preparation left behind. "
         + ("Activations MB: what autograd saves for the backward pass of one training step on the "
            "first batch of training examples in file order (distinct tensors, parameters and buffers "
            "excluded; allocator-independent). "
@@ -540,8 +542,9 @@ def to_markdown(summary: pd.DataFrame) -> str:
            "confidence interval over seeds (paired t over shared seeds, else a bootstrap); ≈ = the interval "
            "contains 0 (within noise). " if "vs best (95% CI)" in disp else "")
         + ("†: throughput measured while other runs shared the machine (--jobs N; each job on its own CPUs or "
-           "GPU, latency timed alone). " if (summary.get("shared_machine") == True).any() else "")  # noqa: E712
-        + ("Bold: the best value of its task in that column. " if any("**" in str(v) for v in disp.values.ravel()) else "")
+           "GPU; while one times latency the others' training steps wait, though their data loading and "
+           "evaluation may run). " if (summary.get("shared_machine") == True).any() else "")  # noqa: E712
+        + ("Bold: the best value of its task in that column (latency: the lowest ratio to the base model). " if any("**" in str(v) for v in disp.values.ravel()) else "")
         + ("Trivial baseline: the majority class (regression: the mean target) of the training examples, "
            "predicted for every evaluation example; what learning nothing scores. "
            if (summary.get("method") == "trivial").any() else "")
@@ -551,7 +554,11 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "compare them across rows only as far as the machine's speed at each run's start "
         "(machine GF/s, fp32 matmul) was steady; the ratios are same-session ratios."
         + (" MFU: achieved training FLOP/s (analytic FLOPs per token, frozen weights without weight "
-           "gradients) over the matmul peak measured at the run's start at its precision." if "MFU" in disp else "")
+           "gradients) over the matmul peak measured at the run's start at its precision; the count charges "
+           "input gradients that autograd skips before a method's first trainable parameter, which overstates "
+           "PEFT methods against full fine-tuning by 2-9% on MiniLM (results/flops_check.md), and the peak is "
+           "one short reading (0.1-0.3 s), taken while another run trained where † is shown: compare MFU "
+           "across rows only where the gaps are larger than that." if "MFU" in disp else "")
         + (" Merge Δ: the largest absolute difference between merged and unmerged outputs (logits) over seeds."
            if "merge Δ" in disp else "")
         + (" Generation: TTFT = time to first token (the prefill), per token = time per further output token, "
