@@ -375,6 +375,9 @@ def _best_cells(summary: pd.DataFrame) -> dict[str, set]:
             v = g[source].astype(float) if source in g else pd.Series(dtype=float)
             if source == "trainable_params":
                 v = v[v > 0]  # a row that trains nothing of its own (a probe) is not the cheapest method
+            if source == "peak_mem_mb" and "device" in g:
+                # CPU: resident set size keeps what the allocator freed; seeds differ by as much as methods
+                v = v[g.device.astype(str).str.startswith("cuda")]
             if v.notna().sum() > 1 and v.nunique() > 1:  # all alike: no best
                 target = v.min() if how == "min" else v.max()
                 out[col] |= set(v.index[v == target])
@@ -544,7 +547,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
         + ("†: throughput measured while other runs shared the machine (--jobs N; each job on its own CPUs or "
            "GPU; while one times latency the others' training steps wait, though their data loading and "
            "evaluation may run). " if (summary.get("shared_machine") == True).any() else "")  # noqa: E712
-        + ("Bold: the best value of its task in that column (latency: the lowest ratio to the base model). " if any("**" in str(v) for v in disp.values.ravel()) else "")
+        + ("Bold: the best value of its task in that column (latency: the lowest ratio to the base model; "
+           "peak memory only on CUDA). " if any("**" in str(v) for v in disp.values.ravel()) else "")
         + ("Trivial baseline: the majority class (regression: the mean target) of the training examples, "
            "predicted for every evaluation example; what learning nothing scores. "
            if (summary.get("method") == "trivial").any() else "")
