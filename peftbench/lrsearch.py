@@ -209,6 +209,10 @@ def finals(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
             spec["lr"], spec["lr_source"] = outcome["chosen"], "searched"
         spec["run_id"] = run_id(spec)
         specs.append(spec)
+        scores = list((outcome.get("scores") or {}).values())
+        flat = len(scores) > 1 and len(set(scores)) == 1
         lines.append(f"{spec['label']} on {spec['task']}: lr {outcome.get('chosen')} "
-                     f"({outcome.get('metric')} on held-out training data: {outcome.get('scores')})")
+                     f"({outcome.get('metric')} on held-out training data: {outcome.get('scores')})"
+                     + ("; a flat grid: every rate scored the same, so the search told them apart in nothing "
+                        "(the smallest is taken; a schedule on which the method learns would tell)" if flat else ""))
     return specs, list(dict.fromkeys(lines))

@@ -168,7 +168,8 @@ def test_a_best_score_shared_with_another_rate_does_not_grow_the_grid():
         specs, searches = expand([base], {"lora": [1e-3, 3e-3, 1e-2]}, 500, [0], extend=2)
         records = _fake_records(specs, score)
         assert extend(searches, records) == ([], [])
-        final = finals(searches, records)[0][0]
+        (final,), (line,) = finals(searches, records)
+        assert ("a flat grid: every rate scored the same" in line) == (score(1e-3) == score(3e-3) == score(1e-2))
         assert final["lr_selection"] == "search 0.001,0.003,0.01 on 500 held-out"
         assert final["lr"] == min(lr for lr in (1e-3, 3e-3, 1e-2) if score(lr) == max(map(score, (1e-3, 3e-3, 1e-2))))
     # a unique best at the edge still grows it
