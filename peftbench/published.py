@@ -87,7 +87,12 @@ def _latest(entries) -> dict[str, tuple[Path, dict]]:
 
 def _compare(specs, entries) -> dict:
     entries = list(entries)
-    planned = {spec_key(s) for s in specs}
+    keys = [spec_key(s) for s in specs]
+    if len(set(keys)) < len(keys):  # two runs these settings cannot tell apart: never call one a duplicate
+        shared = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"two planned runs share the settings peftbench.published compares ({shared[:200]}...); "
+                         "add the field that tells them apart to SETTINGS")
+    planned = set(keys)
     latest = _latest(entries)
     return {"missing": sorted(planned - set(latest)),
             "extra": sorted(str(p) for p, r in entries if record_key(r) not in planned),

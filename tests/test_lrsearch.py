@@ -164,7 +164,7 @@ def test_a_best_score_shared_with_another_rate_does_not_grow_the_grid():
             "lr_source": "default"}
     for score in (lambda lr: 0.0,  # flat: the majority class at every rate
                   lambda lr: {1e-3: 0.0, 3e-3: -0.04, 1e-2: 0.0}[lr],  # bottom edge tied with the top
-                  lambda lr: {1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.7}[lr]):  # top edge tied with a rate inside
+                  lambda lr: {1e-3: 0.7, 3e-3: 0.7, 1e-2: 0.5}[lr]):  # bottom edge tied with a rate inside
         specs, searches = expand([base], {"lora": [1e-3, 3e-3, 1e-2]}, 500, [0], extend=2)
         records = _fake_records(specs, score)
         assert extend(searches, records) == ([], [])
