@@ -73,10 +73,10 @@ def main() -> int:
         print(f"error: {len(missing)} planned run(s) have no ok record (the job is not finished); nothing "
               f"changed; first: {missing[0][:300]}", file=sys.stderr)
         return 2
-    verb = "would be" if args.dry_run else ""
-    print(f"{len(incoming)} file(s) from in-progress/{args.kept} {verb or 'copied'}{' copied' if verb else ''}")
+    would = "would be " if args.dry_run else ""
+    print(f"{len(incoming)} file(s) from in-progress/{args.kept} {would}copied")
     for kind in KINDS:
-        print(f"{kind}: {len(gone[kind])} record(s) {verb or 'removed'}{' removed' if verb else ''}")
+        print(f"{kind}: {len(gone[kind])} record(s) {would}removed")
     if args.dry_run:
         return 0
     for rel in incoming:

@@ -128,7 +128,7 @@ def extend(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
             continue
         outcome = choose(search.grid, search.candidates, records)
         chosen, grid = outcome["chosen"], search.grid
-        if chosen is not None and list(outcome["scores"].values()).count(outcome["scores"][f"{chosen:g}"]) > 1:
+        if chosen is not None and tied(outcome["scores"], chosen):
             continue  # the best score is shared (a flat grid, or an edge tied with another rate): no trend to follow
         if chosen == grid[-1]:
             rate = float(f"{grid[-1] * grid[-1] / grid[-2]:.3g}")
@@ -162,6 +162,16 @@ def run_search(candidates: list[dict], searches: list[Search], run, on_grown=lam
         found.update(run(more))
     specs, lines = finals(searches, found)
     return specs, lines, asked
+
+
+def flat(scores: dict) -> bool:
+    """Every rate of a search (``choose``'s ``scores``) scored the same: it told them apart in nothing."""
+    return len(scores) > 1 and len(set(scores.values())) == 1
+
+
+def tied(scores: dict, chosen: float) -> bool:
+    """Another rate scored as well as the chosen one (a flat grid included)."""
+    return list(scores.values()).count(scores.get(f"{chosen:g}")) > 1
 
 
 def choose(grid, candidates, records: dict) -> dict:
@@ -209,10 +219,9 @@ def finals(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
             spec["lr"], spec["lr_source"] = outcome["chosen"], "searched"
         spec["run_id"] = run_id(spec)
         specs.append(spec)
-        scores = list((outcome.get("scores") or {}).values())
-        flat = len(scores) > 1 and len(set(scores)) == 1
         lines.append(f"{spec['label']} on {spec['task']}: lr {outcome.get('chosen')} "
                      f"({outcome.get('metric')} on held-out training data: {outcome.get('scores')})"
                      + ("; a flat grid: every rate scored the same, so the search told them apart in nothing "
-                        "(the smallest is taken; a schedule on which the method learns would tell)" if flat else ""))
+                        "(the smallest is taken; a schedule on which the method learns would tell)"
+                        if flat(outcome.get("scores") or {}) else ""))
     return specs, list(dict.fromkeys(lines))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .records import load_records
+
 # what a record's settings must agree on with the plan (identity hashes of code are left out)
 SETTINGS = ("method", "label", "options", "knob", "knob_value", "budget", "budget_params", "task", "task_version",
             "model", "seed", "data_seed", "train_samples", "train_subset", "lr", "epochs", "max_steps", "batch_size",
@@ -41,13 +43,9 @@ def record_key(rec: dict) -> str:
 
 
 def _ok(folder: Path) -> dict[str, tuple[Path, dict]]:
-    """run id -> (path, record) of the ok records in ``folder``'s records/."""
-    out = {}
-    for path in sorted((folder / "records").glob("[!.]*.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("status") == "ok":
-            out[rec["run_id"]] = (path, rec)
-    return out
+    """run id -> (path, record) of the ok records in ``folder``'s records/ (a record is <run id>.json)."""
+    return {rid: (folder / "records" / f"{rid}.json", rec)
+            for rid, rec in load_records(folder).items() if rec.get("status") == "ok"}
 
 
 def audit(folder: Path) -> dict:

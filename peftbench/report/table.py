@@ -134,11 +134,13 @@ def _edge(spec) -> str | None:
     grid, chosen = search.get("grid"), search.get("chosen")
     if not grid or chosen is None or len(grid) < 2:
         return None
-    scores = list((search.get("scores") or {}).values())
-    if len(scores) > 1 and len(set(scores)) == 1:  # every rate scored the same: the search chose nothing
+    from ..lrsearch import flat, tied
+
+    scores = search.get("scores") or {}
+    if flat(scores):  # every rate scored the same: the search chose nothing
         return "flat"
     edge = "top" if chosen == max(grid) else "bottom" if chosen == min(grid) else None
-    if edge and scores.count((search.get("scores") or {}).get(f"{chosen:g}")) > 1:
+    if edge and tied(scores, chosen):
         edge += ", tied"  # another rate scored as well: no trend toward the edge (lr_extend does not grow it)
     return edge
 
