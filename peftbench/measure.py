@@ -187,6 +187,43 @@ def checkpoint_bytes(state: dict, path) -> int:
     return os.path.getsize(path)
 
 
+def counted_train_flops(model, batch) -> float:
+    """FLOPs of one training step on ``batch`` as autograd runs it: a training-mode forward and the
+    gradients of the trainable parameters (``torch.autograd.grad``, which leaves ``.grad`` alone and
+    runs no gradient-accumulation hooks such as DDP's), counted by torch's FlopCounterMode (matmuls
+    and attention, by shape). Unlike the analytic count it charges no input gradient before the first
+    trainable parameter, since autograd computes none. The RNG state and the train/eval mode are
+    restored; the weights are not touched."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), counter:
+        model.train()
+        try:
+            loss = model(**batch).loss
+            torch.autograd.grad(loss, trainable, allow_unused=True)
+        finally:
+            model.train(was_training)
+    return float(counter.get_total_flops())
+
+
+class _NoModuleTracking:
+    """FlopCounterMode's per-module breakdown hooks the backward in a way ``torch.autograd.grad``
+    does not support (a parameter as a module's input); the total needs no breakdown."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def train_flops_per_token(model, seq_len: float, extra_seq_len: int = 0) -> float:
     """Analytic FLOPs of one training step per processed token (padding included).
 
@@ -194,8 +231,10 @@ def train_flops_per_token(model, seq_len: float, extra_seq_len: int = 0) -> floa
     as LoRA's A and B) costs 2|W| forward and 2|W| for the input gradient; only trainable ones
     cost another 2|W| for their own gradient (frozen weights need none). Attention adds per layer
     2 x 2 x (keys seen) x width forward (scores and the weighted sum), twice that backward; keys
-    seen = the sequence plus prefix positions. Input gradients are counted through every layer
-    (an upper bound when only the last layers train). Embedding lookups cost nothing.
+    seen = the sequence plus prefix positions. Input gradients are counted through every layer,
+    also before the first trainable parameter where autograd computes none (an upper bound:
+    ``counted_train_flops`` is what records use since it exists; this count stays for comparison
+    and as the fallback the record names). Embedding lookups cost nothing.
     """
     from .arch import is_linear
 

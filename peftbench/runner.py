@@ -233,6 +233,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         if ddp.rank() != 0:
             return result  # rank 0 alone evaluates, checkpoints, times latency and writes the record
     activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device, precision)
+    flops = train_flops(model, method, stats, result["env"], precision, train_ds, collate, device)  # as trained
     method.finalize(model)
     step = max(1, len(stats.losses) // 200)
     result["train"] = {
@@ -248,7 +249,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     if stats.timed_target_tokens:  # a causal LM: the tokens it learns and the prompt tokens it reads
         result["train"]["target_tokens_per_s"] = stats.timed_target_tokens / stats.timed_time_s
         result["train"]["prompt_tokens_per_s"] = (stats.timed_tokens - stats.timed_target_tokens) / stats.timed_time_s
-    result["train"].update(train_flops(model, method, stats, result["env"], precision))
+    result["train"].update(flops)
     result["memory"] = {**stats.memory, **activations}
     result["precision"] = {"train": precision, "eval": precision, "latency": precision,
                            "requested": spec.get("precision_requested", precision),
@@ -376,18 +377,37 @@ def check_merge(method, model, batch, precision="fp32"):
     return merged, out
 
 
-def train_flops(model, method, stats, env, precision) -> dict:
+def train_flops(model, method, stats, env, precision, train_ds, collate, device) -> dict:
     """Achieved training FLOP/s and its fraction of the matmul peak measured at run start at the
-    run's precision (MFU), from an analytic count of the training FLOPs per processed token."""
-    from .measure import train_flops_per_token
+    run's precision (MFU). FLOPs per processed token: counted on one training step as autograd runs
+    it (``measure.counted_train_flops``) on one training example tiled to the mean padded length of
+    the timed training batches (FLOPs depend on shapes, not on token values; padding costs the
+    same); the analytic count is kept beside it, and used, named in the record, if counting fails."""
+    from .measure import counted_train_flops, train_flops_per_token
+    from .train import autocast, to_device
 
     if not stats.timed_padded_tokens or not stats.timed_time_s:
         return {}
     seq_len = stats.timed_padded_tokens / stats.timed_samples  # mean padded length of a training example
-    per_token = train_flops_per_token(model, seq_len, method.extra_sequence_length(model))
+    analytic = train_flops_per_token(model, seq_len, method.extra_sequence_length(model))
+    length = max(1, round(seq_len))
+    one = collate([train_ds[0]])
+    n = one["input_ids"].shape[1]
+    batch = {k: v.repeat(1, -(-length // n))[:, :length] if v.dim() == 2 and v.shape[1] == n else v
+             for k, v in one.items()}
+    out = {"flops_per_token_analytic": analytic, "flops_seq_len": length}
+    try:
+        with autocast(device, precision):
+            per_token = counted_train_flops(model, to_device(batch, device)) / length
+        out["flops_count"] = (f"counted: torch FlopCounterMode on one training step (forward and the trainable "
+                              f"parameters' gradients) of 1 x {length} tokens")
+    except Exception as e:  # a side measurement: the run keeps its results, the record says which count
+        per_token = analytic
+        out["flops_count"] = f"analytic (counting failed: {type(e).__name__}: {first_line(e)})"
     achieved = per_token * stats.timed_padded_tokens / stats.timed_time_s / 1e9
     peak = env.get(f"matmul_gflops_{precision}", env.get("matmul_gflops"))
-    return {"flops_per_token": per_token, "achieved_gflops": achieved, "mfu": achieved / peak if peak else None}
+    return {"flops_per_token": per_token, **out, "achieved_gflops": achieved,
+            "mfu": achieved / peak if peak else None}
 
 
 def _activation_memory(model, train_ds, collate, batch_size, device, precision="fp32") -> dict:

@@ -51,6 +51,8 @@ def test_e2e_runs_every_method_on_a_causal_lm(e2e_run):
     assert len(lines) == 6
     train = lora["train"]
     assert train["target_tokens_per_s"] > 0 and train["prompt_tokens_per_s"] > 0
+    for name in ("lora", "adapter", "prefix"):  # FLOPs counted on a step of the causal LM (labels per token)
+        assert recs[name]["train"]["flops_count"].startswith("counted"), recs[name]["train"]["flops_count"]
     lat = lora["latency"]
     for size in ("b1", "bN"):
         for model in ("base", "unmerged", "merged"):

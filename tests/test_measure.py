@@ -147,3 +147,38 @@ def test_autocast_copies_of_frozen_weights_are_not_activations():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cast = saved_activation_bytes(net, {"x": x})
     assert cast == 64 * 2  # the same activation in bf16; no weight copies
+
+
+class _TwoLayers(torch.nn.Module):
+    """x -> Linear(4, 8) -> Linear(8, 2) -> sum: FLOPs known by hand."""
+
+    def __init__(self, train_first: bool, train_second: bool):
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(4, 8, bias=False), torch.nn.Linear(8, 2, bias=False)
+        self.first.weight.requires_grad_(train_first)
+        self.second.weight.requires_grad_(train_second)
+
+    def forward(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(loss=self.second(self.first(x)).sum())
+
+
+@pytest.mark.parametrize("train_first,train_second,backward", [
+    (False, True, 2 * 16),  # the second layer's weight gradient only: its input gradient leads nowhere
+    (True, False, 2 * 16 + 2 * 32),  # the second layer's input gradient, then the first's weight gradient
+    (True, True, 2 * 16 + 2 * 16 + 2 * 32),
+])
+def test_counted_train_flops_is_what_autograd_runs(train_first, train_second, backward):
+    from peftbench.measure import counted_train_flops, train_flops_per_token
+
+    torch.manual_seed(0)
+    model = _TwoLayers(train_first, train_second).eval()
+    x = torch.randn(3, 4)
+    before = [p.detach().clone() for p in model.parameters()]
+    forward = 2 * 32 + 2 * 16  # per example
+    assert counted_train_flops(model, {"x": x}) == 3 * (forward + backward)
+    # the analytic count charges every input gradient, also the one autograd skips
+    assert train_flops_per_token(model, 1) == forward + 2 * 48 + 2 * (32 * train_first + 16 * train_second)
+    assert not model.training and all(p.grad is None for p in model.parameters())  # mode and .grad left alone
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -366,3 +366,24 @@ def test_a_search_whose_rates_all_scored_the_same_is_called_flat_not_an_edge():
     assert "'tied'" not in edge and "'tied'" not in flat
     inside = searched({"0.001": 0.0, "0.003": 0.2, "0.01": 0.0}, 3e-3)
     assert "0.003 (searched)" in inside and "(searched, " not in inside
+
+
+def test_the_mfu_caption_says_which_flops_count_and_marks_rows_of_the_other():
+    def with_mfu(rec, counted):
+        rec["train"].update({"mfu": 0.2, **({"flops_count": "counted: torch FlopCounterMode ..."} if counted else {})})
+        return rec
+
+    def md(recs):
+        return render(summarize(records_frame(recs)), "md")
+
+    counted = md([with_mfu(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)])
+    assert "counted by torch's FlopCounterMode" in counted and "analytic" not in counted
+    analytic = md([with_mfu(fake_record("sst2", "lora", s, 0.8), False) for s in (0, 1)])
+    assert "analytic FLOPs per token" in analytic and "FlopCounterMode" not in analytic
+    mixed = md([with_mfu(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)]
+               + [with_mfu(fake_record("sst2", "adapter", 0, 0.8, knob="bottleneck"), False)]
+               + [with_mfu(fake_record("sst2", "prefix", s, 0.8, knob="prefix_len"), s == 0) for s in (0, 1)])
+    col = mixed.splitlines()[0].split("|").index(" MFU ")
+    cells = {ln.split("|")[2].strip(): ln.split("|")[col].strip() for ln in mixed.splitlines() if ln.startswith("| sst2 |")}
+    assert cells["lora"] == "20.0%" and cells["adapter"] == "20.0% (a)" and cells["prefix"] == "20.0% (m)", cells
+    assert "values marked (a): analytic" in mixed

@@ -48,6 +48,12 @@ def test_run_records_everything(sweep):
     for key in ("steps", "samples_per_s", "tokens_per_s", "train_time_s", "loss_curve"):
         assert lora["train"][key] is not None
     assert lora["train"]["steps"] == 3
+    # MFU's FLOPs counted on a training step as autograd runs it: a Pfeiffer adapter (after layer 0's feed-forward
+    # block) needs no backward through layer 0's attention, which the analytic count charges
+    flops = {r["spec"]["label"]: r["train"] for r in recs if r["spec"]["seed"] == 0}
+    assert all(t["flops_count"].startswith("counted") for t in flops.values()), flops
+    overcharge = {k: t["flops_per_token_analytic"] / t["flops_per_token"] for k, t in flops.items()}
+    assert overcharge["adapter[placement=pfeiffer]"] > overcharge["lora"] > overcharge["full"], overcharge
     # AdamW: two fp32 moments per trainable parameter, plus a scalar step per tensor
     assert lora["memory"]["peak_mem_bytes"] > 0
     full = next(r for r in recs if r["spec"]["method"] == "full" and r["spec"]["seed"] == lora["spec"]["seed"])

@@ -29,7 +29,7 @@ CSV_COLUMNS = [
     "latency_b1_ratio", "latency_b1_merged_ratio", "latency_bN_ratio", "latency_bN_merged_ratio",
     "effective_seq_len", "checkpoint_bytes",
     "model", "lr", "epochs", "max_steps", "train_samples", "train_subset", "batch_size", "max_seq_len", "device",
-    "task_version", "machine_gflops", "threads", "precision", "mfu", "generated_tokens_per_s",
+    "task_version", "machine_gflops", "threads", "precision", "mfu", "mfu_flops", "generated_tokens_per_s",
     *(f"gen_{what}_{size}{tag}" for size in ("b1", "bN") for what in ("ttft", "per_token")
       for tag in ("_ms", "_ratio", "_merged_ratio")),
     "lr_selection", "lr_grid_edge", "search_seconds", "search_steps", "metric_direction", "merged_max_abs_diff", "git_commit", "host_code",
@@ -116,6 +116,9 @@ def record_row(rec: dict) -> dict:
                                      "max_seq_len", "device", "task_version")},
         "precision": spec.get("precision") or "fp32",  # records from before --precision ran fp32 on CPU
         "mfu": _get(rec, "train", "mfu"),
+        # which FLOPs count the MFU divides: counted on a training step, or analytic (records before it existed)
+        "mfu_flops": None if _get(rec, "train", "mfu") is None else (
+            "counted" if str(_get(rec, "train", "flops_count") or "").startswith("counted") else "analytic"),
         "train_subset": spec.get("train_subset") if spec.get("train_samples") else None,  # None: all examples
     }
     for name, value in metrics.items():
@@ -265,6 +268,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
         row["shared_machine"] = bool(ok.shared_machine.any()) if "shared_machine" in ok and len(ok) else False
+        if "mfu_flops" in ok and ok.mfu_flops.notna().any():
+            kinds = set(ok.mfu_flops.dropna())
+            row["mfu_flops"] = kinds.pop() if len(kinds) == 1 else "mixed"
         if "merged_max_abs_diff" in ok and ok.merged_max_abs_diff.notna().any():  # the worst seed
             row["merged_max_abs_diff"] = float(ok.merged_max_abs_diff.astype(float).max())
         rows.append(row)
@@ -386,6 +392,29 @@ def _best_cells(summary: pd.DataFrame) -> dict[str, set]:
     return out
 
 
+def _mfu_counts(summary: pd.DataFrame) -> set:
+    """The FLOPs counts the table's MFU values rest on: {"counted", "analytic"} or one of them."""
+    if "mfu_flops" not in summary:
+        return set()
+    kinds = set(summary.mfu_flops.dropna())
+    return {"counted", "analytic"} if "mixed" in kinds else kinds
+
+
+def _mfu_caption(summary: pd.DataFrame) -> str:
+    counts = _mfu_counts(summary)
+    counted = ("FLOPs per token counted by torch's FlopCounterMode on one training step as autograd runs it: "
+               "the forward and the trainable parameters' gradients, no input gradient before the first "
+               "trainable parameter")
+    analytic = ("analytic FLOPs per token, frozen weights without weight gradients; the count charges input "
+                "gradients that autograd skips before a method's first trainable parameter, which overstates "
+                "PEFT methods against full fine-tuning by 2-9% on MiniLM (results/flops_check.md)")
+    what = (counted if counts == {"counted"} else analytic if counts <= {"analytic"} else
+            f"{counted}; values marked (a): {analytic}, (m): some seeds one count, some the other")
+    return (f"MFU: achieved training FLOP/s ({what}) over the matmul peak measured at the run's start at its "
+            "precision; the peak is one short reading (0.1-0.3 s), taken while another run trained where † is "
+            "shown: compare MFU across rows only where the gaps are larger than that.")
+
+
 def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
     """Human-readable columns with ↑/↓ markers, for Markdown / LaTeX / HTML. ``mark(text)`` wraps
     the best value of each task in the marked columns (bold)."""
@@ -393,6 +422,7 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
     # a task's further metrics (generation: NIST, METEOR, ROUGE-L, CIDEr next to BLEU), one column each
     extra = [c[: -len("_mean")] for c in summary.columns
              if c.endswith("_mean") and c != "metric_mean" and f"m_{c[: -len('_mean')]}" not in summary.columns]
+    mixed_flops = _mfu_counts(summary) == {"counted", "analytic"}
     for _, r in summary.iterrows():
         knob = f"{r.knob}={int(r.knob_value)}" if isinstance(r.knob, str) and pd.notna(r.knob_value) else "fixed"
         if isinstance(r.budget, str) and r.budget:
@@ -415,7 +445,8 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}") + (" †" if r.get("shared_machine") is True
                                                                  and pd.notna(r.train_samples_per_s) else ""),
             "vs full": _n(r.throughput_vs_full, "{:.2f}x"),
-            "MFU": _n(100 * r.mfu if pd.notna(r.mfu) else None, "{:.1f}%"),
+            "MFU": _n(100 * r.mfu if pd.notna(r.mfu) else None, "{:.1f}%") + (
+                f" ({r.mfu_flops[0]})" if pd.notna(r.mfu) and mixed_flops and r.get("mfu_flops") != "counted" else ""),
             "peak MB ↓ (Δ train)": _n(r.peak_mem_mb, '{:,.0f}') + (f" (+{r.peak_mem_delta_mb:,.0f})" if pd.notna(r.peak_mem_delta_mb) else ""),
             "activations MB ↓": _n(r.activation_mb, "{:,.1f}"),
             "b1 ms ↓ (vs base)": _ratio(r.latency_b1_ms, r.latency_b1_ratio),
@@ -559,12 +590,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
         "same process); bN = batch N. Throughput and latency in ms come from separate runs: "
         "compare them across rows only as far as the machine's speed at each run's start "
         "(machine GF/s, fp32 matmul) was steady; the ratios are same-session ratios."
-        + (" MFU: achieved training FLOP/s (analytic FLOPs per token, frozen weights without weight "
-           "gradients) over the matmul peak measured at the run's start at its precision; the count charges "
-           "input gradients that autograd skips before a method's first trainable parameter, which overstates "
-           "PEFT methods against full fine-tuning by 2-9% on MiniLM (results/flops_check.md), and the peak is "
-           "one short reading (0.1-0.3 s), taken while another run trained where † is shown: compare MFU "
-           "across rows only where the gaps are larger than that." if "MFU" in disp else "")
+        + (" " + _mfu_caption(summary) if "MFU" in disp else "")
         + (" Merge Δ: the largest absolute difference between merged and unmerged outputs (logits) over seeds."
            if "merge Δ" in disp else "")
         + (" Generation: TTFT = time to first token (the prefill), per token = time per further output token, "
