@@ -191,6 +191,10 @@ def load(path) -> tuple[list, Path | None]:
         grid = {**defaults, **entry}.get("lr_grid")
         if isinstance(grid, dict):
             unrun = sorted(set(grid) - set().union(*(_method_names({**defaults, **e}.get("methods", [])) for e in entries)))
+            if any("[" in name for name in unrun):
+                name = next(n for n in unrun if "[" in n)
+                raise PeftbenchError(f"{path}: lr_grid key {name!r}: a grid belongs to a method and serves all its "
+                                     f"variants; name it without options ({name.split('[')[0]} = [...])")
             if unrun:
                 raise PeftbenchError(f"{path}: lr_grid names {unrun[0]}, which no sweep runs; add it to methods or "
                                      "remove it from lr_grid")

@@ -59,6 +59,9 @@ def test_lr_extend_a_sweep_sets_itself_still_needs_a_search(tmp_path, cli_env, t
     ('[[sweep]]\nmethods = ["lora"]\nepoch = 2\n', "unknown key 'epoch' in [[sweep]] number 1"),
     ('methods = ["lora"\n', "not valid TOML"),
     ('methods = ["lora"]\nlr_grid = { full = [1e-5, 1e-4] }\n', "lr_grid names full, which no sweep runs"),
+    ('methods = ["lora[target_modules=q]"]\nlr_grid = { "lora[target_modules=q]" = [1e-5, 1e-4] }\n',
+     "lr_grid key 'lora[target_modules=q]': a grid belongs to a method and serves all its variants; name it "
+     "without options (lora = [...])"),
     ('methods = ["lora"]\n[task.cola]\nepochs = 2\n', "[task.cola] names a task that no sweep runs"),
     ('methods = ["lora"]\n[task.sst2]\nmethods = ["full"]\n', "unknown key 'methods' in [task.sst2]"),
 ])
