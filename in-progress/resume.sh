@@ -8,7 +8,8 @@
 #
 # Jobs on the same CPU cores run one after the other, in the file's order (one chain per set of cores); a
 # job holds a lock while it runs, so a job already running is waited for, never started twice, and a
-# job that is complete only plans and skips its ok records.
+# job that is complete only plans and skips its ok records. A chain that ends with the jobs file changed
+# since it started (a job added meanwhile) starts again (log ../peftbench-runs/rechain.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -85,6 +86,13 @@ flock $(printf %q "$RUNS/$name.lock") .venv/bin/$cmd >> $(printf %q "$RUNS/$name
 done 3< <(grep -v '^#' "$JOBS")
 [ "$MODE" = save ] && exit 0
 
+# A chain that ends (not stopped) with in-progress/jobs changed since it started (a job added or published)
+# starts the jobs again: the new ones run, the finished ones only plan and skip their ok records.
+sum=$(md5sum < "$JOBS")
+for cpus in "${!CHAIN[@]}"; do
+  CHAIN[$cpus]+="[ \"\$(md5sum < $(printf %q "$ROOT/$JOBS"))\" = \"$sum\" ] || setsid nohup bash -c \
+'sleep 10; exec bash \"\$0\" start' $(printf %q "$ROOT/in-progress/resume.sh") >> $(printf %q "$RUNS/rechain.log") 2>&1 < /dev/null & "
+done
 for cpus in "${!CHAIN[@]}"; do
   lock=$RUNS/cpus-${cpus//,/-}.lock
   if ! flock -n "$lock" true; then
@@ -92,11 +100,12 @@ for cpus in "${!CHAIN[@]}"; do
     continue
   fi
   # The chain takes the lock without waiting (two starts at once: one chain) and, holding it, writes its
-  # process group for `stop`. A command started with & here would ignore SIGINT (bash does that in a
+  # process group for `stop`; flock holds it (-o: the chain's processes get no copy, so a chain started
+  # again from its end is not locked out by its own parent). A command started with & here would ignore SIGINT (bash does that in a
   # script), and so would the sweep: env gives it back its default. One torch thread per run: a sweep
   # with --jobs N gives each run its own share of these CPUs.
   OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
-    setsid nohup env --default-signal=INT flock -n "$lock" taskset -c "$cpus" bash -c \
+    setsid nohup env --default-signal=INT flock -n -o "$lock" taskset -c "$cpus" bash -c \
     "ps -o pgid= -p \$\$ | tr -d ' ' > $(printf %q "${lock%.lock}.pid"); ${CHAIN[$cpus]}" \
     > "${lock%.lock}.log" 2>&1 < /dev/null &
   echo "CPU(s) $cpus: chain started"
