@@ -16,10 +16,21 @@ ROOT=$PWD
 RUNS=${PEFTBENCH_RUNS:-$ROOT/../peftbench-runs}  # the checkouts, one per commit
 JOBS=in-progress/jobs  # name|commit|folder kept here|folder in its checkout|cores|command, one job a line
 MODE=${1:-start}
-case $MODE in start|save|stop) ;; *) echo "usage: bash in-progress/resume.sh [start|save|stop]" >&2; exit 2;; esac
+case $MODE in start|save|stop|rechain) ;; *) echo "usage: bash in-progress/resume.sh [start|save|stop]" >&2; exit 2;; esac
 mkdir -p "$RUNS"
+# rechain: what a chain that ended with the jobs file changed runs (see below); not after a stop
+if [ "$MODE" = rechain ]; then
+  [ -e "$RUNS/stopped" ] && { echo "$(date -u +%FT%TZ) not started again: stopped since"; exit 0; }
+  MODE=start
+fi
+if [ "$MODE" = start ]; then
+  rm -f "$RUNS/stopped"
+  exec 8> "$RUNS/start.lock"  # one start at a time (their checkouts, installs and logs would collide)
+  flock 8
+fi
 
 if [ "$MODE" = stop ]; then
+  touch "$RUNS/stopped"  # a chain's restart pending now does not start
   for lock in "$RUNS"/cpus-*.lock; do
     [ -f "$lock" ] || continue
     pidfile=${lock%.lock}.pid
@@ -42,6 +53,7 @@ if [ "$MODE" = stop ]; then
 fi
 
 declare -A CHAIN=()
+JOBS_TEXT=$(cat "$JOBS")  # read once: the restart below compares the file with what this start ran
 while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
   tree=$RUNS/${commit:0:7}
   if [ "$MODE" = save ]; then
@@ -83,30 +95,33 @@ records would say ${commit:0:7}-dirty): git -C $tree status"; exit 2; }
   CHAIN[$cpus]+="cd $(printf %q "$tree") && echo \"\$(date -u +%FT%TZ) $name: its turn\" >> $(printf %q "$RUNS/$name.log") && \
 flock $(printf %q "$RUNS/$name.lock") .venv/bin/$cmd >> $(printf %q "$RUNS/$name.log") 2>&1; "
   echo "$name: queued on CPU(s) $cpus at ${commit:0:7} (log $RUNS/$name.log)"
-done 3< <(grep -v '^#' "$JOBS")
+done 3< <(grep -v '^#' <<< "$JOBS_TEXT")
 [ "$MODE" = save ] && exit 0
 
 # A chain that ends (not stopped) with in-progress/jobs changed since it started (a job added or published)
 # starts the jobs again: the new ones run, the finished ones only plan and skip their ok records.
-sum=$(md5sum < "$JOBS")
+sum=$(md5sum <<< "$JOBS_TEXT")
 for cpus in "${!CHAIN[@]}"; do
-  CHAIN[$cpus]+="[ \"\$(md5sum < $(printf %q "$ROOT/$JOBS"))\" = \"$sum\" ] || setsid nohup bash -c \
-'sleep 10; exec bash \"\$0\" start' $(printf %q "$ROOT/in-progress/resume.sh") >> $(printf %q "$RUNS/rechain.log") 2>&1 < /dev/null & "
+  CHAIN[$cpus]+="[ \"\$(md5sum <<< \"\$(cat $(printf %q "$ROOT/$JOBS"))\")\" = \"$sum\" ] || setsid nohup bash -c \
+'sleep 10; exec bash \"\$0\" rechain' $(printf %q "$ROOT/in-progress/resume.sh") >> $(printf %q "$RUNS/rechain.log") 2>&1 < /dev/null 9>&- & "
 done
+[ -e "$RUNS/stopped" ] && { echo "stopped while this start prepared the jobs: no chain started"; exit 0; }
 for cpus in "${!CHAIN[@]}"; do
   lock=$RUNS/cpus-${cpus//,/-}.lock
   if ! flock -n "$lock" true; then
     echo "CPU(s) $cpus: a chain of jobs runs there already (holding $lock): not starting another"
     continue
   fi
-  # The chain takes the lock without waiting (two starts at once: one chain) and, holding it, writes its
-  # process group for `stop`; flock holds it (-o: the chain's processes get no copy, so a chain started
-  # again from its end is not locked out by its own parent). A command started with & here would ignore SIGINT (bash does that in a
+  # The chain takes the lock on its fd 9 without waiting (two starts at once: one chain) and, holding it,
+  # writes its process group for `stop`; every process of the chain inherits fd 9, so the lock is free
+  # only once the last of them (a sweep recording its cancellation) has ended; its restart closes it.
+  # A command started with & here would ignore SIGINT (bash does that in a
   # script), and so would the sweep: env gives it back its default. One torch thread per run: a sweep
   # with --jobs N gives each run its own share of these CPUs.
   OMP_NUM_THREADS=1 PEFTBENCH_DATA=${PEFTBENCH_DATA:-$ROOT/../shared/datasets} HF_HUB_OFFLINE=1 \
-    setsid nohup env --default-signal=INT flock -n -o "$lock" taskset -c "$cpus" bash -c \
-    "ps -o pgid= -p \$\$ | tr -d ' ' > $(printf %q "${lock%.lock}.pid"); ${CHAIN[$cpus]}" \
-    > "${lock%.lock}.log" 2>&1 < /dev/null &
+    setsid nohup env --default-signal=INT taskset -c "$cpus" bash -c \
+    "exec 9>> $(printf %q "$lock"); flock -n 9 || exit 0; \
+ps -o pgid= -p \$\$ | tr -d ' ' > $(printf %q "${lock%.lock}.pid"); ${CHAIN[$cpus]}" \
+    >> "${lock%.lock}.log" 2>&1 < /dev/null 8>&- &
   echo "CPU(s) $cpus: chain started"
 done
