@@ -102,8 +102,8 @@ done 3< <(grep -v '^#' <<< "$JOBS_TEXT")
 # starts the jobs again: the new ones run, the finished ones only plan and skip their ok records.
 sum=$(md5sum <<< "$JOBS_TEXT")
 for cpus in "${!CHAIN[@]}"; do
-  CHAIN[$cpus]+="[ \"\$(md5sum <<< \"\$(cat $(printf %q "$ROOT/$JOBS"))\")\" = \"$sum\" ] || setsid nohup bash -c \
-'sleep 10; exec bash \"\$0\" rechain' $(printf %q "$ROOT/in-progress/resume.sh") >> $(printf %q "$RUNS/rechain.log") 2>&1 < /dev/null 9>&- & "
+  CHAIN[$cpus]+="[ \"\$(md5sum <<< \"\$(cat $(printf %q "$ROOT/$JOBS"))\")\" = \"$sum\" ] || { setsid nohup bash -c \
+'sleep 10; exec bash \"\$0\" rechain' $(printf %q "$ROOT/in-progress/resume.sh") >> $(printf %q "$RUNS/rechain.log") 2>&1 < /dev/null 9>&- & }; "
 done
 [ -e "$RUNS/stopped" ] && { echo "stopped while this start prepared the jobs: no chain started"; exit 0; }
 for cpus in "${!CHAIN[@]}"; do

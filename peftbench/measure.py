@@ -192,16 +192,22 @@ def counted_train_flops(model, batch) -> float:
     gradients of the trainable parameters (``torch.autograd.grad``, which leaves ``.grad`` alone and
     runs no gradient-accumulation hooks such as DDP's), counted by torch's FlopCounterMode (matmuls
     and attention, by shape). Unlike the analytic count it charges no input gradient before the first
-    trainable parameter, since autograd computes none. The RNG state and the train/eval mode are
-    restored; the weights are not touched."""
+    trainable parameter, since autograd computes none. Attention runs on SDPA's math kernel here:
+    FlopCounterMode has no formula for the fused CPU kernel SDPA picks without dropout (a LLaMA's
+    attention would count nothing), and the math kernel's matmuls are the same FLOPs. The RNG state
+    and the train/eval mode are restored; the weights are not touched."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     device = next(model.parameters()).device
     was_training = model.training
     counter = FlopCounterMode(display=False)
+    if not hasattr(counter, "mod_tracker"):  # torch changed what is replaced below: fail, the caller says so
+        raise RuntimeError("torch's FlopCounterMode has no mod_tracker to replace")
     counter.mod_tracker = _NoModuleTracking()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), counter:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            sdpa_kernel(SDPBackend.MATH), counter:
         model.train()
         try:
             loss = model(**batch).loss

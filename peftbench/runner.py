@@ -233,7 +233,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         if ddp.rank() != 0:
             return result  # rank 0 alone evaluates, checkpoints, times latency and writes the record
     activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device, precision)
-    flops = train_flops(model, method, stats, result["env"], precision, train_ds, collate, device)  # as trained
+    flops = train_flops(model, method, stats, result["env"], precision, train_ds, collate, device,  # as trained
+                        ddp.world() if distributed else 1)
     method.finalize(model)
     step = max(1, len(stats.losses) // 200)
     result["train"] = {
@@ -377,12 +378,16 @@ def check_merge(method, model, batch, precision="fp32"):
     return merged, out
 
 
-def train_flops(model, method, stats, env, precision, train_ds, collate, device) -> dict:
+def train_flops(model, method, stats, env, precision, train_ds, collate, device, world: int = 1) -> dict:
     """Achieved training FLOP/s and its fraction of the matmul peak measured at run start at the
-    run's precision (MFU). FLOPs per processed token: counted on one training step as autograd runs
-    it (``measure.counted_train_flops``) on one training example tiled to the mean padded length of
-    the timed training batches (FLOPs depend on shapes, not on token values; padding costs the
-    same); the analytic count is kept beside it, and used, named in the record, if counting fails."""
+    run's precision (MFU; a DDP run's peak is its devices' together). FLOPs per processed token:
+    counted on a training step as autograd runs it (``measure.counted_train_flops``) on one training
+    example tiled to the mean padded length of the timed batches (FLOPs depend on shapes, not on
+    token values; padding costs the same), in batches of one and two rows, extrapolated to the mean
+    rows per step of each device (what runs once per forward, as a prefix reparametrisation, is
+    charged once per batch, not per example). Attention is charged at the mean length: where lengths
+    vary, a little below its mean cost. The analytic count is kept beside it, and used, named in the
+    record, if counting fails."""
     from .measure import counted_train_flops, train_flops_per_token
     from .train import autocast, to_device
 
@@ -391,23 +396,28 @@ def train_flops(model, method, stats, env, precision, train_ds, collate, device)
     seq_len = stats.timed_padded_tokens / stats.timed_samples  # mean padded length of a training example
     analytic = train_flops_per_token(model, seq_len, method.extra_sequence_length(model))
     length = max(1, round(seq_len))
-    one = collate([train_ds[0]])
-    n = one["input_ids"].shape[1]
-    batch = {k: v.repeat(1, -(-length // n))[:, :length] if v.dim() == 2 and v.shape[1] == n else v
-             for k, v in one.items()}
-    out = {"flops_per_token_analytic": analytic, "flops_seq_len": length}
+    rows = stats.timed_samples / max(1, stats.timed_steps) / world  # mean examples per step and device
+    out = {"flops_per_token_analytic": analytic, "flops_seq_len": length, "flops_rows": round(rows, 2)}
     try:
-        with autocast(device, precision):
-            per_token = counted_train_flops(model, to_device(batch, device)) / length
-        out["flops_count"] = (f"counted: torch FlopCounterMode on one training step (forward and the trainable "
-                              f"parameters' gradients) of 1 x {length} tokens")
+        one = collate([train_ds[0]])
+        n = one["input_ids"].shape[1]
+        counts = []
+        for k in (1, 2):
+            batch = {key: v.repeat(k, -(-length // n))[:, :length] if v.dim() == 2 and v.shape[1] == n
+                     else v.repeat(k, *[1] * (v.dim() - 1)) for key, v in one.items()}
+            with autocast(device, precision):
+                counts.append(counted_train_flops(model, to_device(batch, device)))
+        per_row = counts[1] - counts[0]  # what one more example costs; counts[0] - per_row: once per batch
+        per_token = (counts[0] + (rows - 1) * per_row) / (rows * length)
+        out["flops_count"] = (f"counted: torch FlopCounterMode on training steps (forward and the trainable "
+                              f"parameters' gradients) of 1 and 2 x {length} tokens, extrapolated to {rows:.1f} rows")
     except Exception as e:  # a side measurement: the run keeps its results, the record says which count
         per_token = analytic
         out["flops_count"] = f"analytic (counting failed: {type(e).__name__}: {first_line(e)})"
     achieved = per_token * stats.timed_padded_tokens / stats.timed_time_s / 1e9
     peak = env.get(f"matmul_gflops_{precision}", env.get("matmul_gflops"))
     return {"flops_per_token": per_token, **out, "achieved_gflops": achieved,
-            "mfu": achieved / peak if peak else None}
+            "mfu": achieved / (peak * world) if peak else None}
 
 
 def _activation_memory(model, train_ds, collate, batch_size, device, precision="fp32") -> dict:

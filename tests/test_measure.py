@@ -157,11 +157,12 @@ class _TwoLayers(torch.nn.Module):
         self.first, self.second = torch.nn.Linear(4, 8, bias=False), torch.nn.Linear(8, 2, bias=False)
         self.first.weight.requires_grad_(train_first)
         self.second.weight.requires_grad_(train_second)
+        self.dropout = torch.nn.Dropout(0.5)  # draws random numbers in training mode: no FLOPs counted
 
     def forward(self, x):
         from types import SimpleNamespace
 
-        return SimpleNamespace(loss=self.second(self.first(x)).sum())
+        return SimpleNamespace(loss=self.second(self.dropout(self.first(x))).sum())
 
 
 @pytest.mark.parametrize("train_first,train_second,backward", [
@@ -176,9 +177,66 @@ def test_counted_train_flops_is_what_autograd_runs(train_first, train_second, ba
     model = _TwoLayers(train_first, train_second).eval()
     x = torch.randn(3, 4)
     before = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
     forward = 2 * 32 + 2 * 16  # per example
     assert counted_train_flops(model, {"x": x}) == 3 * (forward + backward)
     # the analytic count charges every input gradient, also the one autograd skips
     assert train_flops_per_token(model, 1) == forward + 2 * 48 + 2 * (32 * train_first + 16 * train_second)
     assert not model.training and all(p.grad is None for p in model.parameters())  # mode and .grad left alone
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert torch.equal(rng, torch.get_rng_state())  # the dropout's draws did not move the training's RNG
+
+
+def test_counted_flops_include_attention_on_a_llama_without_dropout():
+    """SDPA on CPU without dropout picks a fused kernel FlopCounterMode has no formula for: counted on
+    it, a LLaMA's FLOPs per token would not grow with the sequence (attention counted as nothing)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peftbench.measure import counted_train_flops
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.0,
+                         attn_implementation="sdpa")
+    model = LlamaForCausalLM(config)
+
+    def per_token(length):
+        ids = torch.randint(0, 100, (1, length))
+        return counted_train_flops(model, {"input_ids": ids, "labels": ids}) / length
+
+    short, long = per_token(8), per_token(32)
+    # attention: QK^T and AV, 2 x 2 x L x width per token and layer forward, twice that backward
+    assert long - short == pytest.approx(3 * 2 * 2 * 2 * (32 - 8) * 32)
+
+
+def test_train_flops_charge_a_once_per_batch_cost_once_per_batch():
+    """A prefix reparametrisation's MLP runs once per forward: counted on one example and charged per
+    example, it would be overcharged by the batch size. The count extrapolates from one and two rows to
+    the steps' mean rows, so it equals a count on the real batch shape."""
+    from types import SimpleNamespace
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from peftbench.data import Collator
+    from peftbench.measure import counted_train_flops
+    from peftbench.method import apply_method
+    from peftbench.plugins import get_method, load_plugins
+    from peftbench.runner import train_flops
+
+    load_plugins(())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, num_labels=2)
+    method = get_method("prefix")
+    model, _ = apply_method(method, BertForSequenceClassification(config), 4, {"reparam": True, "reparam_hidden": 64})
+    ds = [{"input_ids": [2, 5, 7, 9, 3], "attention_mask": [1] * 5, "labels": 1}]
+    stats = SimpleNamespace(timed_padded_tokens=3 * 8 * 12, timed_samples=3 * 8, timed_steps=3, timed_time_s=1.0)
+    out = train_flops(model, method, stats, {"matmul_gflops": 1.0}, "fp32", ds, Collator(0, False), "cpu")
+    assert out["flops_count"].startswith("counted") and out["flops_rows"] == 8 and out["flops_seq_len"] == 12
+    ids = torch.randint(3, 100, (8, 12))
+    real = counted_train_flops(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                       "labels": torch.zeros(8, dtype=torch.long)}) / (8 * 12)
+    assert out["flops_per_token"] == pytest.approx(real, rel=1e-9)
+    one = counted_train_flops(model, {"input_ids": ids[:1], "attention_mask": torch.ones_like(ids[:1]),
+                                      "labels": torch.zeros(1, dtype=torch.long)}) / 12
+    assert one > 1.2 * real  # per example, the MLP's cost would have been charged 8 times over
