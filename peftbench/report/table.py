@@ -402,9 +402,9 @@ def _mfu_counts(summary: pd.DataFrame) -> set:
 
 def _mfu_caption(summary: pd.DataFrame) -> str:
     counts = _mfu_counts(summary)
-    counted = ("FLOPs per token counted by torch's FlopCounterMode on one training step as autograd runs it: "
-               "the forward and the trainable parameters' gradients, no input gradient before the first "
-               "trainable parameter")
+    counted = ("FLOPs per token counted by torch's FlopCounterMode on training steps as autograd runs them (of 1 "
+               "and 2 examples, extrapolated to the run's batch): the forward and the trainable parameters' "
+               "gradients, no input gradient before the first trainable parameter")
     analytic = ("analytic FLOPs per token, frozen weights without weight gradients; the count charges input "
                 "gradients that autograd skips before a method's first trainable parameter, which overstates "
                 "PEFT methods against full fine-tuning by 2-9% on MiniLM (results/flops_check.md)")
