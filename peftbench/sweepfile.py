@@ -191,8 +191,9 @@ def load(path) -> tuple[list, Path | None]:
         grid = {**defaults, **entry}.get("lr_grid")
         if isinstance(grid, dict):
             unrun = sorted(set(grid) - set().union(*(_method_names({**defaults, **e}.get("methods", [])) for e in entries)))
-            if any("[" in name for name in unrun):
-                name = next(n for n in unrun if "[" in n)
+            with_options = [name for name in unrun if "[" in name]
+            if with_options:
+                name = with_options[0]
                 raise PeftbenchError(f"{path}: lr_grid key {name!r}: a grid belongs to a method and serves all its "
                                      f"variants; name it without options ({name.split('[')[0]} = [...])")
             if unrun:
