@@ -148,6 +148,25 @@ def test_the_fork_servers_quick_exit_is_the_fork_servers_only():
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 3
 
 
+ABANDONED_START = """
+import os, multiprocessing.forkserver as fs
+from peftbench import worker
+worker.context()  # the sweep's fork server, as a sweep starts it
+pipe, to_child = fs._forkserver.connect_to_new_process([])  # the server forks the run's process ...
+os.close(to_child)  # ... and a Ctrl-C stops the sweep before it sends what to run
+fs.read_signed(pipe)  # the process's pid
+print("exit", fs.read_signed(pipe))  # its exit code, once it has ended
+"""
+
+
+def test_a_start_given_up_leaves_no_traceback():
+    """A Ctrl-C between the fork server's fork and the sweep's message to the new process (CI saw the
+    EOFError's traceback under "Interrupted"): the abandoned process ends without one."""
+    res = subprocess.run([sys.executable, "-c", ABANDONED_START], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.split() == ["exit", "1"], res.stderr
+    assert "Traceback" not in res.stderr and "EOFError" not in res.stderr, res.stderr
+
+
 def test_report_on_empty_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no run records found" in capsys.readouterr().err
