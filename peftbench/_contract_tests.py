@@ -2,7 +2,7 @@
 
 import pytest
 
-from peftbench.testing import CHECKS, FAMILIES, ContractFailure, NotApplicable
+from peftbench.testing import CAUSAL_FAMILIES, FAMILIES, ContractFailure, NotApplicable, checks_for
 
 
 def pytest_generate_tests(metafunc):
@@ -16,17 +16,19 @@ def pytest_generate_tests(metafunc):
     if unknown:
         raise pytest.UsageError(f"--peftbench-methods: unknown method(s) {', '.join(unknown)}")
     families = [f.strip() for f in config.getoption("peftbench_families").split(",") if f.strip()]
-    bad = [f for f in families if f not in FAMILIES]
+    known = FAMILIES + CAUSAL_FAMILIES
+    bad = [f for f in families if f not in known]
     if bad:
-        raise pytest.UsageError(f"--peftbench-families: unknown {', '.join(bad)}; use {', '.join(FAMILIES)}")
-    cases = [(n, f, c) for n in names for f in families for c in CHECKS]
+        raise pytest.UsageError(f"--peftbench-families: unknown {', '.join(bad)}; use {', '.join(known)}")
+    # causal LMs get the two generation checks too (loss on target tokens only; generation)
+    cases = [(n, f, c) for n in names for f in families for c in checks_for(f)]
     metafunc.parametrize("method,family,check", [(methods[n], f, c) for n, f, c in cases],
                          ids=[f"{n}-{f}-{c.replace(' ', '_')}" for n, f, c in cases])
 
 
 def test_peftbench_contract(method, family, check):
     try:
-        CHECKS[check](method, family)
+        checks_for(family)[check](method, family)
     except NotApplicable as e:
         pytest.skip(f"{method.name} does not apply to {family}: {e}")
     except ContractFailure as e:

@@ -106,7 +106,8 @@ def peftbench_register_methods(register):
 
 
 def _check(path):
-    return subprocess.run([sys.executable, "-m", "peftbench.cli", "check", str(path), "--families", "bert,llama"],
+    """A classifier and a causal LM (which adds the two generation checks)."""
+    return subprocess.run([sys.executable, "-m", "peftbench.cli", "check", str(path), "--families", "bert,llama-lm"],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -124,7 +125,7 @@ def _rows(stdout):
 def test_check_names_the_failing_property(tmp_path, body, failing):
     res = _check(write_plugin(tmp_path, "third_party", body))
     rows = _rows(res.stdout)
-    assert len(rows) == 8, res.stdout + res.stderr  # 2 families x 4 checks
+    assert len(rows) == 10, res.stdout + res.stderr  # bert's 4 checks, llama-lm's 6
     failed = {check for (_, check), status in rows.items() if status == "FAIL"}
     if failing is None:
         assert res.returncode == 0 and not failed, res.stdout
@@ -150,10 +151,18 @@ def test_pytest_plugin_runs_the_matrix_on_a_third_party_method(tmp_path):
     (tmp_path / "test_empty.py").write_text("def test_nothing():\n    pass\n")
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "peftbench.testing", "-p", "no:cacheprovider",
                           "--peftbench-plugins", str(good), "--peftbench-plugins", str(bad),
-                          "--peftbench-methods", "scaled,badmerge", "--peftbench-families", "bert,llama",
+                          "--peftbench-methods", "scaled,badmerge", "--peftbench-families", "bert,llama-lm",
                           str(tmp_path / "test_empty.py")],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     tail = res.stdout.strip().splitlines()[-1]
-    # 2 methods x 2 families x 4 checks + the file's own test; only badmerge's merge fails (2 families)
-    assert "2 failed" in tail and "15 passed" in tail, res.stdout[-3000:]
+    # 2 methods x (bert's 4 checks + llama-lm's 6) + the file's own test; only badmerge's merge fails (on both)
+    assert "2 failed" in tail and "19 passed" in tail, res.stdout[-3000:]
     assert "badmerge on bert: merge changes outputs" in res.stdout
+
+
+def test_check_defaults_to_every_family():
+    """`peftbench check` spells the families out (importing peftbench.testing imports torch)."""
+    from peftbench.cli.info import CHECK_FAMILIES
+    from peftbench.testing import CAUSAL_FAMILIES, FAMILIES
+
+    assert CHECK_FAMILIES.split(",") == [*FAMILIES, *CAUSAL_FAMILIES]

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pluggy
 import pytest
@@ -137,3 +138,16 @@ def test_hookspecs_are_prefixed():
     pm = pluggy.PluginManager("peftbench")
     pm.add_hookspecs(hookspecs)
     assert all(name.startswith("peftbench_") for name in pm.hook.__dict__ if not name.startswith("_"))
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject.toml lists its packages: a folder of modules missing there is missing from a wheel
+    (a non-editable install had no peftbench.cli, so no `peftbench` command)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {name: root / folder for name, folder in setuptools["package-dir"].items()}
+    found = {".".join((top, *init.parent.relative_to(folder).parts))
+             for top, folder in folders.items() for init in folder.rglob("__init__.py")}
+    assert found == set(setuptools["packages"])

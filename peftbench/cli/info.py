@@ -49,10 +49,14 @@ def methods(ctx, plugin_files):
         click.echo("\nHF peft methods (peft-lora, peft-ia3, ...): pip install 'peftbench[peft]'")
 
 
+# testing.FAMILIES + testing.CAUSAL_FAMILIES, written out: importing peftbench.testing imports torch
+CHECK_FAMILIES = "bert,roberta,gpt2,llama,gpt2-lm,llama-lm,bloom-lm"
+
+
 @cli.command()
 @click.argument("plugin")
-@click.option("--families", default=",".join(("bert", "roberta", "gpt2", "llama")), show_default=True,
-              help="Tiny model families to check on.")
+@click.option("--families", default=CHECK_FAMILIES, show_default=True,
+              help="Tiny model families to check on (classifiers; -lm: causal LMs, with the generation checks).")
 @click.pass_context
 def check(ctx, plugin, families):
     """Run the method contract on the methods of PLUGIN (a .py file or an installed plugin's name)."""
@@ -72,9 +76,10 @@ def check(ctx, plugin, families):
         hint = "" if pm.has_plugin(name) else f" (registered plugins: {', '.join(known)})"
         raise PeftbenchError(f"plugin {plugin} registers no methods{hint}; give a plugin file or entry-point name")
     fams = [f.strip() for f in families.split(",") if f.strip()]
-    bad = [f for f in fams if f not in testing.FAMILIES]
+    known = testing.FAMILIES + testing.CAUSAL_FAMILIES
+    bad = [f for f in fams if f not in known]
     if bad:
-        raise PeftbenchError(f"--families: unknown {', '.join(bad)}; use {', '.join(testing.FAMILIES)}")
+        raise PeftbenchError(f"--families: unknown {', '.join(bad)}; use {', '.join(known)}")
     results = testing.run_checks(methods, fams)
     print_rows([("method", "family", "check", "result", "detail"),
                  *((r.method, r.family, r.check, r.status, r.detail[:120]) for r in results)])
