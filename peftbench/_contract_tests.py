@@ -2,7 +2,7 @@
 
 import pytest
 
-from peftbench.testing import CAUSAL_FAMILIES, FAMILIES, ContractFailure, NotApplicable, checks_for
+from peftbench.testing import ContractFailure, NotApplicable, checks_for, parse_families
 
 
 def pytest_generate_tests(metafunc):
@@ -15,11 +15,10 @@ def pytest_generate_tests(metafunc):
     unknown = [n for n in names if n not in methods]
     if unknown:
         raise pytest.UsageError(f"--peftbench-methods: unknown method(s) {', '.join(unknown)}")
-    families = [f.strip() for f in config.getoption("peftbench_families").split(",") if f.strip()]
-    known = FAMILIES + CAUSAL_FAMILIES
-    bad = [f for f in families if f not in known]
-    if bad:
-        raise pytest.UsageError(f"--peftbench-families: unknown {', '.join(bad)}; use {', '.join(known)}")
+    try:
+        families = parse_families(config.getoption("peftbench_families"))
+    except ValueError as e:
+        raise pytest.UsageError(f"--peftbench-families: {e}") from None
     # causal LMs get the two generation checks too (loss on target tokens only; generation)
     cases = [(n, f, c) for n in names for f in families for c in checks_for(f)]
     metafunc.parametrize("method,family,check", [(methods[n], f, c) for n, f, c in cases],

@@ -37,6 +37,7 @@ from .errors import UnsupportedModel
 
 FAMILIES = ("bert", "roberta", "gpt2", "llama")  # sequence classification
 CAUSAL_FAMILIES = ("gpt2-lm", "llama-lm", "bloom-lm")  # causal language models (generation tasks)
+ALL_FAMILIES = FAMILIES + CAUSAL_FAMILIES
 EOS = 1  # the tiny causal models' EOS (and BOS) token id; 0 is padding
 
 
@@ -76,7 +77,7 @@ def tiny_model(family: str, seed: int = 0, num_labels: int = 2, vocab: int = 100
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=64, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=1,
             **common))
-    raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES + CAUSAL_FAMILIES)}")
+    raise ValueError(f"unknown family {family!r}; use one of {', '.join(ALL_FAMILIES)}")
 
 
 def tiny_batch(vocab: int = 1000, seed: int = 1, bsz: int = 3, length: int = 9, labels: bool = True,
@@ -309,7 +310,17 @@ class Result:
     detail: str = ""
 
 
-def run_checks(methods, families=FAMILIES + CAUSAL_FAMILIES) -> list[Result]:
+def parse_families(text: str) -> list[str]:
+    """The families of a comma list (``--families``, ``--peftbench-families``); ValueError naming
+    those that are not families."""
+    families = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in families if f not in ALL_FAMILIES]
+    if bad:
+        raise ValueError(f"unknown {', '.join(bad)}; use {', '.join(ALL_FAMILIES)}")
+    return families
+
+
+def run_checks(methods, families=ALL_FAMILIES) -> list[Result]:
     """Every check on every (method, family); a method that does not apply to a family is n/a."""
     results = []
     for method in methods:
@@ -335,8 +346,8 @@ def pytest_addoption(parser):
                     help="comma list of registered methods to run the peftbench contract on")
     group.addoption("--peftbench-plugins", action="append", default=[], metavar="FILE.py",
                     help="load a local peftbench plugin file first (repeatable)")
-    group.addoption("--peftbench-families", default=",".join(FAMILIES + CAUSAL_FAMILIES),
-                    help=f"tiny model families to check on (default {','.join(FAMILIES + CAUSAL_FAMILIES)})")
+    group.addoption("--peftbench-families", default=",".join(ALL_FAMILIES),
+                    help=f"tiny model families to check on (default {','.join(ALL_FAMILIES)})")
 
 
 def pytest_collection_modifyitems(session, config, items):

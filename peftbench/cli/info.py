@@ -49,7 +49,7 @@ def methods(ctx, plugin_files):
         click.echo("\nHF peft methods (peft-lora, peft-ia3, ...): pip install 'peftbench[peft]'")
 
 
-# testing.FAMILIES + testing.CAUSAL_FAMILIES, written out: importing peftbench.testing imports torch
+# testing.ALL_FAMILIES, written out: importing peftbench.testing imports torch
 CHECK_FAMILIES = "bert,roberta,gpt2,llama,gpt2-lm,llama-lm,bloom-lm"
 
 
@@ -75,11 +75,10 @@ def check(ctx, plugin, families):
         known = sorted({m.plugin for m in get_methods().values()})
         hint = "" if pm.has_plugin(name) else f" (registered plugins: {', '.join(known)})"
         raise PeftbenchError(f"plugin {plugin} registers no methods{hint}; give a plugin file or entry-point name")
-    fams = [f.strip() for f in families.split(",") if f.strip()]
-    known = testing.FAMILIES + testing.CAUSAL_FAMILIES
-    bad = [f for f in fams if f not in known]
-    if bad:
-        raise PeftbenchError(f"--families: unknown {', '.join(bad)}; use {', '.join(known)}")
+    try:
+        fams = testing.parse_families(families)
+    except ValueError as e:
+        raise PeftbenchError(f"--families: {e}") from None
     results = testing.run_checks(methods, fams)
     print_rows([("method", "family", "check", "result", "detail"),
                  *((r.method, r.family, r.check, r.status, r.detail[:120]) for r in results)])
