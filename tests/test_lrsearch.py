@@ -76,6 +76,8 @@ def test_search_never_reads_the_reported_split_and_resumes(tiny_model_dirs, cli_
     assert again.stderr.count("with an ok record; 0 to run") == 2  # neither the search nor the finals reran
     report = peftbench("report", out, env=env)
     assert "(searched" in report.stdout and "Learning rates: full: search 1e-05,3e-05 on 40 held-out" in report.stdout
+    report = peftbench("report", out / "search", env=env)  # the candidates themselves: one rate a row
+    assert "Learning rates: each row one candidate rate of a learning-rate search" in report.stdout, report.stdout
 
     # a search run checks the data it was planned on, the reported split included (hashed, never parsed)
     changed = tmp_path / "changed"

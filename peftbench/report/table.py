@@ -548,6 +548,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
     head, sep, *body = markdown_lines(disp)
     provenance = provenance_lines(summary)
     searched = summary[summary.lr_selection.apply(lambda v: isinstance(v, str))] if "lr_selection" in summary else summary[:0]
+    candidates = searched[searched.lr_selection == "candidate"]  # a search folder's runs: each one rate of a grid
+    searched = searched[searched.lr_selection != "candidate"]
     notes = [
         "",
         "Settings: " + "; ".join(setup_lines(summary)) + ".",
@@ -563,7 +565,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
                "(lr_extend grows a grid only at a best rate no other rate matches)"
                if "lr_grid_edge" in searched and searched.lr_grid_edge.astype(str).str.endswith(", tied").any() else "")
             + "); the other "
-            "rows at their method's default or --lr." if len(searched) else "each method's default or --lr (no search)."),
+            "rows at their method's default or --lr." if len(searched) else
+            "each row one candidate rate of a learning-rate search (the lr column), scored by its metric on "
+            "held-out training examples (the reported split never read)." if len(candidates) else
+            "each method's default or --lr (no search)."),
         "params = the method's own trainable parameters (the budget counts these); the task head "
         "is trained by every method and counted separately (head_params in the CSV). "
         "Peak MB: the run process's peak memory during training (CPU: resident set size, which "
