@@ -133,6 +133,10 @@ class Task:
         """Read one split into a frame with columns text_a, [text_b], label."""
         if self.reader is not None:
             return self.reader(path, self)
+        if self.format == "tsv":
+            fast = read_tsv_fast(path, self)
+            if fast is not None:
+                return fast
         rows = read_jsonl(path, self) if self.format == "jsonl" else read_tsv(path, self)
         return pd.DataFrame(rows, columns=[*_text_names(self), "label"])
 
@@ -156,6 +160,55 @@ class Task:
 
 def _text_names(task: Task):
     return ["text_a", "text_b"][: len(task.text_columns)]
+
+
+def read_tsv_fast(path: Path, task: Task) -> pd.DataFrame | None:
+    """What ``read_tsv`` returns, read by pandas' C parser (SST-2's 67k lines: ~0.05 s against
+    ~0.6 s, paid by the sweep's plan and again by every run), or None where the file is anything
+    but clean (a field count off, an unknown or malformed label, a byte-order mark, bad UTF-8):
+    ``read_tsv`` then reads it and names the line at fault."""
+    import io
+
+    try:
+        data = path.read_bytes()
+        if data[:3] == b"\xef\xbb\xbf":  # pandas drops a byte-order mark; read_tsv reports the header
+            return None
+        raw = pd.read_csv(io.BytesIO(data), sep="\t", quoting=csv.QUOTE_NONE, header=None, dtype=str,
+                          na_filter=False, skip_blank_lines=True, encoding="utf-8", engine="c")
+    except Exception:
+        return None
+    # every line but the empty ones became a row (pandas also skips whitespace-only lines, which
+    # read_tsv reports)
+    if len(raw) != sum(1 for line in data.split(b"\n") if line not in (b"", b"\r")):
+        return None
+    if task.columns:
+        columns = list(task.columns)
+    else:
+        columns, raw = list(raw.iloc[0]), raw.iloc[1:]
+    wanted = (*task.text_columns, task.label_column)
+    if (raw.empty or len(columns) != raw.shape[1] or any(c not in columns for c in wanted)
+            or raw.isna().any().any()):
+        return None
+    picked = raw.iloc[:, [columns.index(c) for c in wanted]]
+    labels = picked.iloc[:, -1]
+    if task.label_map is not None:
+        values = labels.map(task.label_map)
+        if values.isna().any():
+            return None
+        values = values.astype("int64")
+    else:
+        values = pd.to_numeric(labels, errors="coerce")
+        if values.isna().any():
+            return None
+        if not task.is_regression:
+            if ((values % 1 != 0) | (values < 0) | (values >= task.num_labels)).any():
+                return None
+            values = values.astype("int64")
+        else:
+            values = values.astype("float64")
+    frame = pd.DataFrame({name: picked.iloc[:, i].to_numpy(dtype=object) for i, name in enumerate(_text_names(task))})
+    frame["label"] = values.to_numpy()
+    return frame
 
 
 def read_tsv(path: Path, task: Task) -> list:

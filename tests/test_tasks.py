@@ -3,11 +3,12 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from peftbench.errors import PeftbenchError
 from peftbench.plugins import get_task, get_tasks
-from peftbench.tasks import load_task_data
+from peftbench.tasks import load_task_data, read_tsv, read_tsv_fast
 
 
 def test_six_tasks_registered_with_versions():
@@ -45,6 +46,45 @@ def test_first_rows_match_the_files(small_data):
     assert trec.iloc[0].to_dict() == {"text_a": "How did serfdom develop in and then leave Russia ?", "label": 1}
     stsb = load_task_data(get_task("stsb"), str(small_data)).train
     assert stsb.iloc[0].label == 5.0 and stsb.label.dtype == float
+
+
+def _exact(task, path):
+    return pd.DataFrame(read_tsv(path, task), columns=["text_a", "text_b"][: len(task.text_columns)] + ["label"])
+
+
+@pytest.mark.parametrize("name", ["sst2", "cola", "rte", "stsb"])
+def test_the_fast_tsv_reader_reads_what_the_exact_one_does(small_data, name):
+    task = get_task(name)
+    for file in (task.train_file, task.eval_file):
+        path = small_data / task.folder / file
+        fast = read_tsv_fast(path, task)
+        assert fast is not None, f"{path}: a clean file fell back to the slow reader"
+        pd.testing.assert_frame_equal(fast, _exact(task, path))
+
+
+@pytest.mark.parametrize(
+    "content,fast_reads",
+    [
+        ("sentence\tlabel\r\na b\t1\r\nc\t0\r\n", True),  # CRLF
+        ("sentence\tlabel\n\na b\t1\n\nc\t0\n", True),  # blank lines: skipped by both
+        ('sentence\tlabel\n"a b\t1\nc "d" \t0.0\n', True),  # quotes are text; 0.0 is class 0
+        ("sentence\tlabel\n\t1\nNA\t0\nnull\t1\n", True),  # empty and NA-looking text stays text
+        ("sentence\tlabel\n \na\t1\n", False),  # a whitespace-only line: the exact reader's error
+        ("\ufeffsentence\tlabel\na\t1\n", False),  # a byte-order mark: the exact reader's header error
+        ("sentence\tlabel\na\t1\nb\n", False),
+        ("sentence\tlabel\na\t1\tx\n", False),
+        ("sentence\tlabel\na\tnan\n", False),
+        ("sentence\tlabel\n", False),
+    ],
+)
+def test_the_fast_tsv_reader_reads_clean_files_and_leaves_the_rest_to_the_exact_one(tmp_path, content, fast_reads):
+    task = get_task("sst2")
+    path = tmp_path / "train.tsv"
+    path.write_text(content, encoding="utf-8")
+    fast = read_tsv_fast(path, task)
+    assert (fast is not None) == fast_reads
+    if fast_reads:
+        pd.testing.assert_frame_equal(fast, _exact(task, path))
 
 
 def test_unbalanced_quotes_do_not_merge_rows(tmp_path):
