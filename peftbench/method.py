@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import inspect
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -45,7 +47,8 @@ class Method(ABC):
     version: ClassVar[int | str] = 1
     #: True for a method meant to train nothing of its own (a linear probe: the head only).
     probe: ClassVar[bool] = False
-    #: A frozen dataclass of options; unknown keys are rejected.
+    #: A frozen dataclass of options; unknown keys are rejected. May be a ``functools.cached_property``
+    #: returning one (built on first use, e.g. from a library's config class that is slow to import).
     Options: ClassVar[type] = NoOptions
     description: ClassVar[str] = ""
 
@@ -113,7 +116,8 @@ class Method(ABC):
             raise PluginError(f"method {self.name}: set default_knob exactly when the method has a knob")
         if not (isinstance(self.default_lr, float) and self.default_lr > 0):
             raise PluginError(f"method {self.name}: default_lr must be a positive float")
-        if not dataclasses.is_dataclass(self.Options):
+        lazy = isinstance(inspect.getattr_static(self, "Options"), functools.cached_property)
+        if not lazy and not dataclasses.is_dataclass(self.Options):  # lazy: checked where first parsed
             raise PluginError(f"method {self.name}: Options must be a dataclass")
         if not isinstance(self.version, (int, str)) or isinstance(self.version, bool):
             raise PluginError(f"method {self.name}: version must be an int or a str")

@@ -29,7 +29,12 @@ EXIT_INTERRUPTED = 130
 PRELOAD = [
     "peftbench.runner", "peftbench.train", "peftbench.data", "peftbench.measure", "peftbench.tasks",
     "peftbench.plugins", *DEFAULT_PLUGINS, "transformers.models.auto.modeling_auto", "datasets",
-    "safetensors.torch", "peft", "sklearn.metrics", "scipy.stats",  # these three: the bridge and metrics
+    "safetensors.torch",
+    # peft: what it imports of transformers (generation, tokenizers, masking, BERT's model code) a run
+    # loads anyway. Not scikit-learn or scipy (0.6 s): the server's start is on the way to a sweep's
+    # first run (with them it ended 1.2-1.7 s after the plan of make run's sweep); the runs that use
+    # them (an F1, MCC or correlation metric, a search's validation split) import them themselves
+    "peft",
     "peftbench._forkserver",  # last: the server's exit skips its interpreter teardown
 ]
 

@@ -128,3 +128,17 @@ def test_adalora_allocates_ranks_through_the_training_loop(family):
 def test_adalora_rejects_a_target_rank_above_the_initial_rank():
     with pytest.raises(UnsupportedModel, match="target_r=8 exceeds init_r=4"):
         apply_method(METHODS["peft-adalora"], make_model("bert"), 4, {"target_r": 8})
+
+
+def test_registering_the_bridge_imports_no_peft():
+    """peft (0.6 s to import) is imported where a peft method is first used, not by every process
+    that loads the plugins (a sweep's plan, each run of lora or adapter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from peftbench.plugins import load_plugins, get_methods; load_plugins(()); "
+            "m = get_methods(); assert 'peft-lora' in m and m['peft-lora'].version.startswith('1+peft'); "
+            "print('peft' in sys.modules); m['peft-lora'].options(lora_alpha='32'); print('peft' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True"]

@@ -149,6 +149,19 @@ def test_accuracy_and_f1():
     assert list(scores) == ["accuracy", "f1"]
 
 
+
+def test_accuracy_is_scikit_learns():
+    from sklearn.metrics import accuracy_score
+
+    accuracy = get_task("trec").score
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 500):
+        pred, gold = rng.integers(0, 6, n), rng.integers(0, 6, n)
+        assert accuracy(pred, gold)["accuracy"] == accuracy_score(gold, pred)
+    with pytest.raises(Exception, match="shape"):  # the metric's failure, named (a plugin failure)
+        accuracy(np.zeros(3, int), np.zeros(4, int))
+
+
 def test_matthews_correlation():
     task = get_task("cola")
     pred = np.array([1, 1, 0, 0, 1, 0])
