@@ -387,3 +387,17 @@ def test_the_mfu_caption_says_which_flops_count_and_marks_rows_of_the_other():
     cells = {ln.split("|")[2].strip(): ln.split("|")[col].strip() for ln in mixed.splitlines() if ln.startswith("| sst2 |")}
     assert cells["lora"] == "20.0%" and cells["adapter"] == "20.0% (a)" and cells["prefix"] == "20.0% (m)", cells
     assert "values marked (a): analytic" in mixed
+
+
+def test_rows_of_a_fixed_size_method_run_under_different_settings_are_told_apart():
+    """Two learning rates of full fine-tuning (a search folder's candidates): their labels say which
+    is which, as a sized method's do (a fixed-size method's knob is NaN, which never equals itself)."""
+    recs = []
+    for lr in (1e-4, 1e-3):
+        for method, knob, knob_value in (("full", None, None), ("lora", "r", 8)):
+            rec = fake_record("sst2", method, 0, 0.8 + lr, knob=knob, knob_value=knob_value)
+            rec["spec"]["lr"] = lr
+            rec["run_id"] += f"-{lr}"
+            recs.append(rec)
+    configs = set(summarize(records_frame(recs)).config) - {"trivial baseline (majority class)"}
+    assert configs == {"full (lr 0.0001)", "full (lr 0.001)", "lora (lr 0.0001)", "lora (lr 0.001)"}, configs
