@@ -95,6 +95,8 @@ class Method(ABC):
     # -- helpers for the host ------------------------------------------------------------
     def options(self, **given) -> Any:
         """Parse options (strings from the CLI or typed values) into ``self.Options``."""
+        if not dataclasses.is_dataclass(self.Options):  # one built on first use is checked here
+            raise PluginError(f"method {self.name}: Options must be a dataclass")
         return parse_options(self.Options, given, owner=f"method {self.name}")
 
     def check_knob(self, value) -> int | None:
