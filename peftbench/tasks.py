@@ -171,23 +171,32 @@ def read_tsv_fast(path: Path, task: Task) -> pd.DataFrame | None:
 
     try:
         data = path.read_bytes()
-        if data[:3] == b"\xef\xbb\xbf":  # pandas drops a byte-order mark; read_tsv reports the header
-            return None
+    except OSError:
+        return None
+    # What pandas reads otherwise than csv does, left to read_tsv: a byte-order mark (pandas drops
+    # it), a lone \r (a line end for both, but not in the line count below), a blank first line (csv's
+    # header then), a line longer than csv's field limit (csv refuses it)
+    lines = [line for line in data.split(b"\n") if line not in (b"", b"\r")]
+    if (data[:3] == b"\xef\xbb\xbf" or data.count(b"\r") != data.count(b"\r\n")
+            or (not task.columns and data[:1] in (b"\n", b"\r"))
+            or max(map(len, lines), default=0) > csv.field_size_limit()):
+        return None
+    try:
         raw = pd.read_csv(io.BytesIO(data), sep="\t", quoting=csv.QUOTE_NONE, header=None, dtype=str,
                           na_filter=False, skip_blank_lines=True, encoding="utf-8", engine="c")
     except Exception:
         return None
-    # every line but the empty ones became a row (pandas also skips whitespace-only lines, which
-    # read_tsv reports)
-    if len(raw) != sum(1 for line in data.split(b"\n") if line not in (b"", b"\r")):
+    # Every non-empty line became a row (pandas also skips whitespace-only lines, which read_tsv
+    # reports), each of raw's width: pandas refuses a longer row but fills a shorter one with ''
+    # (a tab is never text here: quoting is off)
+    if len(raw) != len(lines) or data.count(b"\t") != len(lines) * (raw.shape[1] - 1):
         return None
     if task.columns:
         columns = list(task.columns)
     else:
         columns, raw = list(raw.iloc[0]), raw.iloc[1:]
     wanted = (*task.text_columns, task.label_column)
-    if (raw.empty or len(columns) != raw.shape[1] or any(c not in columns for c in wanted)
-            or raw.isna().any().any()):
+    if raw.empty or len(columns) != raw.shape[1] or any(c not in columns for c in wanted):
         return None
     picked = raw.iloc[:, [columns.index(c) for c in wanted]]
     labels = picked.iloc[:, -1]
@@ -219,7 +228,14 @@ def read_tsv(path: Path, task: Task) -> list:
         wanted = (*task.text_columns, task.label_column)
         columns = list(task.columns) if task.columns else None
         index = [columns.index(c) for c in wanted] if columns else None
-        for line, fields in enumerate(reader, start=1):
+        lines = enumerate(reader, start=1)
+        while True:
+            try:
+                line, fields = next(lines)
+            except StopIteration:
+                break
+            except csv.Error as e:  # e.g. a line over csv's field size limit
+                raise PeftbenchError(f"{path}:{reader.line_num}: {e}; is this a {task.name} TSV file?") from None
             if columns is None:
                 columns = fields
                 missing = [c for c in wanted if c not in columns]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import peftbench
-from peftbench.errors import UnsupportedModel, first_line
+from peftbench.errors import PluginError, UnsupportedModel, first_line
 from peftbench.method import head_parameter_names, is_causal_lm
 
 
@@ -161,9 +161,13 @@ class PeftMethod(peftbench.Method):
 
     @functools.cached_property
     def config_cls(self):
-        import peft
+        try:
+            import peft
 
-        return getattr(peft, self.spec.config)
+            return getattr(peft, self.spec.config)
+        except (ImportError, AttributeError) as e:  # what registering checked when it imported peft
+            raise PluginError(f"method {self.name}: peft {_peft_version()} has no usable {self.spec.config} "
+                              f"({first_line(e)}); install a peft release that has it (pip install -U peft)") from None
 
     @functools.cached_property
     def Options(self):  # noqa: N802 (the Method attribute's name)

@@ -75,10 +75,16 @@ def test_the_fast_tsv_reader_reads_what_the_exact_one_does(small_data, name):
         ("sentence\tlabel\na\t1\tx\n", False),
         ("sentence\tlabel\na\tnan\n", False),
         ("sentence\tlabel\n", False),
+        ("\nsentence\tlabel\na\t1\n", False),  # a blank first line: csv's header, so the exact reader refuses it
+        ("sentence\tlabel\nx\t1\r \n", False),  # a lone \r ends a line for both readers
+        ("sentence\tlabel\n" + "x" * 200_000 + "\t1\n", False),  # over csv's field size limit
+        ("cola:src\t1\t\ta\nsrc\t0\t*\n", False),  # a short row whose missing field is text, not the label
+        ("cola:src\t1\t\ta\nsrc\t0\t*\tb\n", True),
     ],
 )
 def test_the_fast_tsv_reader_reads_clean_files_and_leaves_the_rest_to_the_exact_one(tmp_path, content, fast_reads):
-    task = get_task("sst2")
+    name, _, content = content.rpartition(":") if content.startswith("cola:") else ("sst2", "", content)
+    task = get_task(name)
     path = tmp_path / "train.tsv"
     path.write_text(content, encoding="utf-8")
     fast = read_tsv_fast(path, task)

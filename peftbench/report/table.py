@@ -463,7 +463,7 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
             "lr": (f"{r.lr:g}" if isinstance(r.lr, (int, float)) and pd.notna(r.lr) else "")
             + (" (searched" + (", flat grid" if r.get("lr_grid_edge") == "flat" else _edge_words(r.lr_grid_edge)
                                 if isinstance(r.get("lr_grid_edge"), str) else "")
-               + ")" if isinstance(r.get("lr_selection"), str) else ""),
+               + ")" if isinstance(r.get("lr_selection"), str) and r.get("lr_selection") != "candidate" else ""),
             "search s": _n(r.get("search_seconds"), "{:,.0f}"),
             "merge Δ": _n(r.merged_max_abs_diff, "{:.1e}"),
             "ckpt ↓": _count(r.checkpoint_bytes) + "B" if pd.notna(r.checkpoint_bytes) else "",
