@@ -95,9 +95,12 @@ class Method(ABC):
     # -- helpers for the host ------------------------------------------------------------
     def options(self, **given) -> Any:
         """Parse options (strings from the CLI or typed values) into ``self.Options``."""
-        if not dataclasses.is_dataclass(self.Options):  # one built on first use is checked here
+        return parse_options(self._options_class(), given, owner=f"method {self.name}")
+
+    def _options_class(self) -> type:
+        if not dataclasses.is_dataclass(self.Options):
             raise PluginError(f"method {self.name}: Options must be a dataclass")
-        return parse_options(self.Options, given, owner=f"method {self.name}")
+        return self.Options
 
     def check_knob(self, value) -> int | None:
         if self.knob is None:
@@ -118,9 +121,8 @@ class Method(ABC):
             raise PluginError(f"method {self.name}: set default_knob exactly when the method has a knob")
         if not (isinstance(self.default_lr, float) and self.default_lr > 0):
             raise PluginError(f"method {self.name}: default_lr must be a positive float")
-        lazy = isinstance(inspect.getattr_static(self, "Options"), functools.cached_property)
-        if not lazy and not dataclasses.is_dataclass(self.Options):  # lazy: checked where first parsed
-            raise PluginError(f"method {self.name}: Options must be a dataclass")
+        if not isinstance(inspect.getattr_static(self, "Options"), functools.cached_property):
+            self._options_class()  # one built on first use is checked there (options())
         if not isinstance(self.version, (int, str)) or isinstance(self.version, bool):
             raise PluginError(f"method {self.name}: version must be an int or a str")
 

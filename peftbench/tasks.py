@@ -228,29 +228,25 @@ def read_tsv(path: Path, task: Task) -> list:
         wanted = (*task.text_columns, task.label_column)
         columns = list(task.columns) if task.columns else None
         index = [columns.index(c) for c in wanted] if columns else None
-        lines = enumerate(reader, start=1)
-        while True:
-            try:
-                line, fields = next(lines)
-            except StopIteration:
-                break
-            except csv.Error as e:  # e.g. a line over csv's field size limit
-                raise PeftbenchError(f"{path}:{reader.line_num}: {e}; is this a {task.name} TSV file?") from None
-            if columns is None:
-                columns = fields
-                missing = [c for c in wanted if c not in columns]
-                if missing:
-                    raise PeftbenchError(f"{path}:1: header lacks column(s) {', '.join(missing)} (task {task.name})")
-                index = [columns.index(c) for c in wanted]
-                continue
-            if not fields:
-                continue
-            if len(fields) != len(columns):
-                raise PeftbenchError(
-                    f"{path}:{line}: expected {len(columns)} tab-separated fields, found {len(fields)}"
-                )
-            *texts, label = (fields[i] for i in index)
-            rows.append([*texts, task.parse_label(label, path, line)])
+        try:
+            for line, fields in enumerate(reader, start=1):
+                if columns is None:
+                    columns = fields
+                    missing = [c for c in wanted if c not in columns]
+                    if missing:
+                        raise PeftbenchError(f"{path}:1: header lacks column(s) {', '.join(missing)} (task {task.name})")
+                    index = [columns.index(c) for c in wanted]
+                    continue
+                if not fields:
+                    continue
+                if len(fields) != len(columns):
+                    raise PeftbenchError(
+                        f"{path}:{line}: expected {len(columns)} tab-separated fields, found {len(fields)}"
+                    )
+                *texts, label = (fields[i] for i in index)
+                rows.append([*texts, task.parse_label(label, path, line)])
+        except csv.Error as e:  # e.g. a line over csv's field size limit
+            raise PeftbenchError(f"{path}:{reader.line_num}: {e}; is this a {task.name} TSV file?") from None
     return rows
 
 

@@ -193,8 +193,8 @@ def _tell_apart(rows: list[dict]) -> None:
     settings get the differing settings in their config label, e.g. ``lora (weight_decay 0.01)``."""
     clashes: dict = {}
     for row in rows:
-        knob = row.get("knob_value")  # a fixed-size method's is NaN: no two NaNs are equal as dict keys
-        knob = None if knob is None or (isinstance(knob, float) and math.isnan(knob)) else knob
+        knob = None if pd.isna(row.get("knob_value")) else row.get("knob_value")  # a fixed-size method's is NaN,
+        # and no two NaNs are equal as dict keys
         clashes.setdefault((row.get("task"), row.get("config"), knob, row.get("budget")), []).append(row)
     for group in clashes.values():
         if len(group) < 2:
