@@ -8,7 +8,8 @@ schedule in epochs, so fewer steps than a final run on the whole file: TREC 310 
 training subset is drawn from what is left) and scored on that split: the task's
 primary metric for classification, the validation loss (mean target-token cross-entropy) for
 generation, where generating for every candidate would cost more than training. The best mean
-over ``--search-seeds`` wins, ties to the smaller rate; then the real seeds run at the chosen
+over ``--search-seeds`` wins, ties to the smaller rate (a rate that failed, diverged or scored NaN
+on any search seed is out); then the real seeds run at the chosen
 rate and are evaluated as usual. Search runs are ordinary runs with records of their own, in
 ``<out>/search/`` (resumable, and out of the tables); the final records name the search:
 candidates, their validation scores, the chosen rate and the compute it cost.
@@ -26,6 +27,7 @@ inside its grid keeps the run id it had without extension.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 from .errors import PeftbenchError
@@ -175,22 +177,35 @@ def tied(scores: dict, chosen: float) -> bool:
 
 
 def choose(grid, candidates, records: dict) -> dict:
-    """The search's outcome for one group: chosen rate and what it cost, from the search records."""
+    """The search's outcome for one group: chosen rate and what it cost, from the search records. A
+    rate is chosen only if every one of its candidates (one per search seed) ran ok to a finite
+    score: a rate that diverged (or scored NaN) on one seed is not rescued by the others."""
     scores: dict[float, list[float]] = {}
+    unusable: set[float] = set()
     seconds = steps = 0.0
     failed = []
+    metric = None
     for rid in candidates:
         rec = records.get(rid)
-        if rec is None or rec["status"] != "ok":
+        if rec is None:
             failed.append(rid)
             continue
-        metric = rec["selection_metric"]
-        scores.setdefault(rec["spec"]["lr"], []).append(rec["metrics"][metric["name"]])
-        seconds += rec.get("duration_s", 0.0)
-        steps += rec["train"]["steps"]
-    if not scores:
-        return {"chosen": None, "error": f"every search run failed ({len(failed)})"}
-    means = {lr: sum(v) / len(v) for lr, v in scores.items()}
+        lr = rec["spec"]["lr"]
+        value = None
+        if rec["status"] == "ok":
+            metric = rec["selection_metric"]
+            value = rec["metrics"].get(metric["name"])
+            seconds += rec.get("duration_s", 0.0)
+            steps += rec["train"]["steps"]
+        if value is None or not math.isfinite(value):
+            failed.append(rid)
+            unusable.add(lr)
+            continue
+        scores.setdefault(lr, []).append(value)
+    means = {lr: math.fsum(v) / len(v) for lr, v in scores.items() if lr not in unusable}
+    if not means:
+        return {"chosen": None, "error": f"no rate ran ok to a finite score on every search seed "
+                                         f"({len(failed)} of {len(candidates)} search runs did not)"}
     higher = metric["direction"] == "higher"
     best = max(means.values()) if higher else min(means.values())
     chosen = min(lr for lr, v in means.items() if v == best)  # ties to the smaller rate
@@ -201,7 +216,7 @@ def choose(grid, candidates, records: dict) -> dict:
 
 def finals(searches: list[Search], records: dict) -> tuple[list[dict], list[str]]:
     """The final specs at the chosen rates, and lines saying what was chosen."""
-    specs, lines = [], []
+    specs, lines, seen = [], [], set()
     for search in searches:
         outcome = choose(search.grid, search.candidates, records)
         if search.added:
@@ -218,6 +233,9 @@ def finals(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
         else:
             spec["lr"], spec["lr_source"] = outcome["chosen"], "searched"
         spec["run_id"] = run_id(spec)
+        if spec["run_id"] in seen:  # one final planned by two entries of a sweep file runs once
+            continue
+        seen.add(spec["run_id"])
         specs.append(spec)
         lines.append(f"{spec['label']} on {spec['task']}: lr {outcome.get('chosen')} "
                      f"({outcome.get('metric')} on held-out training data: {outcome.get('scores')})"

@@ -434,6 +434,7 @@ def plan_all(settings: list) -> Plan:
     searches = list({s["run_id"]: s for p in plans for s in p.searches}.values())
     return Plan(specs, [sol for p in plans for sol in p.solutions],
                 list(dict.fromkeys(w for p in plans for w in p.warnings)), searches,
-                [w for p in plans for w in p.waiting])
+                list({(w.template["run_id"], *map(tuple, (w.grid, w.seeds)), w.val_samples, w.extend): w
+                      for p in plans for w in p.waiting}.values()))
 
 

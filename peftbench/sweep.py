@@ -61,6 +61,20 @@ def record_failure(out, spec, status, error, started, attempt=None, error_type=N
     return rec
 
 
+def kept_or_failure(out, spec, status, error, started) -> dict:
+    """A remote executor lost a run (its job or task died): the record the run wrote itself if it
+    got that far (ok, or cancelled, which a resume reruns) since ``started``, else a failure record.
+    Runs are only started without an ok record, so an ok record written since is this run's."""
+    path = record_path(out, spec["run_id"])
+    try:
+        rec = read_record(path)
+        if rec is not None and rec.get("status") in ("ok", "cancelled") and path.stat().st_mtime >= started:
+            return rec
+    except (ValueError, OSError):
+        pass
+    return record_failure(out, spec, status, error, started)
+
+
 def _own_record(out, spec, attempt) -> dict | None:
     """The run's record if this attempt wrote it (not an older one, not a corrupt file)."""
     try:

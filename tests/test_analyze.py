@@ -104,13 +104,22 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     state = load_file(json.loads(r8.read_text())["checkpoint"]["path"])
     dropped = next(k for k in state if ".lora_B" in k)
     save_file({k: v for k, v in state.items() if k != dropped}, tmp_path / "short.safetensors")
+    (tmp_path / "pointer.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
     for name, ckpt, says in (("short", tmp_path / "short.safetensors", "lacks 1 of the run's LoRA factors"),
-                             ("r2", json.loads(r2.read_text())["checkpoint"]["path"], "does not fit the run's model")):
+                             ("r2", json.loads(r2.read_text())["checkpoint"]["path"], "does not fit the run's model"),
+                             ("pointer", tmp_path / "pointer.safetensors", "not a readable safetensors checkpoint"),
+                             ("revision", None, "analyse it with the weights it was trained on")):
         wrong = json.loads(r8.read_text())
-        wrong["checkpoint"]["path"], wrong["run_id"] = str(ckpt), "1" * 16
+        wrong["run_id"] = "1" * 16
+        if ckpt is None:
+            wrong["spec"]["model_revision"] = "local:0123456789abcdef"  # other weights than these
+        else:
+            wrong["checkpoint"]["path"] = str(ckpt)
         (tmp_path / f"{name}.json").write_text(json.dumps(wrong))
         bad = analyze("delta", tmp_path / f"{name}.json", env=env)
         assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    bad = analyze("subspace", r2, r8, "--plot", tmp_path / "no" / "phi.png", env=env)
+    assert bad.returncode == 2 and "its folder does not exist" in bad.stderr
 
 
 # The published analyses of the rank study (results/lora-paper/rank): file -> (target set, rank, seed)
@@ -119,6 +128,7 @@ PUBLISHED = {
     "subspace-r8-r64-seed0.txt": ("subspace", ("q,v", 8, 0), ("q,v", 64, 0)),
     "subspace-r64-seed0-seed1.txt": ("subspace", ("q,v", 64, 0), ("q,v", 64, 1)),
     "subspace-r8-seed0-seed1.txt": ("subspace", ("q,v", 8, 0), ("q,v", 8, 1)),
+    "subspace-r8-seed0-r64-seed1.txt": ("subspace", ("q,v", 8, 0), ("q,v", 64, 1)),
     "delta-r4-seed0.txt": ("delta", ("q,v", 4, 0)),
     "delta-r8-seed0.txt": ("delta", ("q,v", 8, 0)),
     "delta-r64-seed0.txt": ("delta", ("q,v", 64, 0)),
@@ -147,3 +157,13 @@ def test_published_rank_analyses_are_the_commands_output(name, monkeypatch):
     res = cli_in_process("analyze", command, *(recs[run] for run in runs))
     assert res.returncode == 0, res.stderr
     assert res.stdout == (folder / name).read_text()
+
+
+def test_matrix_names_that_would_read_alike_keep_their_path():
+    from peftbench.studies.analyze import short_names
+
+    names = ["bert.encoder.layer.5.attention.self.query", "bert.encoder.layer.5.attention.output.dense",
+             "bert.encoder.layer.5.intermediate.dense", "bert.encoder.layer.5.output.dense"]
+    short = short_names(names)
+    assert short[names[0]] == "layer.5.query" and short[names[1]] == "layer.5.attention.output.dense"
+    assert len(set(short.values())) == 4

@@ -60,7 +60,7 @@ def test_a_ctrl_c_with_two_jobs_starts_no_further_run(monkeypatch, tmp_path):
         return {"run_id": spec["run_id"], "status": "ok"}
 
     monkeypatch.setattr(sweep, "execute_one", fake_execute_one)
-    monkeypatch.setattr(placement, "slots", lambda jobs: [{"slot": k, "jobs": jobs, "cpus": [0]} for k in range(jobs)])
+    monkeypatch.setattr(placement, "slots", lambda jobs, gpu=True: [{"slot": k, "jobs": jobs, "cpus": [0]} for k in range(jobs)])
     (tmp_path / "records").mkdir()
     todo = [{"run_id": r} for r in "abcdef"]
     threading.Timer(1.0, release.set).start()
@@ -175,6 +175,35 @@ def test_slurm_through_submitit_local_gives_the_same_runs(sequential, tiny_model
     # resumes on the other executor: nothing left to run
     res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST, env=env)
     assert res.returncode == 0 and "skipping 2 run(s) with an ok record; 0 to run" in res.stderr
+    # and on SLURM again: nothing to submit is not an error (it was: a chunk of 0 runs)
+    res = cli_in_process("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out, *FAST,
+                         "--executor", "slurm", "--slurm-cluster", "debug", env=env)
+    assert res.returncode == 0 and "0 to run" in res.stderr, res.stderr
+
+
+def test_gpu_slots_are_the_gpus_this_process_was_given(monkeypatch):
+    from peftbench.executors import placement
+
+    monkeypatch.setattr(placement, "_gpus", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # a scheduler's share of the node
+    assert [s["cuda_visible_devices"] for s in placement.slots(2)] == ["2", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert [s["cuda_visible_devices"] for s in placement.slots(2)] == ["0", "1"]
+    # every run on --device cpu: CPU sets, not GPUs
+    assert all("cpus" in s and "cuda_visible_devices" not in s for s in placement.slots(1, gpu=False))
+
+
+def test_a_lost_remote_run_keeps_the_record_it_wrote(tmp_path):
+    from peftbench.records import record_path, write_atomic
+    from peftbench.sweep import kept_or_failure
+
+    spec = {"run_id": "abc"}
+    started = time.time() - 1
+    write_atomic(record_path(tmp_path, "abc"), {"run_id": "abc", "status": "ok", "spec": spec})
+    assert kept_or_failure(tmp_path, spec, "failed", "task died", started)["status"] == "ok"
+    # a record older than this attempt is not its own: the attempt failed
+    rec = kept_or_failure(tmp_path, spec, "failed", "task died", time.time() + 60)
+    assert rec["status"] == "failed" and rec["error"] == "task died"
 
 
 def test_executor_bad_input(tmp_path, cli_env):

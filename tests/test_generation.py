@@ -238,3 +238,22 @@ def test_a_classifier_from_a_causal_lm_whose_file_keeps_only_the_tied_lm_head(ti
     save_file(state, folder / "model.safetensors")
     model = load_model(str(folder), get_task("sst2"), load_tokenizer(str(folder)))
     assert torch.equal(model.get_input_embeddings().weight, state["lm_head.weight"])
+
+
+def test_generated_tokens_count_an_eos_only_where_one_was_generated(minilm_tokenizer):
+    """tokens/s counts what was generated: an output cut at max_new_tokens has no EOS to count."""
+    import torch
+
+    from peftbench.generation.generate import Decoding, generate_all
+
+    tok = minilm_tokenizer
+    eos = tok.sep_token_id
+
+    class Fixed(torch.nn.Module):  # answers 3 tokens per prompt: one row stops at EOS, the other never does
+        def generate(self, input_ids, attention_mask, **kwargs):
+            tails = torch.tensor([[1010, eos, eos], [1010, 1011, 1012]])[: len(input_ids)]
+            return torch.cat([input_ids, tails], dim=1)
+
+    tok.eos_token = tok.sep_token
+    out = generate_all(Fixed(), tok, ["a b c", "d e f"], Decoding(max_new_tokens=3), "cpu")
+    assert out["new_tokens"] == (1 + 1) + 3

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from peftbench.errors import PeftbenchError
-from peftbench.generation.metrics import METRICS, _coco_tokenize, meteor_available, read_grouped, score_e2e
+from peftbench.generation.metrics import (METRICS, _coco_tokenize, _coco_tokenize_all, meteor_available, read_grouped,
+                                         score_e2e)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "e2e-metrics"
 # references, outputs, and the official scores (from DATA / "README.md")
@@ -141,3 +142,15 @@ def test_read_grouped_formats(tmp_path):
     single = tmp_path / "single.txt"
     single.write_text("first\nsecond\n", encoding="utf-8")
     assert read_grouped(single) == [["first"], ["second"]]
+
+
+def test_coco_tokenisation_looks_past_a_lines_end_as_the_wrappers_file_does():
+    """The wrapper writes every caption to one file, a line each; CoreNLP 3.4.1 (its real output
+    on these lines, in this order) splits a final initial's period only before a sentence start."""
+    lines = ["Near the Cafe Rouge is The Plough. A kids friendly pub serving reasonable Fast food for 20-25 L.",
+             "The Plough is a kid friendly pub. Near the Cafe Rouge for a reasonable price of 20-25 L.",
+             "Prices are 20-25 L.", "It is rated A.", "It is rated B.", "It is rated L.", "It is cheap. Rated L."]
+    assert _coco_tokenize_all(lines) == [
+        "near the cafe rouge is the plough a kids friendly pub serving reasonable fast food for 20-25 l",
+        "the plough is a kid friendly pub near the cafe rouge for a reasonable price of 20-25 l.",
+        "prices are 20-25 l", "it is rated a", "it is rated b", "it is rated l", "it is cheap rated l."]

@@ -216,3 +216,39 @@ def test_the_best_mean_over_search_seeds_wins():
         r["metrics"]["accuracy"] = scores[r["spec"]["lr"], r["spec"]["seed"]]
     (spec,), _ = finals(searches, records)
     assert spec["lr"] == 1e-4 and spec["lr_search"]["scores"] == {"0.0001": 0.75, "0.001": pytest.approx(0.7)}
+
+
+def test_a_rate_that_failed_on_any_search_seed_is_not_chosen():
+    """A diverged seed or a NaN score rules its rate out (no crash, no rescue by the other seeds);
+    when no rate is left, the final run is a named failure."""
+    from peftbench.lrsearch import expand, finals
+
+    base = {"method": "lora", "label": "lora", "task": "stsb", "seed": 0, "data_seed": 0, "lr": None,
+            "lr_source": "default", "run_id": "x"}
+    specs, searches = expand([base], {"lora": [1e-4, 1e-3, 1e-2]}, 100, [0, 1, 2])
+    scores = {1e-4: 0.80, 1e-3: 0.85, 1e-2: 0.90}
+    records = _fake_records(specs, scores.get)
+    for r in records.values():
+        lr, seed = r["spec"]["lr"], r["spec"]["seed"]
+        if lr == 1e-3 and seed > 0:
+            r["status"] = "diverged"  # best on seed 0, diverged on seeds 1 and 2
+        if lr == 1e-2 and seed == 0:
+            r["metrics"]["accuracy"] = float("nan")  # ended "ok" but scored NaN
+    (spec,), _ = finals(searches, records)
+    assert spec["lr"] == 1e-4 and spec["lr_search"]["scores"] == {"0.0001": pytest.approx(0.8)}
+    assert spec["lr_search"]["failed_runs"] == 3
+    for r in records.values():
+        r["metrics"]["accuracy"] = float("nan")
+    (spec,), _ = finals(searches, records)
+    assert spec["lr"] is None and "no rate ran ok to a finite score on every search seed" in spec["plan_error"]
+
+
+def test_a_final_planned_by_two_sweep_entries_runs_once(tiny_model_dirs, small_data):
+    from peftbench.lrsearch import finals
+    from peftbench.plan import SweepSettings, plan_all
+
+    s = SweepSettings(methods="lora", tasks="sst2", seeds="0", model=str(tiny_model_dirs["bert"]), data_dir=str(small_data),
+                      knob="lora=2", lr_grid=("lora=1e-4,1e-3",), val_samples=4, max_steps=1, train_samples=None)
+    p = plan_all([s, s])
+    records = _fake_records(p.searches, lambda lr: lr)
+    assert len(finals(p.waiting, records)[0]) == 1

@@ -401,3 +401,30 @@ def test_rows_of_a_fixed_size_method_run_under_different_settings_are_told_apart
             recs.append(rec)
     configs = set(summarize(records_frame(recs)).config) - {"trivial baseline (majority class)"}
     assert configs == {"full (lr 0.0001)", "full (lr 0.001)", "lora (lr 0.0001)", "lora (lr 0.001)"}, configs
+
+
+def test_rows_evaluated_differently_are_not_averaged():
+    """Runs that differ only in what was evaluated (split, decoding, metrics, processes) are rows of
+    their own, each label saying how it differs."""
+    recs = []
+    for seed, change in enumerate(({"eval_split": "test"}, {"eval_split": "validation"},
+                                   {"eval_split": "test", "generation": {"num_beams": 4}},
+                                   {"eval_split": "test", "nproc": 2})):
+        rec = fake_record("e2e", "lora", seed, 0.6 + seed / 100, metric="bleu")
+        rec["spec"].update({"eval_split": "test", "generation": {"num_beams": 1}, "metrics": ["bleu"], **change})
+        recs.append(rec)
+    summary = summarize(records_frame(recs))
+    rows = summary[summary.role != "baseline"]
+    assert len(rows) == 4 and set(rows.n_seeds) == {1}, rows[["config", "n_seeds"]]
+    assert any("eval split validation" in c for c in rows.config) and any("num_beams=4" in c for c in rows.config)
+    assert any("nproc 2" in c for c in rows.config), list(rows.config)
+
+
+def test_the_summary_keeps_each_size_of_a_rank_study():
+    """Sizes set directly (no budget) are rows of their own: folding them under one label would
+    keep whichever size scored best on the reported split."""
+    recs = [fake_record("trec", "lora", seed, value, knob_value=r, budget=None, params=100 * r)
+            for r, value in ((1, 0.90), (64, 0.95)) for seed in (0, 1)]
+    ov = overview.overview(summarize(records_frame(recs))).set_index("config")
+    assert {"lora r=1", "lora r=64"} <= set(ov.index), list(ov.index)
+    assert ov.loc["lora r=1", "trec"] == pytest.approx(0.90) and ov.loc["lora r=64", "trec"] == pytest.approx(0.95)

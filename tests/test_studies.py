@@ -65,6 +65,18 @@ def test_targets_with_a_budget_no_set_reaches(tiny_model_dirs, cli_env, tmp_path
     res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v", "--budget", "5",
                          "--out", tmp_path / "t", *TINY, env=cli_env)
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") <= 2, res.stderr
+    assert "no target set reaches it" in res.stderr
+    # a set that cannot meet the budget is left out, said in a line; the others run
+    out = tmp_path / "some"
+    res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--sets", "q;q,v",
+                         "--budget", "lora[target_modules=q]:r=1", "--out", out, *TINY, env=cli_env)
+    assert res.returncode == 0, res.stderr
+    assert "warning: target set left out, q,v: budget 128 is out of reach" in res.stderr
+    assert "target_modules=q,v" not in (out / "sweep.toml").read_text()
+    # the folder's sweep file is another study's now: not overwritten
+    res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--sets", "q",
+                         "--budget", "lora[target_modules=q]:r=2", "--out", out, *TINY, env=cli_env)
+    assert res.returncode == 2 and "plans another study than these options write" in res.stderr
 
 
 def test_lr_extend_enters_the_study_sweep_file(tiny_model_dirs, cli_env, tmp_path):

@@ -166,7 +166,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     executor_options = ExecutorOptions(executor, jobs, {
         "partition": slurm_partition, "time_min": slurm_time, "gpus_per_run": slurm_gpus_per_run,
         "array_parallelism": slurm_array_parallelism, "cluster": slurm_cluster},
-        {"address": ray_address, "cpus_per_run": ray_cpus_per_run}).validate()
+        {"address": ray_address, "cpus_per_run": ray_cpus_per_run},
+        gpu=any(s.device != "cpu" for s in settings)).validate()
     for s in settings:
         if s.nproc > 1:  # one process per GPU, or per CPU core
             import torch

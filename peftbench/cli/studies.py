@@ -49,8 +49,11 @@ def _study(ctx, name, file_text, out, progress, plot=None):
     from ..studies import lora_paper
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep.toml"
+    if path.is_file() and path.read_text() != file_text:  # e.g. a study file edited since (another grid)
+        raise PeftbenchError(f"{path} exists and plans another study than these options write; resume it with "
+                             f"`peftbench run --config {path}`, or give another --out")
+    out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, file_text, text=True)
     click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
     code = 0
@@ -105,8 +108,40 @@ def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs
 
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
                                lr_search, lr_extend)
-    _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _sets(sets), budget=budget), out, progress,
-           plot)
+    _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _reachable(_sets(sets), budget, model),
+                                                 budget=budget), out, progress, plot)
+
+
+def _reachable(sets: list[str], budget: str, model: str) -> list[str]:
+    """The target sets whose rank can meet the budget on this model; the others are left out with a
+    line saying so (SmolLM2's feed-forward matrices train more than W_q at r=8 already at r=1)."""
+    from ..budget import budget_params, parse_budgets, solve
+    from ..models import counter as make_counter
+    from ..models import load_config
+    from ..plan import parse_methods, reference_resolver
+    from ..plugins import get_methods
+    from ..studies.lora_paper import _method
+
+    methods = get_methods()
+    budgets = parse_budgets(budget)
+    if len(budgets) != 1:
+        raise PeftbenchError(f"--budget {budget}: give one budget (the study compares the sets at one)")
+    b = budgets[0]
+    counter = make_counter(load_config(model))
+    target = budget_params(b, counter, reference_resolver(methods))
+    kept, why = [], []
+    for targets in sets:
+        (choice,) = parse_methods(_method(targets), methods)
+        try:
+            solve(choice.method, choice.options, target, counter, choice.label)
+            kept.append(targets)
+        except PeftbenchError as e:
+            why.append(f"{targets}: {e}")
+    if not kept:
+        raise PeftbenchError(f"--budget {budget}: no target set reaches it on {model} ({why[0]})")
+    for line in why:
+        click.echo(f"warning: target set left out, {line}", err=True)
+    return kept
 
 
 @study.command("rank")
@@ -143,6 +178,8 @@ def analyze_subspace(record_a, record_b, plot, fmt):
     """Subspace similarity φ of two lora runs' A matrices (e.g. r=8 vs r=64, or two seeds), per matrix."""
     from ..studies import analyze as an
 
+    if plot and not Path(plot).resolve().parent.is_dir():
+        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
     specs = [an.read_record(record_a)["spec"], an.read_record(record_b)["spec"]]
     for key in ("model", "task"):
         if specs[0].get(key) != specs[1].get(key):
@@ -161,6 +198,10 @@ def analyze_subspace(record_a, record_b, plot, fmt):
                       "random φ(1,1) ~ 1/d"),
                      *((r["matrix"], r["r_a"], r["r_b"], f"{r['phi_1_1']:.3f}", f"{r['phi_diag_mean']:.3f}",
                         f"{r['random_1_1']:.4f}") for r in rows)])
+        if specs[0].get("seed") == specs[1].get("seed"):
+            click.echo(f"Both runs are seed {specs[0].get('seed')}: besides the task they share the data order, the "
+                       "head's initialisation and the random draws of A (the first adapted matrix starts from the "
+                       "same rows); runs of two seeds show what the rank alone shares.")
     if plot:
         an.plot_subspace(rows, plot, f"{Path(record_a).name} vs {Path(record_b).name}")
 
@@ -173,8 +214,9 @@ def analyze_delta(record, fmt):
     from ..studies import analyze as an
 
     rec, model = an.load_run(record)
-    rows = [{"matrix": an.short(name), **an.delta_stats(f["A"], f["B"], f["scaling"], f["W"])}
-            for name, f in an.factors(model).items()]
+    fs = an.factors(model)
+    names = an.short_names(fs)
+    rows = [{"matrix": names[name], **an.delta_stats(f["A"], f["B"], f["scaling"], f["W"])} for name, f in fs.items()]
     cols = ("matrix", "r", "delta_norm", "w_norm", "proj_delta", "proj_w", "proj_random", "amplification")
     if fmt == "csv":
         echo_csv(cols, [[r[c] for c in cols] for r in rows])

@@ -26,6 +26,7 @@ class ExecutorOptions:
     jobs: int = 1
     slurm: dict = field(default_factory=dict)  # partition, time_min, gpus_per_run, array_parallelism, cluster
     ray: dict = field(default_factory=dict)  # address, cpus_per_run
+    gpu: bool = True  # False: every run asked for --device cpu (local jobs then get CPU sets on a GPU machine)
 
     def validate(self):
         if self.name not in EXECUTORS:
@@ -35,7 +36,7 @@ class ExecutorOptions:
         if self.name == "local" and self.jobs > 1:
             from .placement import slots
 
-            slots(self.jobs)  # enough CPUs (or GPUs) for the jobs, else one line now
+            slots(self.jobs, self.gpu)  # enough CPUs (or GPUs) for the jobs, else one line now
         if self.name == "ray":
             try:
                 import ray  # noqa: F401

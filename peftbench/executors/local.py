@@ -18,7 +18,7 @@ def run_all(todo, out, options, timeout, progress, on_done):
     from .placement import slots
 
     free: queue.Queue = queue.Queue()
-    for slot in slots(options.jobs):
+    for slot in slots(options.jobs, options.gpu):
         free.put({**slot, "lock": str(out / "records" / ".machine.lock")})
     # Set by the first run that ends in a Ctrl-C (or by this thread's own KeyboardInterrupt): a worker
     # thread picks its next spec the moment its run ends, before this thread can cancel what is queued,

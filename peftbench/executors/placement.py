@@ -21,14 +21,18 @@ def _gpus() -> int:
         return 0
 
 
-def slots(jobs: int) -> list[dict]:
-    """One placement per parallel job: a GPU each where there are GPUs, else disjoint CPU sets."""
-    gpus = _gpus()
+def slots(jobs: int, gpu: bool = True) -> list[dict]:
+    """One placement per parallel job: a GPU each where there are GPUs and the runs use them
+    (``gpu``: not every run asked for ``--device cpu``), else disjoint CPU sets. GPU k is the k-th
+    of those this process sees (``CUDA_VISIBLE_DEVICES`` a scheduler set, e.g. ``2,3``, is kept)."""
+    gpus = _gpus() if gpu else 0
     if gpus:
         if jobs > gpus:
             raise PeftbenchError(f"--jobs {jobs}: this machine has {gpus} GPU(s); give --jobs {gpus} or fewer "
                                  "(one GPU per job)")
-        return [{"slot": k, "jobs": jobs, "cuda_visible_devices": str(k)} for k in range(jobs)]
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        ids = visible if len(visible) >= gpus else [str(k) for k in range(gpus)]
+        return [{"slot": k, "jobs": jobs, "cuda_visible_devices": ids[k]} for k in range(jobs)]
     cpus = _cpus()
     if jobs > len(cpus):
         raise PeftbenchError(f"--jobs {jobs}: this process may use {len(cpus)} CPU(s); give --jobs {len(cpus)} "

@@ -67,7 +67,7 @@ def run_all(todo, out, options, timeout, progress, on_done):
     out = Path(out).resolve()  # a task's working directory is not the sweep's
     import ray
 
-    from ..sweep import record_failure
+    from ..sweep import kept_or_failure
 
     address = options.ray.get("address")
     started_here = not ray.is_initialized()
@@ -103,7 +103,7 @@ def run_all(todo, out, options, timeout, progress, on_done):
                     rec = ray.get(ref)
                 except ray.exceptions.RayError as e:  # the worker died (SIGKILL, OOM) or the task failed
                     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                    rec = record_failure(out, spec, "failed", f"ray task failed ({type(e).__name__}): {first}", started)
+                    rec = kept_or_failure(out, spec, "failed", f"ray task failed ({type(e).__name__}): {first}", started)
                 on_done(rec)
     finally:
         if started_here:

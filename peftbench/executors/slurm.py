@@ -21,8 +21,10 @@ def run_all(todo, out, options, timeout, progress, on_done):
     out = Path(out).resolve()  # a task's working directory is not the sweep's
     import submitit
 
-    from ..sweep import record_failure
+    from ..sweep import kept_or_failure
 
+    if not todo:  # every run has its record (a resumed sweep, or a search that is done)
+        return
     opts = options.slurm
     executor = submitit.AutoExecutor(folder=str(Path(out) / "slurm" / "%j"), cluster=opts.get("cluster", "slurm"))
     params = {"timeout_min": int(opts.get("time_min") or 60)}
@@ -46,6 +48,6 @@ def run_all(todo, out, options, timeout, progress, on_done):
             try:
                 rec = job.result()
             except Exception as e:  # the job itself died (node failure, scancel, the job's time limit)
-                rec = record_failure(out, spec, "failed", f"slurm job {job.job_id} failed: "
+                rec = kept_or_failure(out, spec, "failed", f"slurm job {job.job_id} failed: "
                                      f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}", started)
             on_done(rec)

@@ -63,9 +63,10 @@ def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, devic
         generated = out[:, enc["input_ids"].shape[1]:]
         for i, row in zip(idx, generated):
             ids = row.tolist()
-            if tokenizer.eos_token_id in ids:
+            stopped = tokenizer.eos_token_id in ids
+            if stopped:
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
-            new_tokens += len(ids) + 1
+            new_tokens += len(ids) + stopped  # the EOS, where one was generated (not at max_new_tokens)
             texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return {"texts": texts, "new_tokens": new_tokens, "seconds": time.perf_counter() - start}
 

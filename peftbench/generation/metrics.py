@@ -48,8 +48,10 @@ def score_e2e(hypotheses: list[str], references: list[list[str]], metrics=METRIC
     if "nist" in wanted:
         scores["nist"] = _nist(hypotheses, references)
     if wanted & {"meteor", "rouge_l", "cider"}:
-        hyps = [_coco_tokenize(h) for h in hypotheses]
-        refs = [[_coco_tokenize(r) for r in group] for group in references]
+        # the wrapper's order: hypotheses in instance order, references instance by instance
+        hyps = _coco_tokenize_all(hypotheses)
+        flat = iter(_coco_tokenize_all([r for group in references for r in group]))
+        refs = [[next(flat) for _ in group] for group in references]
         if "meteor" in wanted:
             scores["meteor"] = _meteor(hyps, refs)
         if "rouge_l" in wanted:
@@ -373,14 +375,27 @@ def _ptb_tokens(text: str) -> list[str]:
         pos = best.end()
 
 
-def _coco_tokenize(text: str) -> str:
+def _coco_tokenize(text: str, next_line: str = "") -> str:
     """What the COCO PTBTokenizer wrapper hands to the scorers for one caption.
 
     PTB tokens of the text (newlines read as spaces), lowercased, without the wrapper's
-    punctuation tokens, joined by single spaces.
+    punctuation tokens, joined by single spaces. The wrapper tokenises all captions in one file,
+    one a line, and the lexer looks past a line's end: a final letter and period (``20-25 L.``)
+    stays one token unless the next line starts with a sentence-start word (``It ...``), as within
+    a line; ``next_line`` is that line.
     """
-    tokens = (tok.lower() for tok in _ptb_tokens(text.replace("\n", " ")))
-    return " ".join(tok for tok in tokens if tok not in _COCO_PUNCT)
+    text = text.replace("\n", " ")
+    word = next_line.replace("\n", " ").split(maxsplit=1)[:1]
+    extra = word and re.fullmatch(_SENTENCE_START, word[0]) is not None
+    tokens = _ptb_tokens(f"{text} {word[0]}" if extra else text)
+    if extra:
+        tokens = tokens[:-1]  # the next line's word (a sentence-start word is a token of its own)
+    return " ".join(tok.lower() for tok in tokens if tok.lower() not in _COCO_PUNCT)
+
+
+def _coco_tokenize_all(texts: list[str]) -> list[str]:
+    """``_coco_tokenize`` of captions in the order the wrapper writes them to its file."""
+    return [_coco_tokenize(t, texts[i + 1] if i + 1 < len(texts) else "") for i, t in enumerate(texts)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,13 +19,26 @@ COSTS = (("trainable_pct", "params % base ↓"), ("throughput_vs_full", "samples
          ("peak_mem_mb", "peak MB ↓"), ("checkpoint_bytes", "ckpt ↓"))
 
 
-def _key(r, main_budget) -> str:
+def _budgeted(b) -> bool:
+    return isinstance(b, str) and bool(b)
+
+
+def _key(r, main_budget, sized: set) -> str:
     if r.get("role") == "baseline":
         return BASELINE
     key = r.config
-    if isinstance(r.budget, str) and r.budget and r.budget != main_budget.get(r.task):
+    if _budgeted(r.budget) and r.budget != main_budget.get(r.task):
         key += f" @ {r.budget}"
+    elif not _budgeted(r.budget) and r.config in sized:
+        key += f" {r.knob}={r.knob_value:g}"
     return key
+
+
+def _sized(s: pd.DataFrame) -> set:
+    """Labels run at several sizes set directly (a knob, no budget, e.g. a rank study): each size is
+    a row of its own, not folded into one under the label."""
+    free = s[(s.role != "baseline") & ~s.budget.map(_budgeted) & s.knob_value.notna()]
+    return {c for c, g in free.groupby("config") if g.knob_value.nunique() > 1}
 
 
 def overview(summary: pd.DataFrame) -> pd.DataFrame:
@@ -39,14 +52,16 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     main_budget = {t: g.budget.dropna().mode().iloc[0] if g.budget.notna().any() else None
                    for t, g in s[s.role != "baseline"].groupby("task")}
-    s["_key"] = [_key(r, main_budget) for _, r in s.iterrows()]
+    sized = _sized(s)
+    s["_key"] = [_key(r, main_budget, sized) for _, r in s.iterrows()]
     tasks = list(dict.fromkeys(s.task))
     rows: dict[str, dict] = {}
     for task in tasks:
         t = s[s.task == task]
         lower = t.metric_direction.iloc[0] == "lower"
-        # two rows of one task under one key (e.g. two setups): the better one stands for the key, and
-        # only it is ranked and gives the costs
+        # two rows of one task under one key (left: one configuration at two of its task's budgets is told
+        # apart above, two setups by their labels): the better one stands for the key, and only it is
+        # ranked and gives the costs
         t = t.sort_values("metric_mean", ascending=lower, kind="stable").drop_duplicates("_key")
         contenders = t[t.role != "baseline"]
         ranks = contenders.metric_mean.rank(ascending=lower, method="min")

@@ -37,7 +37,9 @@ CSV_COLUMNS = [
 ]
 SETUP_FIELDS = ("model", "lr", "lr_selection", "epochs", "max_steps", "train_samples", "batch_size", "max_seq_len",
                 "device", "precision",
-                "task_version", "data_seed", "train_subset", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options")
+                "task_version", "data_seed", "train_subset", "warmup_ratio", "weight_decay", "max_grad_norm", "latency", "options",
+                # what was evaluated, and how (a row never averages two evaluations)
+                "eval_split", "eval_samples", "generation", "metrics", "nproc")
 MB = 2**20
 METHOD_ORDER = ("full", "bitfit", "lora", "adapter", "prefix")  # then the rest, alphabetically
 
@@ -185,6 +187,8 @@ def _setting_words(key: str, value) -> str:
                 f">= {value.get('min_reps')} reps and {value.get('min_time_s')} s")
     if isinstance(value, dict):
         value = " ".join(f"{k}={v}" for k, v in sorted(value.items()) if v is not None)
+    elif isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
     return f"{key.replace('_', ' ')} {value}"
 
 

@@ -25,7 +25,7 @@ from ..errors import PeftbenchError
 def _checkpoint_of(record_path: Path, rec: dict) -> Path:
     stored = (rec.get("checkpoint") or {}).get("path")
     beside = record_path.parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
-    for candidate in ([Path(stored)] if stored else []) + [beside]:
+    for candidate in [beside] + ([Path(stored)] if stored else []):  # the folder's own copy first
         if candidate.is_file():
             return candidate
     raise PeftbenchError(f"{record_path}: its checkpoint is gone (looked for {beside}); rerun it with "
@@ -40,6 +40,19 @@ def read_record(path) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         raise PeftbenchError(f"{path}: not a run record; give a records/<run id>.json file") from None
     return rec
+
+
+def _same_weights(path: Path, spec: dict) -> None:
+    """ΔW is read against W: the base model must be the one the run trained (where both are known)."""
+    from ..models import model_revision
+
+    recorded = spec.get("model_revision")
+    if not recorded or recorded == "unknown":
+        return
+    now = model_revision(spec["model"])
+    if now != "unknown" and now != recorded:
+        raise PeftbenchError(f"{path}: the run trained on {spec['model']} revision {recorded}, which here is {now}; "
+                             "analyse it with the weights it was trained on")
 
 
 def load_run(path) -> tuple[dict, torch.nn.Module]:
@@ -59,10 +72,15 @@ def load_run(path) -> tuple[dict, torch.nn.Module]:
         raise PeftbenchError(f"{path}: a {spec.get('method')} run; analyze reads native lora runs (--methods lora)")
     load_plugins(spec.get("plugins", ()))
     method, task = get_method("lora"), get_task(spec["task"])
+    _same_weights(path, spec)
     model = load_model(spec["model"], task, load_tokenizer(spec["model"]), "cpu")
     model, _ = apply_method(method, model, spec["knob_value"], spec["options"])
     checkpoint = _checkpoint_of(path, rec)
-    state = load_file(str(checkpoint))
+    try:
+        state = load_file(str(checkpoint))
+    except Exception as e:  # safetensors' own error type, or OSError: a truncated file, a git-lfs pointer
+        raise PeftbenchError(f"{checkpoint}: not a readable safetensors checkpoint ({str(e).splitlines()[0][:120]}); "
+                             "if it is a git-lfs pointer, `git lfs pull`; else rerun with --keep-checkpoints") from None
     # loading is not strict (the frozen weights are not in a checkpoint): a factor it lacks would stay at
     # its initialisation (B = 0) and be analysed as if learned
     missing = sorted(n for n, _ in model.named_parameters() if ".lora_" in n and n not in state)
@@ -136,23 +154,35 @@ def delta_stats(a, b, scaling, w, r: int | None = None, seed: int = 0) -> dict:
             "amplification": norm / on_delta if on_delta > 0 else float("inf")}
 
 
-def short(name: str) -> str:
-    """``bert.encoder.layer.5.attention.self.query`` -> ``layer.5.query``."""
+def short(name: str, full: bool = False) -> str:
+    """``bert.encoder.layer.5.attention.self.query`` -> ``layer.5.query`` (``full``: the whole path
+    after the layer, ``layer.5.attention.self.query``)."""
     parts = name.split(".")
     for i, p in enumerate(parts):
         if p.isdigit():
-            return ".".join([parts[i - 1], p, parts[-1]]) if i else name
+            return ".".join([parts[i - 1], p, *(parts[i + 1:] if full else parts[-1:])]) if i else name
     return name
+
+
+def short_names(names) -> dict[str, str]:
+    """``short`` of each name, the whole path after the layer where two would read alike (BERT's
+    ``attention.output.dense`` and ``output.dense``)."""
+    names = list(names)
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[short(n)] = counts.get(short(n), 0) + 1
+    return {n: short(n, full=counts[short(n)] > 1) for n in names}
 
 
 def subspace_table(fa: dict, fb: dict) -> list[dict]:
     rows = []
+    names = short_names(fa)
     for name in fa:
         if name not in fb:
             continue
         phi = similarity(fa[name]["A"], fb[name]["A"])
         k = min(phi.shape)
-        rows.append({"matrix": short(name), "r_a": fa[name]["A"].shape[0], "r_b": fb[name]["A"].shape[0],
+        rows.append({"matrix": names[name], "r_a": fa[name]["A"].shape[0], "r_b": fb[name]["A"].shape[0],
                      "phi_1_1": float(phi[0, 0]), "phi_diag_mean": float(torch.diagonal(phi[:k, :k]).mean()),
                      "random_1_1": 1.0 / fa[name]["A"].shape[1], "_phi": phi})
     if not rows:

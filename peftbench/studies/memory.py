@@ -142,7 +142,7 @@ def human(n: float) -> str:
 PAPER_GPT3 = (
     "The LoRA paper on GPT-3 175B: training memory (VRAM) 1.2 TB -> 350 GB with r=4 on q,v; checkpoint "
     "350 GB -> 35 MB; 10,000x fewer trainable parameters; Table 4 counts 4.7M (r=1), 18.9M (r=4), 37.7M (r=8) "
-    "trainable on q,v (r=8 on q,v = r=4 on q,k,v,o = r=2 on all four)."
+    "trainable on q,v (its Table 5 holds 18.9M fixed: r=8 on one matrix type = r=4 on q,v = r=2 on q,k,v,o)."
 )
 
 
