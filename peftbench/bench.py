@@ -109,7 +109,7 @@ def to_markdown(models, target, results, env, command, model_id="minilm") -> str
         "",
         f"Machine: device {env.get('device')}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, torch {env['torch']}, transformers {env['transformers']}, "
         f"{env['torch_threads']} torch threads, {env['cpu_count']} CPUs ({env['machine']}), fp32 matmul "
-        f"{env['matmul_gflops']} GFLOP/s at the start; peftbench {env['peftbench']} ({env.get('git_commit') or 'no git'}); model {model_id}.",
+        f"{env['matmul_gflops']} GFLOP/s right after the timings; peftbench {env['peftbench']} ({env.get('git_commit') or 'no git'}); model {model_id}.",
         "",
         f"Every method at the same budget: {target:,} trainable parameters of its own (what LoRA r=8 on "
         "query+value trains). Cells: median ms ± IQR over at least 20 timed forward passes and 2 s "

@@ -19,6 +19,7 @@ import resource
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -86,19 +87,24 @@ class PeakMemory:
 
 def saved_activation_bytes(model, batch) -> int:
     """Bytes autograd keeps for the backward pass of one training-mode forward on ``batch``:
-    the distinct storages saved by the graph, parameters and buffers excluded, and so are the
-    casts autocast makes of them (a bf16 copy of a frozen weight is not an activation). Unlike a peak RSS
-    this does not depend on the allocator, so it compares methods exactly. The RNG state and the
-    train/eval mode are restored (a module that updates running statistics in training mode
-    would see one extra batch). A storage is identified by its object, not its data pointer, so
-    the same count runs on the meta device (``peftbench memory --activations``: no data pointers)."""
+    the distinct storages the graph holds once the loss is computed, parameters and buffers
+    excluded, and so are the casts autocast makes of them (a bf16 copy of a frozen weight is not an
+    activation). Unlike a peak RSS this does not depend on the allocator, so it compares methods
+    exactly. Saved tensors and weight casts are followed by weak references and read while the
+    graph is alive: a storage is known by its address, and one freed during the forward (a cast
+    nothing saved, the graph of a discarded result) may have its address reused, so reading them
+    as they come would confuse them (in bf16 that undercounted MiniLM's activations by 8-13%, by a
+    different amount each call). The RNG state and the train/eval mode are restored (a module
+    that updates running statistics in training mode would see one extra batch). The same count
+    runs on the meta device (``peftbench memory --activations``: no data pointers)."""
     params = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
-    saved: dict[int, int] = {}
+    saved: list = []
+    # autocast caches its copies of trainable weights within one autocast region: a copy made before
+    # this call would not be seen made here, and would count as an activation
+    torch.clear_autocast_cache()
 
     def pack(t):
-        storage = t.untyped_storage()
-        if storage._cdata not in params:
-            saved[storage._cdata] = storage.nbytes()
+        saved.append(weakref.ref(t))
         return t
 
     device = next(model.parameters()).device
@@ -109,28 +115,33 @@ def saved_activation_bytes(model, batch) -> int:
         model.train()
         try:
             loss = model(**batch).loss
+            copies = {t.untyped_storage()._cdata for t in _alive(casts.outputs)}  # autocast's copies of weights
+            kept = {s._cdata: s.nbytes() for t in _alive(saved) for s in [t.untyped_storage()]
+                    if s._cdata not in params and s._cdata not in copies}
             del loss
         finally:
             model.train(was_training)
-    for storage in casts.storages:  # autocast's low-precision copies of weights
-        saved.pop(storage, None)
-    return sum(saved.values())
+    return sum(kept.values())
+
+
+def _alive(refs):
+    return [t for t in (r() for r in refs) if t is not None]
 
 
 class _WeightCasts(TorchDispatchMode):
-    """Records the storages of dtype casts of parameters and buffers (what autocast makes of a
-    weight before a matmul): saved for backward, but copies of weights, not activations."""
+    """Follows the dtype casts of parameters and buffers (what autocast makes of a weight before a
+    matmul), by weak reference: saved for backward, but copies of weights, not activations."""
 
     def __init__(self, weights: set):
         super().__init__()
         self.weights = weights
-        self.storages: set[int] = set()
+        self.outputs: list = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten._to_copy.default and torch.is_tensor(args[0]) \
                 and args[0].untyped_storage()._cdata in self.weights:
-            self.storages.add(out.untyped_storage()._cdata)
+            self.outputs.append(weakref.ref(out))
         return out
 
 

@@ -103,6 +103,7 @@ def load_tokenizer(model: str):
 def load_model(model: str, task, tokenizer, device="cpu"):
     """A *ForSequenceClassification model with a fresh head for a classification task, or a
     *ForCausalLM model (no new head) for a generation task."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     quiet_transformers()
@@ -117,7 +118,9 @@ def load_model(model: str, task, tokenizer, device="cpu"):
         raise PeftbenchError(f"--model {model} is not a causal (decoder) language model; task {task.name} generates "
                              "text: use a decoder such as smollm2, gpt2 or a LLaMA/Qwen/BLOOM checkpoint")
     try:
-        m, info = auto.from_pretrained(resolve_model(model), output_loading_info=True, **kwargs)
+        # fp32 weights whatever the checkpoint's dtype (transformers loads a config's bf16 as bf16): the
+        # run's precision is autocast over fp32 weights and optimizer state, as its record says
+        m, info = auto.from_pretrained(resolve_model(model), output_loading_info=True, dtype=torch.float32, **kwargs)
     except Exception as e:
         raise PeftbenchError(f"--model {model}: cannot load it as {what} ({first_line(e)})") from None
     if task.kind != "generation":

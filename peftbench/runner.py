@@ -97,17 +97,30 @@ def environment(device: str, precision: str = "fp32") -> dict:
     return env
 
 
-def matmul_gflops(device: str, precision: str = "fp32", n: int = 1024, seconds: float = 0.1) -> float:
-    """Matmul throughput right now (fp32 by default): how fast, and how loaded, this machine was."""
+def matmul_gflops(device: str, precision: str = "fp32", n: int | None = None, seconds: float = 0.1) -> float:
+    """Matmul throughput right now (fp32 by default): how fast, and how loaded, this machine was.
+    CPU: n = 1024, each product waited for. CUDA: n = 4096 (a 1024 product takes microseconds there,
+    less than a synchronisation), 10 products queued between synchronisations."""
     from .precision import DTYPES
 
+    cuda = device == "cuda"
+    n = n or (4096 if cuda else 1024)
+    burst = 10 if cuda else 1
     a = torch.randn(n, n, device=device, dtype=DTYPES[precision])
+
+    def run():
+        for _ in range(burst):
+            out = a @ a
+        if cuda:
+            torch.cuda.synchronize()
+        else:
+            out.sum().item()
+
+    run()  # warm-up
     reps, start = 0, time.perf_counter()
-    (a @ a).sum().item()  # warm-up
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or reps < 3:  # at least 3 matmuls on a slow or busy machine
-        (a @ a).sum().item()
-        reps += 1
+    while time.perf_counter() - start < seconds or reps < 3:  # at least 3 products on a slow or busy machine
+        run()
+        reps += burst
     return round(2 * n**3 * reps / (time.perf_counter() - start) / 1e9, 1)
 
 
@@ -490,6 +503,7 @@ def is_oom_error(e: BaseException) -> bool:
 def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     """Run one spec and write its record. Never raises for a failed run (except Ctrl-C)."""
     started = time.time()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)  # before anything starts cuBLAS
     record = {
         "schema": 1, "run_id": spec["run_id"], "attempt": spec.get("attempt"), "status": "failed",
         "spec": {k: v for k, v in spec.items() if k not in ("attempt", "placement")},

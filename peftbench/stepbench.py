@@ -41,7 +41,7 @@ def run(model_id="minilm", methods=("lora", "peft-lora"), steps=60, warmup=5, ba
         ds, _, collate = prepare(task, data, tokenizer, {"max_seq_len": task.max_seq_len}, key)
     else:
         ds = tokenize(task, data.train, tokenizer, task.max_seq_len, key)
-        collate = Collator(tokenizer.pad_token_id, False)
+        collate = Collator(tokenizer.pad_token_id, task.is_regression)
     rng = np.random.default_rng(0)
     batches = [collate([ds[int(i)] for i in rng.choice(len(ds), batch_size, replace=False)])
                for _ in range(steps + warmup)]
@@ -104,7 +104,7 @@ def to_markdown(runs, times, env, command) -> str:
         "# Training step: native LoRA vs HF peft LoRA (same process, interleaved)", "",
         f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `{command}`.", "",
         f"Machine: device {env['device']}, torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['torch_threads']} torch threads, fp32 matmul {env['matmul_gflops']} GFLOP/s at the start; "
+        f"{env['torch_threads']} torch threads, fp32 matmul {env['matmul_gflops']} GFLOP/s right after the timed steps; "
         f"peftbench {env['peftbench']} ({env.get('git_commit') or 'no git'}).", "",
         f"Model {env['model']}, task {env['task']}, r={env['r']} with each implementation's defaults (alpha 16, "
         f"dropout 0.1, the model's query and value projections), AdamW, precision {env['precision']}; the same "

@@ -66,8 +66,8 @@ def autocast(device, precision: str = "fp32"):
     return _autocast(device, precision)
 
 
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
-    per_epoch = math.ceil(n_examples / cfg.batch_size)
+def total_steps(n_examples: int, cfg: TrainConfig, drop_last: bool = False) -> int:
+    per_epoch = max(1, n_examples // cfg.batch_size) if drop_last else math.ceil(n_examples / cfg.batch_size)
     steps = max(1, math.ceil(per_epoch * cfg.epochs))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
@@ -101,10 +101,14 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
     if not params:  # nothing to train (the untuned base model of a generation task)
         return TrainStats(memory=static_memory(model, None))
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = total_steps(len(dataset), cfg)
+    # DDP: whole global batches only, so that every rank gets an equal, non-empty share (a last partial
+    # batch of fewer rows than ranks left one rank nothing; unequal shares weighted examples unequally)
+    drop_last = distributed and len(dataset) >= cfg.batch_size
+    steps = total_steps(len(dataset), cfg, drop_last)
     scheduler = linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collate)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collate,
+                        drop_last=drop_last)
     warm = min(cfg.timing_warmup_steps, steps - 1)
     stats = TrainStats()
     after_step = on_start(steps) if on_start else None
@@ -178,6 +182,10 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
             if progress:
                 progress(step + 1, steps, value, stats.samples_per_s)
         stats.train_time_s = time.perf_counter() - start
+    # a loss is read before its step's update: the last update is checked here (an infinite gradient
+    # norm turns clipped gradients, and so the weights, into NaN while every loss read was finite)
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise Diverged(f"weights became non-finite in the last of {steps} steps")
     stats.steps = steps
     stats.epochs_done = steps * cfg.batch_size / max(1, len(dataset))
     stats.memory = memory.result()
