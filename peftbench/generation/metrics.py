@@ -390,7 +390,8 @@ def _coco_tokenize(text: str, next_line: str = "") -> str:
     tokens = _ptb_tokens(f"{text} {word[0]}" if extra else text)
     if extra:
         tokens = tokens[:-1]  # the next line's word (a sentence-start word is a token of its own)
-    return " ".join(tok.lower() for tok in tokens if tok.lower() not in _COCO_PUNCT)
+    lowered = (tok.lower() for tok in tokens)
+    return " ".join(tok for tok in lowered if tok not in _COCO_PUNCT)
 
 
 def _coco_tokenize_all(texts: list[str]) -> list[str]:

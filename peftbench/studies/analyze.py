@@ -14,6 +14,7 @@ the tuned model on the base model the record names. Native ``lora`` runs only.
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -167,11 +168,9 @@ def short(name: str, full: bool = False) -> str:
 def short_names(names) -> dict[str, str]:
     """``short`` of each name, the whole path after the layer where two would read alike (BERT's
     ``attention.output.dense`` and ``output.dense``)."""
-    names = list(names)
-    counts: dict[str, int] = {}
-    for n in names:
-        counts[short(n)] = counts.get(short(n), 0) + 1
-    return {n: short(n, full=counts[short(n)] > 1) for n in names}
+    shorts = {n: short(n) for n in names}
+    counts = collections.Counter(shorts.values())
+    return {n: short(n, full=True) if counts[s] > 1 else s for n, s in shorts.items()}
 
 
 def subspace_table(fa: dict, fb: dict) -> list[dict]:
