@@ -71,7 +71,7 @@ def find_by_suffix(model: nn.Module, suffix: str) -> list[tuple[str, nn.Module]]
         for n, m in model.named_modules()
         if is_linear(m) and (n == suffix or n.endswith("." + suffix))
     ]
-    head = _head_modules(model, [n for n, _ in hits])
+    head = head_modules(model, [n for n, _ in hits])
     if hits and len(head) == len(hits):
         raise UnsupportedModel(
             f"target {suffix!r} names only the task head ({', '.join(head)}), which every method trains in "
@@ -80,7 +80,7 @@ def find_by_suffix(model: nn.Module, suffix: str) -> list[tuple[str, nn.Module]]
     return [(n, m) for n, m in hits if n not in head]
 
 
-def _head_modules(model: nn.Module, names: list[str]) -> list[str]:
+def head_modules(model: nn.Module, names: list[str]) -> list[str]:
     """Those of ``names`` in the task head (outside ``base_model_prefix``; a causal LM has none)."""
     from .method import head_parameter_names
 

@@ -12,6 +12,8 @@ no downloads) and raises ``ContractFailure`` naming the property that does not h
 - ``merge keeps the outputs``: ``merge`` gives the unmerged outputs; for a mergeable method the
   merged model is a plain base model (same module types and parameter count), for the others
   ``merge`` is the identity;
+- on classifiers also ``padding does not change outputs``: a row scores in a right-padded batch as it does
+  alone (a method that hides ``input_ids`` from a decoder classifier breaks its last-token pooling);
 - on causal LMs (GPT-2, LLaMA with tied embeddings, BLOOM's fused ``query_key_value``) also
   ``loss on target tokens only`` and ``generation: cache, padding, EOS`` (``generate`` with the KV
   cache equals greedy decoding by full forward passes, a prompt generates the same alone and in a
@@ -284,12 +286,27 @@ def check_generation(method, family):
             _fail("a sequence did not stop at its EOS", f"row {row}: {got} with EOS {stop}, free run {free}")
 
 
+def check_padding(method, family):
+    """A classifier's output for a row does not depend on its batch's padding: the right-padded row of
+    ``tiny_batch`` scores as it does alone without its padding."""
+    model, _ = prepared(method, family)
+    train_steps(model, family=family)
+    method.finalize(model)
+    inputs = tiny_batch(seed=4, family=family)
+    padded = outputs(model, inputs)[-1]
+    keep = inputs["attention_mask"][-1].bool()
+    alone = outputs(model, {k: inputs[k][-1:, keep] for k in ("input_ids", "attention_mask")})[0]
+    if not torch.allclose(padded, alone, atol=1e-5, rtol=1e-5):
+        _fail("padding changes a classifier's outputs", f"max |difference| {float((padded - alone).abs().max()):.3g}")
+
+
 CHECKS = {
     "trains only its own parameters and the head": check_trains_only_its_own_parameters,
     "count grows with the knob": check_count_grows_with_knob,
     "checkpoint restores the model": check_checkpoint_restores,
     "merge keeps the outputs": check_merge_keeps_outputs,
 }
+CLASSIFIER_CHECKS = {**CHECKS, "padding does not change outputs": check_padding}
 CAUSAL_CHECKS = {
     **CHECKS,
     "loss on target tokens only": check_loss_on_targets_only,
@@ -298,7 +315,7 @@ CAUSAL_CHECKS = {
 
 
 def checks_for(family: str) -> dict:
-    return CAUSAL_CHECKS if family.endswith("-lm") else CHECKS
+    return CAUSAL_CHECKS if family.endswith("-lm") else CLASSIFIER_CHECKS
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A is random (Kaiming-uniform), B is zero, so the model starts exactly at W0; W0 is frozen.
 ``merge`` folds W0 + (alpha/r) B A into the base layer and removes the LoRA modules, leaving
-a plain model with zero added latency. Works on nn.Linear and GPT-2's Conv1D (fan_in_fan_out).
+a plain model with zero added latency (an adapted weight tied to another module, an LM head
+sharing the input embeddings, is merged into its own copy: the embeddings keep W0). Works on nn.Linear and GPT-2's Conv1D (fan_in_fan_out).
 
 On a fused q/k/v projection (GPT-2's ``c_attn``, BLOOM's ``query_key_value``), the roles q, k, v
 adapt only their slices of the output, each with its own A and B (as the LoRA paper's GPT-2
@@ -13,6 +14,7 @@ name) adapts the whole fused matrix, an explicit choice.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +48,10 @@ class LoRAOptions:
 class LoRALayer(nn.Module):
     """A frozen linear layer plus a trainable low-rank update."""
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, tied: bool = False):
         super().__init__()
         self.base = base
+        self.tied = tied  # the base weight is shared with another module (an LM head tied to the embeddings)
         self.fan_in_fan_out = isinstance(base, Conv1D)
         n_in, n_out = linear_features(base)
         w = base.weight
@@ -73,6 +76,9 @@ class LoRALayer(nn.Module):
     @torch.no_grad()
     def merge(self):
         if not self.merged:
+            if self.tied:  # merge into a copy: the module sharing the weight keeps W0
+                self.base.weight = nn.Parameter(self.base.weight.detach().clone(), requires_grad=False)
+                self.tied = False
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
             self.merged = True
 
@@ -90,6 +96,7 @@ class SlicedLoRALayer(nn.Module):
     def __init__(self, base: nn.Module, slices: dict, r: int, alpha: float, dropout: float):
         super().__init__()
         self.base = base
+        self.tied = False  # a fused q/k/v projection shares its weight with nothing
         self.fan_in_fan_out = isinstance(base, Conv1D)
         n_in, _ = linear_features(base)
         w = base.weight
@@ -172,11 +179,13 @@ class LoRA(peftbench.Method):
     def apply(self, model, knob_value, **options):
         opts = self.options(**options)
         freeze(model)
+        names = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for name, (module, roles) in resolve_targets(model, opts.target_modules).items():
             if isinstance(module, ANY_LORA):
                 continue
             if roles is None:
-                layer = LoRALayer(module, knob_value, opts.alpha, opts.dropout)
+                tied = names[id(module.weight)] > 1  # e.g. lm_head with tie_word_embeddings
+                layer = LoRALayer(module, knob_value, opts.alpha, opts.dropout, tied)
             else:
                 slices = fused_qkv_slices(model, name, module)
                 layer = SlicedLoRALayer(module, {r: slices[r] for r in roles}, knob_value, opts.alpha, opts.dropout)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import peftbench
+from peftbench.arch import head_modules
 from peftbench.errors import PluginError, UnsupportedModel, first_line
 from peftbench.method import head_parameter_names, is_causal_lm
 
@@ -117,6 +118,18 @@ def _option_fields(config_cls, knob, defaults, hidden=()):
     return dataclasses.make_dataclass(f"{config_cls.__name__}Options", fields, frozen=True)
 
 
+_EMBEDS_PROMPT = ("PromptTuningConfig", "PromptEncoderConfig")  # peft prepends the prompt as input embeddings
+
+
+def _pools_last_token(model) -> bool:
+    """A decoder classifier (GPT-2, LLaMA, BLOOM, ...): its forward finds each row's last token by the pad
+    token in ``input_ids`` (an encoder's pools its first token)."""
+    try:
+        return "pad_token_id" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):  # no source (a compiled or dynamically built class): assume not
+        return False
+
+
 def _forward_past_key_values_as_cache(self, *args, past_key_values=None, **kwargs):
     if past_key_values is not None:
         kwargs["cache"] = past_key_values
@@ -185,12 +198,20 @@ class PeftMethod(peftbench.Method):
             kwargs = self.spec.derive(kwargs)
         if self.spec.prompt or self.spec.wrapper:
             kwargs["task_type"] = "CAUSAL_LM" if is_causal_lm(model) else "SEQ_CLS"
+        if kwargs.get("target_modules") and kwargs["target_modules"] != "all-linear":
+            kwargs["target_modules"] = self._outside_head(model, kwargs["target_modules"])
         if self.spec.prompt and is_causal_lm(model):
             # checked with tests/test_method_contract.py's generation check: generate's logits differ from
             # peft's own forward (by ~0.2 at the first token on GPT-2, prefix on LLaMA) and BLOOM fails outright
             raise UnsupportedModel(f"{self.name}: peft {peft.__version__}'s prompt learning does not generate what its "
                                    "forward computes on causal LMs here; use the native prefix (or lora, adapter) "
                                    "for generation tasks")
+        if self.spec.config in _EMBEDS_PROMPT and not is_causal_lm(model) and _pools_last_token(model):
+            # checked: the same row alone and with 3 pad tokens after it gave logits 0.09-0.19 apart (tiny GPT-2, LLaMA)
+            raise UnsupportedModel(f"{self.name}: peft feeds the prompt as inputs_embeds, where {type(model).__name__} "
+                                   "cannot find each row's last token (it reads the last position, padding in a "
+                                   "right-padded batch), so a prediction would depend on its batch's padding; use "
+                                   "peft-prefix or the native prefix on decoder classifiers")
         if self.spec.config == "PrefixTuningConfig" and not is_causal_lm(model):  # peft's SEQ_CLS path checks
             for module in {model, getattr(model, "base_model", model)}:
                 _accept_past_key_values(module)
@@ -210,6 +231,21 @@ class PeftMethod(peftbench.Method):
         # the module tree (no registration, no recursion).
         object.__setattr__(model, "_peftbench_peft", peft_model)
         return model
+
+    def _outside_head(self, model, targets):
+        """The modules peft's list of ``target_modules`` names (peft's rule: a module's name or its last
+        parts), the task head's left out (RoBERTa's ``classifier.dense`` for ``dense``), as in the native
+        methods: every method trains the head in full and counts it apart, so an update there would
+        hide in the head's count."""
+        hits = [n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+        head = set(head_modules(model, hits))
+        if not head:
+            return targets  # as given: peft matches it (or says what matched nothing)
+        if not set(hits) - head:
+            raise UnsupportedModel(f"{self.name}: target_modules={','.join(targets)} names only the task head "
+                                   f"({', '.join(sorted(head))}), which every method trains in full; "
+                                   "name layers of the base model")
+        return [n for n in hits if n not in head]
 
     def head_parameter_names(self, model):
         if not (self.spec.prompt or self.spec.wrapper) or is_causal_lm(model):

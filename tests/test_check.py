@@ -125,7 +125,7 @@ def _rows(stdout):
 def test_check_names_the_failing_property(tmp_path, body, failing):
     res = _check(write_plugin(tmp_path, "third_party", body))
     rows = _rows(res.stdout)
-    assert len(rows) == 10, res.stdout + res.stderr  # bert's 4 checks, llama-lm's 6
+    assert len(rows) == 11, res.stdout + res.stderr  # bert's 5 checks, llama-lm's 6
     failed = {check for (_, check), status in rows.items() if status == "FAIL"}
     if failing is None:
         assert res.returncode == 0 and not failed, res.stdout
@@ -155,8 +155,8 @@ def test_pytest_plugin_runs_the_matrix_on_a_third_party_method(tmp_path):
                           str(tmp_path / "test_empty.py")],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     tail = res.stdout.strip().splitlines()[-1]
-    # 2 methods x (bert's 4 checks + llama-lm's 6) + the file's own test; only badmerge's merge fails (on both)
-    assert "2 failed" in tail and "19 passed" in tail, res.stdout[-3000:]
+    # 2 methods x (bert's 5 checks + llama-lm's 6) + the file's own test; only badmerge's merge fails (on both)
+    assert "2 failed" in tail and "21 passed" in tail, res.stdout[-3000:]
     assert "badmerge on bert: merge changes outputs" in res.stdout
 
 

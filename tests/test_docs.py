@@ -26,7 +26,7 @@ def test_guide_method_passes_the_contract(tmp_path):
     assert set(files) == {"ln_tuning.py", "stsb_binary.py"}
     res = _cli("check", files["ln_tuning.py"], "--families", "bert,roberta,gpt2")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count(" pass") == 12
+    assert res.stdout.count(" pass") == 15  # 5 checks on each of 3 classifier families
 
 
 def test_guide_task_and_metric_run_and_report_their_direction(tmp_path, tiny_model_dirs, cli_env):

@@ -142,3 +142,14 @@ def test_registering_the_bridge_imports_no_peft():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "True"]
+
+
+def test_a_target_suffix_never_reaches_the_task_head():
+    """``dense`` also names RoBERTa's ``classifier.dense``: as with the native LoRA, peft adapts the base
+    model's dense layers only, so the method's count is the native one and the head's count is the head."""
+    native, n_counts, bridged, p_counts = _pair("roberta", native={"target_modules": "dense"},
+                                                peft={"target_modules": "dense"})
+    assert p_counts == n_counts
+    assert not any(n.startswith("classifier") and "lora_" in n for n, _ in bridged.named_parameters())
+    with pytest.raises(UnsupportedModel, match="target_modules=out_proj names only the task head"):
+        apply_method(PEFT, make_model("roberta"), 2, {"target_modules": "out_proj"})
