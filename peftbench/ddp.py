@@ -1,7 +1,7 @@
 """One run over several processes (``--nproc N``): torchrun starts N ranks of this module; each
 trains a DistributedDataParallel copy of the model on its share of every global batch (gloo on
 the CPU, NCCL on GPUs, one GPU per rank); rank 0 alone evaluates, checkpoints, times latency and
-writes the record, with throughput summed and peak memory taken as the largest over ranks.
+writes the record, with throughput summed and peak memory that of the rank with the largest peak.
 
     python -m torch.distributed.run --standalone --nproc_per_node N -m peftbench.ddp SPEC_FILE OUT
 """
@@ -50,8 +50,9 @@ def shard(batch: dict) -> dict:
 
 
 def reduce_stats(stats) -> dict:
-    """Sum throughput counters over ranks, the largest peak memory and step time (rank 0's own peak kept); the parameter
-    checksum of every rank (equal when DDP kept the copies in step)."""
+    """Sum throughput counters over ranks and take the longest step time; the memory fields are those of
+    the rank with the largest peak (its peak and its growth over its own start of training, never a mix
+    of two ranks), every rank's listed beside them."""
     import torch
     import torch.distributed as dist
 
@@ -60,12 +61,17 @@ def reduce_stats(stats) -> dict:
     dist.all_reduce(counters)
     stats.timed_samples, stats.timed_tokens, stats.timed_padded_tokens, stats.timed_target_tokens = (
         int(x) for x in counters.tolist())
-    longest = torch.tensor([stats.timed_time_s, float(stats.memory.get("peak_mem_bytes") or 0)], dtype=torch.float64)
+    longest = torch.tensor([stats.timed_time_s], dtype=torch.float64)
     dist.all_reduce(longest, op=dist.ReduceOp.MAX)
     stats.timed_time_s = float(longest[0])
-    per_rank_peak = stats.memory.get("peak_mem_bytes")
-    stats.memory["peak_mem_bytes"] = int(longest[1])
-    return {"rank0_peak_mem_bytes": per_rank_peak}
+    mine = torch.tensor([float(stats.memory.get(k) or 0) for k in ("peak_mem_bytes", "peak_mem_delta_bytes")],
+                        dtype=torch.float64)
+    ranks = [torch.zeros_like(mine) for _ in range(world())]
+    dist.all_gather(ranks, mine)
+    peaks, deltas = [int(r[0]) for r in ranks], [int(r[1]) for r in ranks]
+    top = max(range(len(peaks)), key=peaks.__getitem__)
+    stats.memory["peak_mem_bytes"], stats.memory["peak_mem_delta_bytes"] = peaks[top], deltas[top]
+    return {"peak_mem_bytes_per_rank": peaks, "peak_mem_delta_bytes_per_rank": deltas}
 
 
 def checksums(model) -> list[float]:

@@ -239,7 +239,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
                       distributed=distributed)
     finally:
         close()
-    if distributed:  # counters summed over ranks, peak memory the largest; every rank's parameters
+    if distributed:  # counters summed over ranks, the memory of the rank with the largest peak; every rank's parameters
         result["ddp"] = {"world_size": ddp.world(), "backend": "nccl" if str(device).startswith("cuda") else "gloo",
                          "global_batch": spec["batch_size"], "per_rank_batch": spec["batch_size"] // ddp.world(),
                          **ddp.reduce_stats(stats), "trainable_checksum_per_rank": ddp.checksums(model)}

@@ -35,6 +35,11 @@ def test_two_processes_train_one_model(tiny_model_dirs, cli_env, tmp_path):
     assert ddp["world_size"] == 2 and ddp["backend"] == "gloo" and ddp["per_rank_batch"] == 4
     checks = ddp["trainable_checksum_per_rank"]
     assert len(checks) == 2 and checks[0] == checks[1]  # DDP kept both copies identical
+    # memory: the rank with the largest peak, its peak and its own growth over its start of training
+    peaks, deltas = ddp["peak_mem_bytes_per_rank"], ddp["peak_mem_delta_bytes_per_rank"]
+    top = peaks.index(max(peaks))
+    assert len(peaks) == len(deltas) == 2 and min(peaks) > 0
+    assert (b["memory"]["peak_mem_bytes"], b["memory"]["peak_mem_delta_bytes"]) == (peaks[top], deltas[top])
     # the same global batch and data order: the same losses up to the ranks' own dropout masks
     assert b["train"]["loss_first"] == pytest.approx(a["train"]["loss_first"], abs=0.02)
     assert b["train"]["loss_last10"] == pytest.approx(a["train"]["loss_last10"], abs=0.03)
