@@ -8,6 +8,7 @@ which goes into every run record and run id.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -317,7 +318,6 @@ def load_task_data(task: Task, data_dir: str | None = None, split: str | None = 
     """The task's training and evaluation data (``split``: a generation task's eval split). With
     ``train_only`` the evaluation file is not parsed (``eval`` is None), only hashed, so that the
     fingerprint is the same as a full read's: what a learning-rate search run reads."""
-    import hashlib
 
     if task.kind == "generation":
         from .generation.task import load_data
@@ -380,4 +380,7 @@ def _load_from_hub(task: Task) -> TaskData:
             frames.append(out)
     except Exception as e:
         raise PeftbenchError(f"task {task.name}: no data found ({tried}, hub {hub_id} failed: {first_line(e)}); {fix}") from None
-    return TaskData(frames[0], frames[1], f"hub:{hub_id}", f"hub:{hub_id}")
+    # what was read, not where from: a hub dataset's revision can change under the same id
+    digest = hashlib.sha256(b"".join(pd.util.hash_pandas_object(f, index=False).to_numpy().tobytes() + b"|"
+                                     for f in frames)).hexdigest()[:16]
+    return TaskData(frames[0], frames[1], f"hub:{hub_id}", f"hub:{hub_id}@{digest}")

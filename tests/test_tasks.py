@@ -232,3 +232,22 @@ def test_train_subset_keeps_earlier_run_ids():
     spec = {"method": "lora", "seed": 0, "train_samples": 4000}
     assert run_id(spec) == run_id({**spec, "train_subset": "random"})
     assert run_id(spec) != run_id({**spec, "train_subset": "first"})
+
+
+def test_hub_data_is_fingerprinted_by_its_content(monkeypatch):
+    """A hub dataset can change under the same id (a new revision): the fingerprint that runs compare
+    and record hashes what was read, so the same id with other rows is other data."""
+    import datasets
+
+    from peftbench import tasks as tasks_mod
+
+    rows = {"sentence": ["a b", "c d"], "label": [0, 1]}
+    monkeypatch.delenv("PEFTBENCH_DATA", raising=False)
+    monkeypatch.setattr(tasks_mod, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name: datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict(rows) for split in ("train", "validation")}))
+    first = load_task_data(get_task("sst2"))
+    assert first.source == "hub:glue/sst2" and first.fingerprint.startswith("hub:glue/sst2@")
+    assert list(first.train["label"]) == [0, 1] and load_task_data(get_task("sst2")).fingerprint == first.fingerprint
+    rows["label"] = [1, 1]
+    assert load_task_data(get_task("sst2")).fingerprint != first.fingerprint
