@@ -428,3 +428,34 @@ def test_the_summary_keeps_each_size_of_a_rank_study():
     ov = overview.overview(summarize(records_frame(recs))).set_index("config")
     assert {"lora r=1", "lora r=64"} <= set(ov.index), list(ov.index)
     assert ov.loc["lora r=1", "trec"] == pytest.approx(0.90) and ov.loc["lora r=64", "trec"] == pytest.approx(0.95)
+
+
+def test_the_summary_keeps_each_models_sizes_apart_and_gives_the_baseline_no_costs():
+    """Tasks on two models (MiniLM's GLUE, SmolLM2's E2E): a median of peak MB or checkpoint bytes over
+    both would rise with how many of a row's tasks ran on the larger model, so those get a column per
+    model; ratios (params %, throughput and latency vs full/base) stay one column. The untuned model's
+    record (a generation task's baseline) gives the baseline row no costs."""
+    recs = bench_records()
+    for seed in range(3):
+        for method, value in (("lora", 0.60), ("prefix", 0.55)):
+            rec = fake_record("e2e", method, seed, value, metric="bleu", params=5000, trivial=0.07)
+            rec["spec"]["model"], rec["memory"]["peak_mem_bytes"] = "big", 8 * 2**30
+            rec["run_id"] = f"e2e-{method}-{seed}"
+            recs.append(rec)
+    base = fake_record("e2e", "base", 0, 0.07, metric="bleu", params=0, knob=None, knob_value=None, budget=None)
+    base["spec"]["model"], base["params"]["head"], base["run_id"] = "big", 0, "e2e-base"  # nothing trained
+    base.pop("trivial")
+    recs.append(base)
+    s = summarize(records_frame(recs))
+    assert s[(s.task == "e2e") & (s.role == "baseline")].method.tolist() == ["base"]
+    ov = overview.overview(s)
+    rows = ov.set_index("config")
+    assert rows.loc[overview.BASELINE, "e2e"] == 0.07
+    assert rows.loc["lora", "peak_mem_mb@tiny"] == 1024 and rows.loc["lora", "peak_mem_mb@big"] == 8192
+    assert rows.loc["adapter", "peak_mem_mb@tiny"] == 1024 and pd.isna(rows.loc["adapter", "peak_mem_mb@big"])
+    assert rows.loc["lora", "checkpoint_bytes@big"] == 20000 and "peak_mem_mb" not in rows
+    assert rows.loc[overview.BASELINE, [c for c in rows if c.startswith(("peak", "checkpoint", "trainable"))]].isna().all()
+    head = overview.to_markdown(ov).splitlines()[0]
+    assert "| peak MB ↓ (big) | peak MB ↓ (tiny) | ckpt ↓ (big) | ckpt ↓ (tiny) |" in head
+    one = overview.to_markdown(overview.overview(summarize(records_frame(bench_records())))).splitlines()[0]
+    assert "| peak MB ↓ | ckpt ↓ |" in one

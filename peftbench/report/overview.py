@@ -17,6 +17,9 @@ BASELINE = "trivial baseline / untuned model"
 COSTS = (("trainable_pct", "params % base ↓"), ("throughput_vs_full", "samples/s vs full ↑"),
          ("latency_b1_ratio", "b1 latency vs base ↓"), ("latency_b1_merged_ratio", "b1 merged vs base ↓"),
          ("peak_mem_mb", "peak MB ↓"), ("checkpoint_bytes", "ckpt ↓"))
+# sizes, not ratios: a median over tasks of several models would mix the models' sizes (with SmolLM2's tasks
+# a row's peak MB would rise with how many of its tasks ran on SmolLM2), so these get a column per model
+PER_MODEL = ("peak_mem_mb", "checkpoint_bytes")
 
 
 def _budgeted(b) -> bool:
@@ -44,7 +47,8 @@ def _sized(s: pd.DataFrame) -> set:
 def overview(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: ``<task>`` = mean, ``<task>_std``, ``<task>_best`` /
     ``<task>_noise`` (best of the task / within noise of it), ``<task>_rank``; ``mean_rank``,
-    ``n_tasks`` and the costs (medians over tasks)."""
+    ``n_tasks`` and the costs (medians over tasks; sizes over each model's tasks, ``peak_mem_mb@<model>``
+    where the tasks ran on several models). The baseline row has no costs (it trained nothing)."""
     if "metric_mean" not in summary:
         return pd.DataFrame()
     s = summary[summary.metric_mean.notna()].copy()
@@ -55,6 +59,7 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
     sized = _sized(s)
     s["_key"] = [_key(r, main_budget, sized) for _, r in s.iterrows()]
     tasks = list(dict.fromkeys(s.task))
+    models = sorted({str(m) for m in s.model.dropna()}) if "model" in s else []
     rows: dict[str, dict] = {}
     for task in tasks:
         t = s[s.task == task]
@@ -66,7 +71,7 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
         contenders = t[t.role != "baseline"]
         ranks = contenders.metric_mean.rank(ascending=lower, method="min")
         for i, r in t.iterrows():
-            row = rows.setdefault(r._key, {"config": r._key, "_costs": {c: [] for c, _ in COSTS}})
+            row = rows.setdefault(r._key, {"config": r._key, "_costs": {}})
             row[task], row[f"{task}_std"] = r.metric_mean, r.metric_std
             row[f"{task}_best"] = bool(r.get("best"))
             # True: within noise of the best; False: a gap outside noise; None: no interval (one seed)
@@ -74,15 +79,16 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
             row[f"{task}_noise"] = None if noise is None or r.role == "baseline" or row[f"{task}_best"] else bool(noise)
             row[f"{task}_rank"] = ranks.get(i, np.nan)
             for c, _ in COSTS:
-                if c in r and pd.notna(r[c]):
-                    row["_costs"][c].append(float(r[c]))
+                if c in r and pd.notna(r[c]) and r.role != "baseline":
+                    column = f"{c}@{r.model}" if c in PER_MODEL and len(models) > 1 else c
+                    row["_costs"].setdefault(column, []).append(float(r[c]))
     out = []
     for row in rows.values():
         task_ranks = [row[f"{t}_rank"] for t in tasks if pd.notna(row.get(f"{t}_rank", np.nan))]
         row["mean_rank"] = float(np.mean(task_ranks)) if task_ranks else np.nan
         row["n_tasks"] = sum(t in row for t in tasks)
-        for c, _ in COSTS:
-            values = row["_costs"][c]
+        for c, _, _ in _cost_cells(models if len(models) > 1 else []):
+            values = row["_costs"].get(c)
             row[c] = float(np.median(values)) if values else np.nan
         del row["_costs"]
         out.append(row)
@@ -96,6 +102,7 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
     df.attrs["tasks"] = tasks
     df.attrs["metrics"] = {t: s[s.task == t].metric.iloc[0] for t in tasks}
     df.attrs["models"] = {t: ", ".join(sorted({str(m) for m in s[s.task == t].model.dropna()})) for t in tasks}
+    df.attrs["cost_models"] = models if len(models) > 1 else []
     return df
 
 
@@ -128,8 +135,8 @@ def display(ov: pd.DataFrame, mark=None) -> pd.DataFrame:
             text += " ≈" if noise is True else " ?" if _no_interval(r, t) else ""
             cell[t] = mark(text) if r.get(f"{t}_best") else text
         cell["mean rank ↓"] = f"{r.mean_rank:.1f} ({r.n_tasks})" if pd.notna(r.mean_rank) else ""
-        for c, name in COSTS:
-            v = r.get(c)
+        for column, c, name in _cost_cells(ov.attrs.get("cost_models", [])):
+            v = r.get(column)
             if pd.isna(v):
                 cell[name] = ""
             elif c == "checkpoint_bytes":
@@ -148,6 +155,12 @@ def display(ov: pd.DataFrame, mark=None) -> pd.DataFrame:
     return out.loc[:, [c for c in out.columns if not (out[c] == "").all()]]
 
 
+def _cost_cells(models):
+    """(column, cost, header) in COSTS' order; a size once per model (``peak MB ↓ (smollm2)``) where several."""
+    return [(f"{c}@{m}", c, f"{name} ({m})") if m else (c, c, name)
+            for c, name in COSTS for m in (models if c in PER_MODEL and models else [None])]
+
+
 def to_markdown(ov: pd.DataFrame) -> str:
     if ov.empty:
         return "(no records)\n"
@@ -161,7 +174,8 @@ def to_markdown(ov: pd.DataFrame) -> str:
             "noise of it, the 95% interval of the gap containing 0"
             f"{'; ?: no interval, it or the best has one seed' if unknown else ''}). Mean rank: over the tasks "
             "the row has (in brackets; rows over fewer tasks come after), 1 = best of a task. Costs: medians "
-            "over the tasks. A configuration at another than "
+            f"over the tasks{' (peak MB and checkpoint size over each model' + chr(39) + 's tasks)' if len(models) > 1 else ''}. "
+            "A configuration at another than "
             "its task's main budget is a row of its own (@ budget). "
             f"Model{'s' if len(models) > 1 else ''}: {', '.join(models)}. Per-task tables give every column.\n")
     return "\n".join([head, sep, *body]) + "\n" + note
