@@ -3,7 +3,8 @@
 A is random (Kaiming-uniform), B is zero, so the model starts exactly at W0; W0 is frozen.
 ``merge`` folds W0 + (alpha/r) B A into the base layer and removes the LoRA modules, leaving
 a plain model with zero added latency (an adapted weight tied to another module, an LM head
-sharing the input embeddings, is merged into its own copy: the embeddings keep W0). Works on nn.Linear and GPT-2's Conv1D (fan_in_fan_out).
+sharing the input embeddings, is merged into its own copy: the embeddings keep W0). Works on
+nn.Linear and GPT-2's Conv1D (fan_in_fan_out).
 
 On a fused q/k/v projection (GPT-2's ``c_attn``, BLOOM's ``query_key_value``), the roles q, k, v
 adapt only their slices of the output, each with its own A and B (as the LoRA paper's GPT-2

@@ -170,12 +170,12 @@ def to_markdown(ov: pd.DataFrame) -> str:
     head, sep, *body = markdown_lines(disp)
     models = sorted(set(ov.attrs.get("models", {}).values()))
     unknown = any(_no_interval(r, t) for _, r in ov.iterrows() for t in ov.attrs.get("tasks", []))
+    per_model = " (peak MB and checkpoint size over each model's tasks)" if ov.attrs.get("cost_models") else ""
     note = ("\nEach task: its primary metric, mean ± std over seeds (bold: the best of the task; ≈: within "
             "noise of it, the 95% interval of the gap containing 0"
             f"{'; ?: no interval, it or the best has one seed' if unknown else ''}). Mean rank: over the tasks "
             "the row has (in brackets; rows over fewer tasks come after), 1 = best of a task. Costs: medians "
-            f"over the tasks{' (peak MB and checkpoint size over each model' + chr(39) + 's tasks)' if len(models) > 1 else ''}. "
-            "A configuration at another than "
+            f"over the tasks{per_model}. A configuration at another than "
             "its task's main budget is a row of its own (@ budget). "
             f"Model{'s' if len(models) > 1 else ''}: {', '.join(models)}. Per-task tables give every column.\n")
     return "\n".join([head, sep, *body]) + "\n" + note
