@@ -61,8 +61,10 @@ while IFS='|' read -r -u 3 name commit kept there cpus cmd; do
     mkdir -p "in-progress/$kept"
     # what the job wrote, and its sweep file where its commit does not hold it: the files its commit does
     # not track (a folder it resumes may hold published records of other commits: those come back from
-    # git), records, kept checkpoints and sweep files only, no superseded or temporary files
-    ( cd "$tree/$there" && git ls-files --others -- . ) | { grep -E '\.(json|safetensors|toml)$' || true; } \
+    # git), records, kept checkpoints, a generation task's predictions and sweep files only, no superseded
+    # or temporary files
+    ( cd "$tree/$there" && git ls-files --others -- . ) \
+      | { grep -E '\.(json|safetensors|toml)$|(^|/)predictions/[^/]+\.txt$' || true; } \
       | { grep -vE '(^|/)(superseded/|\.)' || true; } | while read -r f; do
       mkdir -p "in-progress/$kept/$(dirname "$f")" && cp "$tree/$there/$f" "in-progress/$kept/$f"; done
     echo "$name: $(find "in-progress/$kept" -path '*/records/*.json' | wc -l) record(s) in in-progress/$kept"

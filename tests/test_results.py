@@ -45,6 +45,27 @@ def test_no_published_record_comes_from_an_uncommitted_tree(folder):
     assert not dirty, f"{folder.name}: records made from a dirty tree: {dirty[:3]}"
 
 
+def _missing_predictions(folder) -> list[str]:
+    """Generation records in ``folder`` without their predictions beside them (``predictions/<run id>.txt``,
+    one line per input): what `peftbench score` rescores and the tables' metrics come from."""
+    missing = []
+    for path in (folder / "records").glob("*.json"):
+        rec = json.loads(path.read_text())
+        gen = rec.get("generation") or {}
+        if rec.get("status") != "ok" or "inputs" not in gen:
+            continue
+        kept = folder / "predictions" / f"{rec['run_id']}.txt"
+        if not kept.exists() or len(kept.read_text(encoding="utf-8").splitlines()) != gen["inputs"]:
+            missing.append(kept.name)
+    return missing
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_generation_records_keep_their_predictions(folder):
+    missing = _missing_predictions(folder)
+    assert not missing, f"{folder.name}: predictions missing or short: {missing[:3]}"
+
+
 def _plan(path, monkeypatch):
     """The sweep file at ``path`` planned now on the shared data (nothing runs); its ``out`` is its folder."""
     from peftbench import sweepfile
@@ -128,3 +149,5 @@ def test_in_progress_records_come_from_their_jobs_one_clean_commit(job):
     commits = {json.loads(p.read_text()).get("env", {}).get("git_commit") for p in records} - {None}
     assert commits <= {commit}, f"{name}: records of other commits {sorted(commits - {commit})[:2]}"
     assert not [p for p in folder.rglob("*") if p.is_file() and p.name.startswith(".")], "temporary files kept"
+    missing = _missing_predictions(folder)  # `resume.sh save` keeps them (the checkout does not last)
+    assert not missing, f"{name}: predictions not kept: {missing[:3]}"
