@@ -118,6 +118,22 @@ def _option_fields(config_cls, knob, defaults, hidden=()):
     return dataclasses.make_dataclass(f"{config_cls.__name__}Options", fields, frozen=True)
 
 
+def _untie_adapted(model) -> None:
+    """An adapted layer whose weight another module shares (an LM head tied to the input embeddings):
+    peft's merge adds ΔW to the shared matrix, so to the embeddings too (logits off by ~6 on a tiny
+    LLaMA, which the merge check fails); the layer gets its own copy first, the embeddings keep W0."""
+    from collections import Counter
+
+    from torch import nn
+
+    shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        weight = getattr(base, "weight", None)
+        if isinstance(weight, nn.Parameter) and shared[id(weight)] > 1:
+            base.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+
+
 _EMBEDS_PROMPT = ("PromptTuningConfig", "PromptEncoderConfig")  # peft prepends the prompt as input embeddings
 
 
@@ -262,6 +278,7 @@ class PeftMethod(peftbench.Method):
     def merge(self, model):
         if not self.mergeable:
             return model
+        _untie_adapted(model)
         if self.spec.wrapper:
             return model.merge_and_unload()
         return model._peftbench_peft.merge_and_unload()
