@@ -119,6 +119,9 @@ class Method(ABC):
             raise PluginError(f"method {self.name}: knob must be a string or None")
         if (self.knob is None) != (self.default_knob is None):
             raise PluginError(f"method {self.name}: set default_knob exactly when the method has a knob")
+        if self.knob is not None and not (isinstance(self.default_knob, int) and not isinstance(self.default_knob, bool)
+                                          and self.default_knob > 0):
+            raise PluginError(f"method {self.name}: default_knob must be a positive int, got {self.default_knob!r}")
         if not (isinstance(self.default_lr, float) and self.default_lr > 0):
             raise PluginError(f"method {self.name}: default_lr must be a positive float")
         if not isinstance(inspect.getattr_static(self, "Options"), functools.cached_property):

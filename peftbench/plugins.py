@@ -68,22 +68,34 @@ def _normalize(name: str) -> str:
 def _load_entry_points():
     allow = os.environ.get("PEFTBENCH_LOAD_PLUGINS")
     allowed = None if allow is None else {_normalize(s.strip()) for s in allow.split(",") if s.strip()}
+    matched = set()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else ""
-        if allowed is not None and _normalize(ep.name) not in allowed and _normalize(dist) not in allowed:
-            continue
+        if allowed is not None:
+            hit = {_normalize(ep.name), _normalize(dist)} & allowed
+            if not hit:
+                continue
+            matched |= hit
+        where = f"plugin {ep.name!r} (package {dist or '?'})"
         if pm.has_plugin(ep.name):
-            continue
+            other = _origins.get(ep.name, {}).get("distribution") or "peftbench"
+            raise PluginError(f"{where}: another plugin is named {ep.name!r} too (package {other}); entry-point "
+                              "names in the group 'peftbench' must be unique: rename one, or set "
+                              "PEFTBENCH_LOAD_PLUGINS to load one of them")
         try:
             module = ep.load()
-        except Exception as e:  # a broken third-party package must not be a traceback
+        except (Exception, SystemExit) as e:  # a broken third-party package must not be a traceback (nor an exit)
             raise PluginError(
-                f"plugin {ep.name!r} (package {dist or '?'}) failed to import: {type(e).__name__}: "
+                f"{where} failed to import: {type(e).__name__}: "
                 f"{first_line(e)}; fix or uninstall it, or set PEFTBENCH_LOAD_PLUGINS to skip it"
             ) from e
-        pm.register(module, name=ep.name)
+        _register(module, ep.name, where, ep.name)
         _origins[ep.name] = {"kind": "entry point", "distribution": dist or None,
                              "version": ep.dist.version if ep.dist else None}
+    if allowed is not None and allowed - matched:
+        print(f"warning: PEFTBENCH_LOAD_PLUGINS names {', '.join(sorted(allowed - matched))}, which no installed "
+              f"plugin (entry point in the group 'peftbench') is called; `pip list` shows the packages",
+              file=sys.stderr)
 
 
 def load_plugin_file(path) -> str:
@@ -101,28 +113,37 @@ def load_plugin_file(path) -> str:
     sys.modules[module_name] = module  # dataclasses (and pickling) look the module up while it runs
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a plugin must not end peftbench unexplained
         del sys.modules[module_name]
         raise PluginError(f"plugin file {path} failed to import: {type(e).__name__}: {first_line(e)}") from e
+    name = str(p)
+    _register(module, name, f"plugin file {path}", str(path))
+    _loaded_files[p] = name
+    return name
+
+
+def _register(module, name: str, where: str, label: str) -> None:
+    """Register a plugin module (a local file or an entry point's object) after checking it: it defines
+    peftbench hooks, each register-hook registers something, and pluggy accepts it; else one line."""
     hooks = [n for n in dir(module) if n.startswith("peftbench_") and hasattr(getattr(module, n), "peftbench_impl")]
     if not hooks:
         raise PluginError(
-            f"plugin file {path} defines no peftbench hooks; decorate peftbench_register_methods"
-            " (or peftbench_register_tasks) with @peftbench.hookimpl"
+            f"{where} defines no peftbench hooks; decorate peftbench_register_methods"
+            " (or peftbench_register_tasks) with @peftbench.hookimpl (an entry point names the module holding them)"
         )
     if all(hasattr(pm.hook, h) for h in hooks):  # a misspelled hook is left to check_pending, which names it
         registered = []
         for hook in hooks:
-            _call_hook(getattr(module, hook), str(path), registered.append)
+            _call_hook(getattr(module, hook), label, registered.append)
         if not registered:
             raise PluginError(
-                f"plugin file {path} registers nothing: its {', '.join(hooks)} never called register(...);"
+                f"{where} registers nothing: its {', '.join(hooks)} never called register(...);"
                 " call register(YourMethod()) inside the hook"
             )
-    name = str(p)
-    pm.register(module, name=name)
-    _loaded_files[p] = name
-    return name
+    try:
+        pm.register(module, name=name)
+    except (pluggy.PluginValidationError, ValueError) as e:  # a hook's signature; a module registered twice
+        raise PluginError(f"{where}: {first_line(e)}") from e
 
 
 def _call_hook(fn, plugin: str, register):
@@ -172,7 +193,10 @@ def _collect(hook, kind: str, base_class) -> dict:
                 )
             obj.plugin = _plugin
             if hasattr(obj, "validate"):
-                obj.validate()
+                try:
+                    obj.validate()
+                except PluginError as e:  # name the plugin that registered it
+                    raise PluginError(f"plugin {_plugin}: {e}") from e
             found[name] = obj
 
         _call_hook(impl.function, plugin, register)

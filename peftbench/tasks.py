@@ -45,6 +45,9 @@ class Metric:
 
         if self.fn is not None and not callable(self.fn):
             raise PluginError(f"metric {self.name}: fn must be callable as fn(predictions, gold) -> float, or None")
+        if not isinstance(self.higher_is_better, bool):
+            raise PluginError(f"metric {self.name}: higher_is_better must be True or False, "
+                              f"got {self.higher_is_better!r}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,16 @@ class Task:
         from .errors import PluginError
         from .plugins import get_metrics
 
+        if (not isinstance(self.metrics, (tuple, list)) or not self.metrics
+                or not all(isinstance(m, str) for m in self.metrics)):
+            raise PluginError(f"task {self.name}: metrics must be a non-empty tuple of metric names (the first is "
+                              f"the primary one), got {self.metrics!r}")
+        if not isinstance(self.version, (int, str)) or isinstance(self.version, bool):
+            raise PluginError(f"task {self.name}: version must be an int or a str, got {self.version!r}")
+        if self.kind == "classification" and (not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool)
+                                              or self.num_labels < 1):
+            raise PluginError(f"task {self.name}: num_labels must be a positive int (1 = regression), "
+                              f"got {self.num_labels!r}")
         known = get_metrics()
         unknown = [m for m in self.metrics if m not in known]
         if unknown:

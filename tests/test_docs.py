@@ -24,9 +24,10 @@ _cli = cli_in_process  # in this process: no imports anew
 def test_guide_method_passes_the_contract(tmp_path):
     files = _files(tmp_path)
     assert set(files) == {"ln_tuning.py", "stsb_binary.py"}
-    res = _cli("check", files["ln_tuning.py"], "--families", "bert,roberta,gpt2")
+    res = _cli("check", files["ln_tuning.py"], "--families", "bert,roberta,gpt2,llama")
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count(" pass") == 15  # 5 checks on each of 3 classifier families
+    assert res.stdout.count(" n/a ") == 5 and "LlamaForSequenceClassification has no nn.LayerNorm" in res.stdout
 
 
 def test_guide_task_and_metric_run_and_report_their_direction(tmp_path, tiny_model_dirs, cli_env):

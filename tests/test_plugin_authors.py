@@ -218,8 +218,17 @@ def test_load_plugins_names_are_normalised_like_packaging(monkeypatch, plugin_ma
         name, dist = "hp", Dist()
 
         def load(self):
+            import types
+
+            import peftbench
+            from peftbench.tasks import Metric
+
+            @peftbench.hookimpl
+            def peftbench_register_metrics(register):
+                register(Metric("hp-metric", None))
+
             loaded.append(self.name)
-            return type("Module", (), {})()
+            return types.SimpleNamespace(peftbench_register_metrics=peftbench_register_metrics)
 
     monkeypatch.setattr(md, "entry_points", lambda group: [EP()])
     monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "other-package")
@@ -237,3 +246,110 @@ def test_method_version_must_be_int_or_str(plugin_manager, tmp_path):
         'name = "versioned"', 'name = "versioned"\n    version = 1.5')))
     with pytest.raises(PluginError, match="version must be an int or a str"):
         get_methods()
+
+
+# -- loading: every way a plugin can be broken is one line naming it ------------------------------
+def test_a_plugin_file_that_exits_at_import_is_named(plugin_manager, tmp_path):
+    for body in ("import sys\nsys.exit(0)\n", "raise SystemExit('this plugin needs foo')\n"):
+        with pytest.raises(PluginError, match=r"plugin file .*exits\.py failed to import: SystemExit"):
+            load_plugin_file(write_plugin(tmp_path, "exits", body))
+
+
+def test_a_hook_with_a_wrong_signature_is_the_plugins_error(plugin_manager, tmp_path):
+    body = METHOD_TEMPLATE.format(name="badsig", knob=None, default_knob=None, body="return model").replace(
+        "def peftbench_register_methods(register):", "def peftbench_register_methods(register, extra):")
+    body += "\n\n@peftbench.hookimpl\ndef peftbench_register_method(register):\n    pass\n"  # misspelled too
+    with pytest.raises(PluginError, match=r"plugin file .*badsig\.py: .*peftbench_register_methods"):
+        load_plugin_file(write_plugin(tmp_path, "badsig", body))
+
+
+def _entry_points(monkeypatch, *eps):
+    import importlib.metadata as md
+
+    monkeypatch.setattr(md, "entry_points", lambda group: list(eps))
+
+
+def _ep(name, dist, obj):
+    return type("EP", (), {"name": name, "dist": type("Dist", (), {"name": dist, "version": "1"})(),
+                           "load": lambda self: obj})()
+
+
+def _metric_plugin(metric):
+    import types
+
+    import peftbench
+    from peftbench.tasks import Metric
+
+    @peftbench.hookimpl
+    def peftbench_register_metrics(register):
+        if metric:
+            register(Metric(metric, None))
+
+    return types.SimpleNamespace(peftbench_register_metrics=peftbench_register_metrics)
+
+
+def test_broken_entry_points_are_one_line_each(monkeypatch, plugin_manager, capsys):
+    from peftbench import plugins
+
+    monkeypatch.delenv("PEFTBENCH_LOAD_PLUGINS", raising=False)
+    cases = [
+        ((_ep("m", "pkg-a", _metric_plugin("a-metric")), _ep("m", "pkg-b", _metric_plugin("b-metric"))),
+         r"plugin 'm' \(package pkg-b\): another plugin is named 'm' too \(package pkg-a\)"),
+        ((_ep("fn", "pkg-f", _metric_plugin("f").peftbench_register_metrics),),  # a function, not a module
+         r"plugin 'fn' \(package pkg-f\) defines no peftbench hooks"),
+        ((_ep("empty", "pkg-e", _metric_plugin(None)),), r"plugin 'empty' \(package pkg-e\) registers nothing"),
+    ]
+    for eps, message in cases:
+        _entry_points(monkeypatch, *eps)
+        with pytest.raises(PluginError, match=message):
+            plugins._load_entry_points()
+        for ep in eps:
+            if plugin_manager.has_plugin(ep.name):
+                plugin_manager.unregister(name=ep.name)
+        plugins._origins.clear()
+    same = _metric_plugin("s-metric")  # one module under two entry-point names
+    _entry_points(monkeypatch, _ep("one", "pkg-1", same), _ep("two", "pkg-2", same))
+    with pytest.raises(PluginError, match=r"plugin 'two' \(package pkg-2\): Plugin already registered"):
+        plugins._load_entry_points()
+    plugin_manager.unregister(name="one")
+    monkeypatch.setenv("PEFTBENCH_LOAD_PLUGINS", "pkg-aa")  # a typo: says so, loads nothing
+    plugins._load_entry_points()
+    assert "PEFTBENCH_LOAD_PLUGINS names pkg-aa, which no installed plugin" in capsys.readouterr().err
+
+
+def test_what_a_plugin_registers_is_checked_and_the_plugin_named(plugin_manager, tmp_path):
+    bad_knob = METHOD_TEMPLATE.format(name="strknob", knob="r", default_knob="8", body="return model")
+    load_plugin_file(write_plugin(tmp_path, "strknob", bad_knob))
+    with pytest.raises(PluginError, match=r"plugin .*strknob\.py: method strknob: default_knob must be a positive "
+                                          r"int, got '8'"):
+        get_methods()
+    plugin_manager.unregister(name=str((tmp_path / "strknob.py").resolve()))
+    from peftbench.plugins import get_metrics, get_tasks
+
+    for field, value, message in [("metrics", "()", r"metrics must be a non-empty tuple of metric names"),
+                                  ("metrics", "'accuracy'", r"metrics must be a non-empty tuple"),
+                                  ("num_labels", "'2'", r"num_labels must be a positive int")]:
+        body = ("import peftbench\nfrom peftbench.tasks import Task\n\n@peftbench.hookimpl\n"
+                "def peftbench_register_tasks(register):\n"
+                f"    register(Task('sst2-x', 1, 'SST-2', 'train.tsv', 'dev.tsv', ('sentence',), 'label', "
+                f"{field}={value}))\n")
+        path = write_plugin(tmp_path, f"task_{field}_{len(value)}", body)
+        load_plugin_file(path)
+        with pytest.raises(PluginError, match=rf"plugin .*{path.name}: task sst2-x: {message}"):
+            get_tasks()
+        plugin_manager.unregister(name=str(path.resolve()))
+    body = ("import peftbench\nfrom peftbench.tasks import Metric\n\n@peftbench.hookimpl\n"
+            "def peftbench_register_metrics(register):\n    register(Metric('err', None, higher_is_better='no'))\n")
+    load_plugin_file(write_plugin(tmp_path, "direction", body))
+    with pytest.raises(PluginError, match=r"metric err: higher_is_better must be True or False, got 'no'"):
+        get_metrics()
+
+
+def test_a_methods_crash_while_counting_a_budget_is_the_plugins_not_an_internal_error(plugin_manager, tmp_path):
+    body = METHOD_TEMPLATE.format(name="crashy", knob="r", default_knob=8, body="raise RuntimeError('boom')")
+    path = write_plugin(tmp_path, "crash", body)
+    res = peftbench("budget", "--plugins", path, "--methods", "crashy", "--budget", "75k")
+    assert res.returncode == 1, res
+    assert "internal error" not in res.stderr and "method crashy (plugin" in res.stderr and "boom" in res.stderr
+    res = peftbench("report", str(tmp_path), "--debug")  # a misplaced group flag: a usage line, not a traceback
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--debug" in res.stderr

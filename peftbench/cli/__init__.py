@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..errors import PeftbenchError, first_line
+from ..errors import PeftbenchError, PluginFailure, first_line
 
 EXIT_BAD_INPUT = 2
 
@@ -57,9 +57,7 @@ def main(argv=None):
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo("Interrupted: finished runs are kept; a run in progress is recorded as cancelled.", err=True)
         return 130
-    except click.UsageError as e:
-        if debug:
-            raise
+    except click.UsageError as e:  # one line even with --debug (which `report DIR --debug` misplaces)
         cmd = e.ctx.command_path if e.ctx else "peftbench"
         click.echo(f"Error: {e.format_message()} (see {cmd} --help)", err=True)
         return EXIT_BAD_INPUT
@@ -68,6 +66,11 @@ def main(argv=None):
             raise
         click.echo(f"Error: {e}", err=True)
         return EXIT_BAD_INPUT
+    except PluginFailure as e:  # a plugin's code raised outside a run (counting a budget): the plugin's error
+        if debug:
+            raise
+        click.echo(f"Error: {e}; fix the plugin or leave it out", err=True)
+        return 1
     except Exception as e:
         if debug:
             raise
