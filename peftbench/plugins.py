@@ -78,9 +78,11 @@ def _load_entry_points():
             matched |= hit
         where = f"plugin {ep.name!r} (package {dist or '?'})"
         if pm.has_plugin(ep.name):
-            other = _origins.get(ep.name, {}).get("distribution") or "peftbench"
-            raise PluginError(f"{where}: another plugin is named {ep.name!r} too (package {other}); entry-point "
-                              "names in the group 'peftbench' must be unique: rename one, or set "
+            other = _origins.get(ep.name, {}).get("distribution")
+            if other == (dist or None):
+                continue  # this entry point, loaded by an earlier call that stopped at a later one's error
+            raise PluginError(f"{where}: another plugin is named {ep.name!r} too (package {other or 'peftbench'}); "
+                              "entry-point names in the group 'peftbench' must be unique: rename one, or set "
                               "PEFTBENCH_LOAD_PLUGINS to load one of them")
         try:
             module = ep.load()
