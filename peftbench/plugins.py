@@ -49,11 +49,16 @@ def load_plugins(files=()):
     """Load built-ins and entry points (once), then each local plugin file (once each)."""
     global _defaults_loaded
     if not _defaults_loaded:
-        for name in DEFAULT_PLUGINS:
-            if not pm.has_plugin(name):
-                pm.register(importlib.import_module(name), name=name)
-        _load_entry_points()
+        # set first: a plugin's hook that calls get_methods() while its entry point is checked must not load again
         _defaults_loaded = True
+        try:
+            for name in DEFAULT_PLUGINS:
+                if not pm.has_plugin(name):
+                    pm.register(importlib.import_module(name), name=name)
+            _load_entry_points()
+        except BaseException:
+            _defaults_loaded = False
+            raise
     env_files = [f for f in re.split(r"[,%s]" % re.escape(os.pathsep), os.environ.get("PEFTBENCH_PLUGINS", "")) if f]
     for path in [*env_files, *files]:
         load_plugin_file(path)
@@ -127,16 +132,18 @@ def load_plugin_file(path) -> str:
 def _register(module, name: str, where: str, label: str) -> None:
     """Register a plugin module (a local file or an entry point's object) after checking it: it defines
     peftbench hooks, each register-hook registers something, and pluggy accepts it; else one line."""
-    hooks = [n for n in dir(module) if n.startswith("peftbench_") and hasattr(getattr(module, n), "peftbench_impl")]
+    # what pluggy registers: functions marked @peftbench.hookimpl, named as their hook or by specname=
+    hooks = {n: (pm.parse_hookimpl_opts(module, n) or {}).get("specname") or n for n in dir(module)
+             if pm.parse_hookimpl_opts(module, n) is not None}
     if not hooks:
         raise PluginError(
             f"{where} defines no peftbench hooks; decorate peftbench_register_methods"
             " (or peftbench_register_tasks) with @peftbench.hookimpl (an entry point names the module holding them)"
         )
-    if all(hasattr(pm.hook, h) for h in hooks):  # a misspelled hook is left to check_pending, which names it
+    if all(hasattr(pm.hook, h) for h in hooks.values()):  # a misspelled hook is left to check_pending, which names it
         registered = []
-        for hook in hooks:
-            _call_hook(getattr(module, hook), label, registered.append)
+        for attr in hooks:
+            _call_hook(getattr(module, attr), label, registered.append)
         if not registered:
             raise PluginError(
                 f"{where} registers nothing: its {', '.join(hooks)} never called register(...);"

@@ -394,6 +394,6 @@ def _load_from_hub(task: Task) -> TaskData:
     except Exception as e:
         raise PeftbenchError(f"task {task.name}: no data found ({tried}, hub {hub_id} failed: {first_line(e)}); {fix}") from None
     # what was read, not where from: a hub dataset's revision can change under the same id
-    digest = hashlib.sha256(b"".join(pd.util.hash_pandas_object(f, index=False).to_numpy().tobytes() + b"|"
-                                     for f in frames)).hexdigest()[:16]
+    digest = hashlib.sha256(f"{task.name}:{task.version}:".encode() + b"".join(
+        pd.util.hash_pandas_object(f, index=False).to_numpy().tobytes() + b"|" for f in frames)).hexdigest()[:16]
     return TaskData(frames[0], frames[1], f"hub:{hub_id}", f"hub:{hub_id}@{digest}")

@@ -138,12 +138,17 @@ _EMBEDS_PROMPT = ("PromptTuningConfig", "PromptEncoderConfig")  # peft prepends 
 
 
 def _pools_last_token(model) -> bool:
-    """A decoder classifier (GPT-2, LLaMA, BLOOM, ...): its forward finds each row's last token by the pad
-    token in ``input_ids`` (an encoder's pools its first token)."""
-    try:
-        return "pad_token_id" in inspect.getsource(type(model).forward)
-    except (OSError, TypeError):  # no source (a compiled or dynamically built class): assume not
-        return False
+    """A decoder classifier (GPT-2, LLaMA, BLOOM, ...): its forward, or a parent class's, finds each row's
+    last token by the pad token in ``input_ids`` (an encoder's pools its first token)."""
+    for cls in type(model).__mro__:  # a class may hand its forward to a parent's (transformers' generic classifier)
+        if "forward" not in vars(cls):
+            continue
+        try:
+            if "pad_token_id" in inspect.getsource(cls.forward):
+                return True
+        except (OSError, TypeError):  # no source (a compiled or dynamically built class): not known to
+            continue
+    return False
 
 
 def _forward_past_key_values_as_cache(self, *args, past_key_values=None, **kwargs):
@@ -215,7 +220,7 @@ class PeftMethod(peftbench.Method):
         if self.spec.prompt or self.spec.wrapper:
             kwargs["task_type"] = "CAUSAL_LM" if is_causal_lm(model) else "SEQ_CLS"
         if kwargs.get("target_modules") and kwargs["target_modules"] != "all-linear":
-            kwargs["target_modules"] = self._outside_head(model, kwargs["target_modules"])
+            self._keep_out_of_head(model, kwargs)
         if self.spec.prompt and is_causal_lm(model):
             # checked with tests/test_method_contract.py's generation check: generate's logits differ from
             # peft's own forward (by ~0.2 at the first token on GPT-2, prefix on LLaMA) and BLOOM fails outright
@@ -248,20 +253,27 @@ class PeftMethod(peftbench.Method):
         object.__setattr__(model, "_peftbench_peft", peft_model)
         return model
 
-    def _outside_head(self, model, targets):
-        """The modules peft's list of ``target_modules`` names (peft's rule: a module's name or its last
-        parts), the task head's left out (RoBERTa's ``classifier.dense`` for ``dense``), as in the native
-        methods: every method trains the head in full and counts it apart, so an update there would
-        hide in the head's count."""
+    def _keep_out_of_head(self, model, kwargs) -> None:
+        """The task head's modules that peft's list of ``target_modules`` names (peft's rule: a module's
+        name or its last parts; RoBERTa's ``classifier.dense`` for ``dense``) go into ``exclude_modules``,
+        as the native methods leave the head out: every method trains the head in full and counts it
+        apart, so an update there would hide in the head's count. ``target_modules`` stays as given (peft's
+        ``layers_to_transform`` and IA3's ``feedforward_modules`` read it)."""
+        targets = kwargs["target_modules"]
         hits = [n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
-        head = set(head_modules(model, hits))
+        head = sorted(head_modules(model, hits))
         if not head:
-            return targets  # as given: peft matches it (or says what matched nothing)
-        if not set(hits) - head:
+            return  # peft matches it as given (or says what matched nothing)
+        if not set(hits) - set(head):
             raise UnsupportedModel(f"{self.name}: target_modules={','.join(targets)} names only the task head "
-                                   f"({', '.join(sorted(head))}), which every method trains in full; "
+                                   f"({', '.join(head)}), which every method trains in full; "
                                    "name layers of the base model")
-        return [n for n in hits if n not in head]
+        if "exclude_modules" not in {f.name for f in dataclasses.fields(self.config_cls)}:
+            raise UnsupportedModel(f"{self.name}: target_modules={','.join(targets)} also names the task head "
+                                   f"({', '.join(head)}), which every method trains in full, and peft's "
+                                   f"{self.spec.config} cannot exclude modules; name layers of the base model only")
+        given = kwargs.get("exclude_modules") or []
+        kwargs["exclude_modules"] = [*([given] if isinstance(given, str) else given), *head]
 
     def head_parameter_names(self, model):
         if not (self.spec.prompt or self.spec.wrapper) or is_causal_lm(model):

@@ -175,3 +175,32 @@ def test_merging_into_an_lm_head_tied_to_the_embeddings_leaves_the_embeddings_al
         after = merged(ids).logits
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(merged.get_input_embeddings().weight, embeddings, atol=0, rtol=0)
+
+
+def test_leaving_the_head_out_keeps_peft_options_that_read_target_modules():
+    """The head goes into exclude_modules, target_modules stays as given: layers_to_transform still
+    selects layers (a list of full names skipped it), IA3's feedforward_modules is still a subset."""
+    model, _ = apply_method(PEFT, make_model("roberta"), 2, {"target_modules": "dense", "layers_to_transform": "0"})
+    adapted = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert adapted and all(".layer.0." in n for n in adapted) and not any("classifier" in n for n in adapted)
+    ia3, _ = apply_method(METHODS["peft-ia3"], make_model("roberta"), None,
+                          {"target_modules": "query,dense", "feedforward_modules": "dense"})
+    assert not any(n.startswith("classifier") and "ia3_" in n for n, _ in ia3.named_parameters())
+
+
+def test_prompt_learning_is_refused_where_a_parent_class_pools_the_last_token():
+    """transformers' generic decoder classifier finds the last token in its own forward, which a model's
+    forward may call (Cohere's text classifier): the check reads every class's forward."""
+    import transformers
+
+    from peftbench_plugins.peft_bridge import _pools_last_token
+
+    cls = getattr(transformers, "CohereCompassTextForSequenceClassification", None)
+    if cls is None:
+        pytest.skip("this transformers has no CohereCompassTextForSequenceClassification")
+    config = transformers.CohereCompassTextConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, num_labels=2, pad_token_id=0,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    assert _pools_last_token(cls(config))
+    assert not _pools_last_token(make_model("roberta")) and _pools_last_token(make_model("llama"))

@@ -353,3 +353,34 @@ def test_a_methods_crash_while_counting_a_budget_is_the_plugins_not_an_internal_
     assert "internal error" not in res.stderr and "method crashy (plugin" in res.stderr and "boom" in res.stderr
     res = peftbench("report", str(tmp_path), "--debug")  # a misplaced group flag: a usage line, not a traceback
     assert res.returncode == 2 and "Traceback" not in res.stderr and "--debug" in res.stderr
+
+
+def test_entry_points_with_specname_hooks_or_hooks_that_ask_for_the_methods_load(monkeypatch, plugin_manager):
+    """pluggy registers a hook under another function name (``specname=``), and a hook may itself call
+    get_methods() (a task plugin looking at the methods): both loaded before the checks on entry points
+    and must still."""
+    import types
+
+    import peftbench
+    from peftbench import plugins
+    from peftbench_plugins.lora import LoRA
+
+    class MyLoRA(LoRA):
+        name = "my-lora"
+
+    @peftbench.hookimpl(specname="peftbench_register_methods")
+    def methods(register):
+        register(MyLoRA())
+
+    @peftbench.hookimpl
+    def peftbench_register_tasks(register):
+        assert "lora" in get_methods()  # re-enters load_plugins while this entry point is being checked
+
+    monkeypatch.delenv("PEFTBENCH_LOAD_PLUGINS", raising=False)
+    _entry_points(monkeypatch, _ep("mine", "pkg-mine", types.SimpleNamespace(
+        methods=methods, peftbench_register_tasks=peftbench_register_tasks)))
+    monkeypatch.setattr(plugins, "_defaults_loaded", False)
+    plugins.load_plugins()
+    assert "my-lora" in get_methods()
+    plugin_manager.unregister(name="mine")
+    plugins._origins.clear()

@@ -34,7 +34,8 @@ def evaluate(task, model, tokenizer, evaluation, spec, out: Path, device, precis
     outputs = [task.postprocess(t) if task.postprocess else t for t in gen["texts"]]
     metrics = task.score(outputs, list(evaluation["references"]), spec.get("metrics") or task.metrics)
     path = Path(out) / "predictions" / f"{spec['run_id']}.txt"
-    write_atomic(path, "".join(o.replace("\n", " ") + "\n" for o in outputs), text=True)
+    # one line per output: any line break inside one (the ones str.splitlines, which readers use, splits at) a space
+    write_atomic(path, "".join(" ".join(o.splitlines()) + "\n" for o in outputs), text=True)
     return {"metrics": metrics, "generation": {
         "inputs": len(prompts), "new_tokens": gen["new_tokens"], "seconds": gen["seconds"],
         "tokens_per_s": gen["new_tokens"] / gen["seconds"] if gen["seconds"] else None,

@@ -59,7 +59,9 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
     sized = _sized(s)
     s["_key"] = [_key(r, main_budget, sized) for _, r in s.iterrows()]
     tasks = list(dict.fromkeys(s.task))
-    models = sorted({str(m) for m in s.model.dropna()}) if "model" in s else []
+    s["_model"] = [str(m) if pd.notna(m) else "?" for m in s.model] if "model" in s else "?"
+    trained = s[s.role != "baseline"]  # a trivial baseline row has no model
+    models = sorted(set(trained._model))
     rows: dict[str, dict] = {}
     for task in tasks:
         t = s[s.task == task]
@@ -80,7 +82,7 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
             row[f"{task}_rank"] = ranks.get(i, np.nan)
             for c, _ in COSTS:
                 if c in r and pd.notna(r[c]) and r.role != "baseline":
-                    column = f"{c}@{r.model}" if c in PER_MODEL and len(models) > 1 else c
+                    column = f"{c}@{r._model}" if c in PER_MODEL and len(models) > 1 else c
                     row["_costs"].setdefault(column, []).append(float(r[c]))
     out = []
     for row in rows.values():
@@ -101,7 +103,7 @@ def overview(summary: pd.DataFrame) -> pd.DataFrame:
     df = df.drop(columns=["_baseline", "_order"]).reset_index(drop=True)
     df.attrs["tasks"] = tasks
     df.attrs["metrics"] = {t: s[s.task == t].metric.iloc[0] for t in tasks}
-    df.attrs["models"] = {t: ", ".join(sorted({str(m) for m in s[s.task == t].model.dropna()})) for t in tasks}
+    df.attrs["models"] = {t: ", ".join(sorted(set(trained[trained.task == t]._model))) for t in tasks}
     df.attrs["cost_models"] = models if len(models) > 1 else []
     return df
 
