@@ -154,6 +154,8 @@ def test_published_rank_analyses_are_the_commands_output(name, monkeypatch):
             assert key not in recs, f"two ok records for {key}"
             recs[key] = p.relative_to(ROOT)
     command, *runs = PUBLISHED[name]
+    for run in runs:  # committed beside the records (not only at a record's absolute path, gone with its machine)
+        assert (folder / "checkpoints" / f"{recs[run].stem}.safetensors").is_file(), f"{run}: checkpoint not committed"
     res = cli_in_process("analyze", command, *(recs[run] for run in runs))
     assert res.returncode == 0, res.stderr
     assert res.stdout == (folder / name).read_text()
