@@ -146,7 +146,7 @@ def _pools_last_token(model) -> bool:
         try:
             if "pad_token_id" in inspect.getsource(cls.forward):
                 return True
-        except (OSError, TypeError):  # no source (a compiled or dynamically built class): not known to
+        except (OSError, TypeError):  # no source to read (a compiled or dynamically built class)
             continue
     return False
 
