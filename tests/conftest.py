@@ -177,3 +177,27 @@ def cli_env(small_data, tmp_path):
 
 def copytree(src, dst):
     shutil.copytree(src, dst)
+
+
+def assert_tied_head_merge_keeps_embeddings(method, targets: str):
+    """A LoRA method on a tiny LLaMA whose LM head shares the input embeddings, targets including the
+    head: merging keeps the outputs and leaves the embeddings at W0."""
+    import torch
+
+    from peftbench.method import apply_method
+    from peftbench.testing import tiny_model
+
+    model = tiny_model("llama-lm")
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    model, _ = apply_method(method, model, 4, {"target_modules": targets})
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    ids = torch.randint(2, 1000, (2, 8))
+    model.eval()
+    with torch.no_grad():
+        before = model(ids).logits
+        merged = method.merge(model)
+        after = merged(ids).logits
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged.get_input_embeddings().weight, embeddings, atol=0, rtol=0)

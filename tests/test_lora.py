@@ -112,19 +112,6 @@ def test_real_minilm_lora_r8_count():
 def test_merge_into_an_lm_head_tied_to_the_embeddings_leaves_the_embeddings_alone():
     """LLaMA's lm_head shares the input embeddings' matrix: merging ΔW into it in place changed the
     embeddings too (logits off by ~6 on the tiny model); the merge goes into the head's own copy."""
-    from peftbench.testing import tiny_model
+    from conftest import assert_tied_head_merge_keeps_embeddings
 
-    model = tiny_model("llama-lm")
-    embeddings = model.get_input_embeddings().weight.detach().clone()
-    model = LORA.apply(model, 4, target_modules=("lm_head", "q"))
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.1)
-    ids = torch.randint(2, 1000, (2, 8))
-    model.eval()
-    with torch.no_grad():
-        before = model(ids).logits
-        merged = LORA.merge(model)
-        after = merged(ids).logits
-    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(merged.get_input_embeddings().weight, embeddings, atol=0, rtol=0)
+    assert_tied_head_merge_keeps_embeddings(LORA, "lm_head,q")

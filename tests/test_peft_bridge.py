@@ -159,22 +159,9 @@ def test_merging_into_an_lm_head_tied_to_the_embeddings_leaves_the_embeddings_al
     """peft adds ΔW to the matrix the LM head shares with the input embeddings (its own warning says
     so): the merged model's logits were off by ~6 (the merge check fails the run); the head merges into
     its own copy."""
-    from peftbench.testing import tiny_model
+    from conftest import assert_tied_head_merge_keeps_embeddings
 
-    model = tiny_model("llama-lm")
-    embeddings = model.get_input_embeddings().weight.detach().clone()
-    model, _ = apply_method(PEFT, model, 4, {"target_modules": "lm_head,q_proj"})
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.1)
-    ids = torch.randint(2, 1000, (2, 8))
-    model.eval()
-    with torch.no_grad():
-        before = model(ids).logits
-        merged = PEFT.merge(model)
-        after = merged(ids).logits
-    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(merged.get_input_embeddings().weight, embeddings, atol=0, rtol=0)
+    assert_tied_head_merge_keeps_embeddings(PEFT, "lm_head,q_proj")
 
 
 def test_leaving_the_head_out_keeps_peft_options_that_read_target_modules():
