@@ -90,6 +90,25 @@ class Solution:
         return 100.0 * (self.params - self.budget) / self.budget
 
 
+def random_on_meta():
+    """While a method is applied to the meta model: random tensors its code draws without naming a
+    device are drawn on the meta device (shape only; a generator it passes is dropped). Counting
+    needs no values, and peft's FourierFT draws a CPU permutation of every adapted weight's entries
+    (151M int64 per GPT-3 175B matrix: minutes per count, and a budget solve counts many times)."""
+    from torch.overrides import TorchFunctionMode
+
+    random = {"randperm", "randn", "rand", "randint"}
+
+    class RandomOnMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if getattr(func, "__name__", None) in random and kwargs.get("device") is None:
+                kwargs = {k: v for k, v in kwargs.items() if k != "generator"} | {"device": "meta"}
+            return func(*args, **kwargs)
+
+    return RandomOnMeta()
+
+
 class Counter:
     """Counts a method's own parameters on a meta-device copy of the model; cached.
 
@@ -116,7 +135,8 @@ class Counter:
 
     def _count(self, method, options, knob) -> int:
         try:
-            return apply_method(method, copy.deepcopy(self.meta), knob, options)[1].method
+            with random_on_meta():
+                return apply_method(method, copy.deepcopy(self.meta), knob, options)[1].method
         except PluginFailure as e:
             if self._build_real is None:
                 raise

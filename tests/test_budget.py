@@ -73,6 +73,25 @@ def test_meta_counts_equal_real_counts():
     assert next(counter.meta.parameters()).device.type == "meta"
 
 
+def test_random_draws_of_a_method_go_to_meta_when_counting(monkeypatch):
+    """peft's FourierFT draws a CPU permutation of each adapted weight's entries (minutes per count at
+    GPT-3's size): counting on the meta device draws it there, and the count stays the real one."""
+    pytest.importorskip("peft")
+    from peftbench.method import apply_method
+
+    method = get_methods()["peft-fourierft"]
+    _, real = apply_method(method, make_model("bert"), 7)
+    drawn = []
+    randperm = torch.randperm
+    def recorded(*args, **kwargs):
+        drawn.append(randperm(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(torch, "randperm", recorded)
+    assert Counter(_meta("bert")).count(method, {}, 7) == real.method
+    assert drawn and all(t.device.type == "meta" for t in drawn)
+
+
 def test_fixed_methods_report_their_count():
     counter = Counter(_meta("bert"))
     sol = solve(get_methods()["bitfit"], {}, 1000, counter)
