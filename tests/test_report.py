@@ -273,6 +273,13 @@ def test_the_caption_names_the_cpu_and_says_when_rows_differ():
     for r in recs:
         r["env"] |= {"cpu": "Xeon B", "cpu_bf16": []}
     assert "; CPU Xeon B." in to_markdown(summarize(records_frame(recs)))
+    # a run cancelled before it started has no environment: it adds no empty library version
+    for r in recs:
+        r["env"]["torch"] = "2.13.0"
+    cancelled = fake_record("sst2", "bitfit", 0, 0.5)
+    recs.append({k: v for k, v in cancelled.items() if k not in ("env", "metrics")} | {"status": "cancelled"})
+    text = to_markdown(summarize(records_frame(recs)))
+    assert "| sst2 | bitfit |" in text and "libraries torch 2.13.0; CPU Xeon B." in text and "libraries differ" not in text
 
 
 def test_equal_seed_values_tie_whatever_the_order_records_are_read_in():

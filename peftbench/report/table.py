@@ -112,7 +112,7 @@ def record_row(rec: dict) -> dict:
         "git_commit": _short_commit(_get(rec, "env", "git_commit")),
         "host_code": _get(rec, "env", "host_code"),
         "libraries": " ".join(f"{k} {_get(rec, 'env', k)}" for k in ("torch", "transformers", "peft")
-                              if _get(rec, "env", k)),
+                              if _get(rec, "env", k)) or None,  # None: a run that never started names none
         "cpu": _cpu(rec),
         **{k: spec.get(k) for k in ("model", "lr", "epochs", "max_steps", "train_samples", "batch_size",
                                      "max_seq_len", "device", "task_version")},
