@@ -41,6 +41,10 @@ def _grid(n: int, width: int = 3):
     return math.ceil(n / cols), cols
 
 
+def _baseline_name(config: str) -> str:
+    return "untuned model (base)" if config == "base" else config  # a generation task's floor
+
+
 def _baselines(ax, methods: pd.DataFrame, baselines: pd.DataFrame) -> None:
     """A baseline (trivial, or zero trainable parameters) as a dotted line; one far outside the
     methods' band (more than the band's height away) would squeeze the methods into a sliver, so
@@ -53,13 +57,13 @@ def _baselines(ax, methods: pd.DataFrame, baselines: pd.DataFrame) -> None:
         if len(methods) and not lo - pad <= b.metric_mean <= hi + pad:
             clipped.append(b)
         else:
-            ax.axhline(b.metric_mean, ls=":", color="0.2", lw=1.2, label=b.config)
+            ax.axhline(b.metric_mean, ls=":", color="0.2", lw=1.2, label=_baseline_name(b.config))
     if not clipped:
         return
     ax.set_ylim(lo - 0.15 * pad, hi + 0.15 * pad)
     for b in clipped:
         below = b.metric_mean < lo
-        ax.annotate(f"{'↓' if below else '↑'} {b.config}: {b.metric_mean:.3g} (off the axis)",
+        ax.annotate(f"{'↓' if below else '↑'} {_baseline_name(b.config)}: {b.metric_mean:.3g} (off the axis)",
                     xy=(0.01, 0.01 if below else 0.99), xycoords="axes fraction", fontsize=7, color="0.2",
                     va="bottom" if below else "top")
 
