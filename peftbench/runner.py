@@ -272,15 +272,17 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
                            if precision != "fp32" else "fp32 throughout"}
     phases["train"] = _lap(clock)
 
-    # evaluate
+    # evaluate (with other jobs on the machine, batch by batch: none runs while another job times latency)
     t0 = time.perf_counter()
+    guard = lock.step if lock else None
+    waited_in_training = lock.waited_s if lock else None
     if search and generation:  # generating for every candidate costs more than training: the loss
-        result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision)}
+        result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision, guard=guard)}
         result["metric_directions"] = {"val_loss": "lower"}
     elif generation:
-        result.update(gen.evaluate(task, model, tokenizer, evaluation, spec, out, device, precision))
+        result.update(gen.evaluate(task, model, tokenizer, evaluation, spec, out, device, precision, guard=guard))
     else:
-        pred, gold = predict(model, eval_ds, collate, device, precision=precision)
+        pred, gold = predict(model, eval_ds, collate, device, precision=precision, guard=guard)
         result["metrics"] = task.score(pred, gold)
         result["trivial"] = trivial_baseline(task, train_ds, gold)
     if "metric_directions" not in result:
@@ -290,6 +292,8 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         result["selection_metric"] = {"name": name, "direction": result["metric_directions"][name],
                                       "on": f"{len(eval_ds)} held-out training examples"}
     result["eval_time_s"] = time.perf_counter() - t0
+    if lock:
+        result["eval_waited_for_latency_s"] = lock.waited_s - waited_in_training  # part of eval_time_s
     phases["eval"] = _lap(clock)
 
     # checkpoint: what restores the tuned model (method + head; everything for full)
@@ -316,7 +320,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         _latency(result, method, model, merged, spec, task, tokenizer, eval_ds, evaluation, device, precision, lat,
                  generation)
     if lock:
-        result["train"]["waited_for_latency_s"] = lock.waited_s
+        result["train"]["waited_for_latency_s"] = waited_in_training
     phases["latency"] = _lap(clock)
     return result
 

@@ -207,15 +207,19 @@ def static_memory(model, optimizer) -> dict:
 
 
 @torch.no_grad()
-def predict(model, dataset, collate, device, batch_size=128, precision="fp32"):
-    """Predictions (class ids, or floats for regression) and gold labels."""
+def predict(model, dataset, collate, device, batch_size=128, precision="fp32", guard=None):
+    """Predictions (class ids, or floats for regression) and gold labels. ``guard()`` wraps each
+    batch's forward (parallel jobs: wait while another job times latency)."""
+    import contextlib
+
+    guard = guard or contextlib.nullcontext
     device = torch.device(device)
     model.eval()
     preds, golds = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in loader:
         labels = batch.pop("labels")
-        with autocast(device, precision):
+        with guard(), autocast(device, precision):
             logits = model(**to_device(batch, device)).logits.float().cpu()
         preds.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
         golds.append(labels)

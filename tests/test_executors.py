@@ -107,9 +107,14 @@ def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
     placements = [r["placement"] for r in recs.values()]
     assert all(p["jobs"] == 2 and p["shared_machine"] and p["torch_threads"] == len(p["cpus"]) == 1 for p in placements)
     assert all(r["env"]["cpu_affinity"] == 1 for r in recs.values())  # confined before the environment was read
-    assert "waited_for_latency_s" in next(iter(recs.values()))["train"]
+    assert all("waited_for_latency_s" in r["train"] and r["eval_waited_for_latency_s"] >= 0 for r in recs.values())
     table = cli_in_process("report", out, env=env).stdout
-    assert "†" in table and "shared the machine" in table
+    assert "†" in table and "shared the machine" in table and "training steps and evaluation batches wait" in table
+    for r in recs.values():  # records from before evaluation waited: the caption says evaluation may run
+        del r["eval_waited_for_latency_s"]
+    from peftbench.report import records_frame, summarize, to_markdown
+
+    assert "though their data loading and evaluation may run" in to_markdown(summarize(records_frame(list(recs.values()))))
 
 
 def test_latency_waits_for_no_training(tmp_path):

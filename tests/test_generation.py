@@ -257,3 +257,37 @@ def test_generated_tokens_count_an_eos_only_where_one_was_generated(minilm_token
     tok.eos_token = tok.sep_token
     out = generate_all(Fixed(), tok, ["a b c", "d e f"], Decoding(max_new_tokens=3), "cpu")
     assert out["new_tokens"] == (1 + 1) + 3
+
+
+def test_generation_waits_batch_by_batch_outside_its_timing(minilm_tokenizer):
+    """With other jobs on the machine, each generate batch waits while another job times latency
+    (the guard); tokens/s is computed over the generation alone, and the wait is recorded."""
+    import contextlib
+    import time
+
+    import torch
+
+    from peftbench.generation.generate import Decoding, generate_all
+
+    tok = minilm_tokenizer
+    tok.eos_token = tok.sep_token
+    calls = []
+
+    class Slow(torch.nn.Module):
+        def generate(self, input_ids, attention_mask, **kwargs):
+            calls.append(("generate", len(input_ids)))
+            time.sleep(0.05)
+            return torch.cat([input_ids, torch.full((len(input_ids), 2), 1010)], dim=1)
+
+    @contextlib.contextmanager
+    def guard():
+        calls.append("wait")
+        time.sleep(0.2)  # another job is timing latency
+        yield
+
+    start = time.perf_counter()
+    out = generate_all(Slow(), tok, ["a b", "c d", "e f"], Decoding(max_new_tokens=2, batch_size=2), "cpu",
+                       guard=guard)
+    elapsed = time.perf_counter() - start
+    assert calls == ["wait", ("generate", 2), "wait", ("generate", 1)]
+    assert out["waited_s"] >= 0.4 and out["seconds"] >= 0.1 and out["seconds"] + out["waited_s"] <= elapsed

@@ -73,3 +73,26 @@ def test_a_ddp_epoch_has_whole_global_batches_only():
     cfg = TrainConfig(lr=1e-3, batch_size=4, epochs=2)
     assert total_steps(10, cfg) == 6 and total_steps(10, cfg, drop_last=True) == 4  # 3 vs 2 batches an epoch
     assert total_steps(3, cfg, drop_last=True) == 2  # fewer examples than a batch: the one partial batch
+
+
+def test_prediction_runs_each_batch_inside_the_guard():
+    """With other jobs on the machine, evaluation waits batch by batch while another job times latency."""
+    import contextlib
+
+    from peftbench.train import predict
+
+    g = torch.Generator().manual_seed(0)
+    ds = datasets.Dataset.from_dict({"input_ids": torch.randint(3, 1000, (10, 7), generator=g).tolist(),
+                                     "attention_mask": [[1] * 7] * 10, "labels": [i % 2 for i in range(10)]})
+    model = make_model("bert")
+    inside, forwards = [], []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(bool(inside)))
+
+    @contextlib.contextmanager
+    def guard():
+        inside.append(1)
+        yield
+        inside.pop()
+
+    pred, gold = predict(model, ds, Collator(0, regression=False), "cpu", batch_size=4, guard=guard)
+    assert forwards == [True, True, True] and len(pred) == len(gold) == 10

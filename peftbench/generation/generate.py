@@ -47,19 +47,27 @@ def _left_padded(tokenizer, prompts, device):
 
 @torch.inference_mode()
 def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, device, precision="fp32",
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, guard=None) -> dict:
     """Outputs in the order of ``prompts``, plus what they cost: {"texts", "new_tokens", "seconds"}.
-    ``extra``: more ``generate`` arguments (benchmarks/generation.py tries a static cache with it)."""
+    ``extra``: more ``generate`` arguments (benchmarks/generation.py tries a static cache with it).
+    ``guard()`` wraps each batch's ``generate`` (parallel jobs: wait while another job times
+    latency); "seconds" excludes what the guards waited (``waited_s``)."""
+    import contextlib
+
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: -len(tokenizer(prompts[i])["input_ids"]))
     texts: list[str | None] = [None] * len(prompts)
     new_tokens = 0
+    waited = 0.0
     start = time.perf_counter()
     for b in range(0, len(order), decoding.batch_size):
         idx = order[b:b + decoding.batch_size]
         enc = _left_padded(tokenizer, [prompts[i] for i in idx], device)
-        with autocast(device, precision):
-            out = model.generate(**enc, **decoding.kwargs(tokenizer), **(extra or {}))
+        asked = time.perf_counter()
+        with (guard or contextlib.nullcontext)():
+            waited += time.perf_counter() - asked
+            with autocast(device, precision):
+                out = model.generate(**enc, **decoding.kwargs(tokenizer), **(extra or {}))
         generated = out[:, enc["input_ids"].shape[1]:]
         for i, row in zip(idx, generated):
             ids = row.tolist()
@@ -68,7 +76,8 @@ def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, devic
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
             new_tokens += len(ids) + stopped  # the EOS, where one was generated (not at max_new_tokens)
             texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return {"texts": texts, "new_tokens": new_tokens, "seconds": time.perf_counter() - start}
+    return {"texts": texts, "new_tokens": new_tokens, "seconds": time.perf_counter() - start - waited,
+            "waited_s": waited}
 
 
 def generation_latency(models: dict, tokenizer, prompts: list[str], device, precision, lat: dict) -> dict:

@@ -24,13 +24,14 @@ def decoding(spec, task) -> Decoding:
     return Decoding(**g)
 
 
-def evaluate(task, model, tokenizer, evaluation, spec, out: Path, device, precision) -> dict:
+def evaluate(task, model, tokenizer, evaluation, spec, out: Path, device, precision, guard=None) -> dict:
     """Generate one output per eval input, score it against its references, keep the outputs
-    (``<out>/predictions/<run_id>.txt``, one line per input, in the split's order)."""
+    (``<out>/predictions/<run_id>.txt``, one line per input, in the split's order). ``guard``: see
+    ``generate_all``."""
     from ..records import write_atomic
 
     prompts = [task.prompt.format(source=s) for s in evaluation["source"]]
-    gen = generate_all(model, tokenizer, prompts, decoding(spec, task), device, precision)
+    gen = generate_all(model, tokenizer, prompts, decoding(spec, task), device, precision, guard=guard)
     outputs = [task.postprocess(t) if task.postprocess else t for t in gen["texts"]]
     metrics = task.score(outputs, list(evaluation["references"]), spec.get("metrics") or task.metrics)
     path = Path(out) / "predictions" / f"{spec['run_id']}.txt"
@@ -38,6 +39,7 @@ def evaluate(task, model, tokenizer, evaluation, spec, out: Path, device, precis
     write_atomic(path, "".join(" ".join(o.splitlines()) + "\n" for o in outputs), text=True)
     return {"metrics": metrics, "generation": {
         "inputs": len(prompts), "new_tokens": gen["new_tokens"], "seconds": gen["seconds"],
+        "waited_for_latency_s": gen["waited_s"],
         "tokens_per_s": gen["new_tokens"] / gen["seconds"] if gen["seconds"] else None,
         "decoding": decoding(spec, task).as_dict(), "predictions": str(path),
         "examples": [{"source": s, "output": o} for s, o in list(zip(evaluation["source"], outputs))[:3]],
@@ -50,11 +52,14 @@ def latency(models: dict, tokenizer, task, evaluation, spec, device, precision) 
 
 
 
-def validation_loss(model, dataset, collate, device, precision, batch_size=32) -> float:
+def validation_loss(model, dataset, collate, device, precision, batch_size=32, guard=None) -> float:
     """Mean cross-entropy per target token over ``dataset`` (the held-out training pairs), computed
     here from the logits, the same for every method: a model's own ``.loss`` need not be the
     cross-entropy (peft's AdaLoRA adds its orthogonality penalty whenever labels are passed, in
-    eval mode too, which rewarded the rates that shrink the penalty fastest)."""
+    eval mode too, which rewarded the rates that shrink the penalty fastest). ``guard()`` wraps each
+    batch's forward (parallel jobs: wait while another job times latency)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -68,7 +73,7 @@ def validation_loss(model, dataset, collate, device, precision, batch_size=32) -
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
             batch = to_device(batch, device)
             labels = batch.pop("labels")
-            with autocast(device, precision):
+            with (guard or contextlib.nullcontext)(), autocast(device, precision):
                 logits = model(**batch).logits
             logits = logits[:, -labels.shape[1]:]  # peft's prompt methods put virtual tokens in front
             targets = labels[:, 1:]  # token t predicts token t+1

@@ -97,6 +97,8 @@ def record_row(rec: dict) -> dict:
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
         "threads": _get(rec, "env", "torch_threads"),
         "shared_machine": bool(_get(rec, "placement", "shared_machine")),  # --jobs N: others trained alongside
+        # since 2026-12-04 a shared run's evaluation batches wait for another run's latency timing too
+        "_eval_waits": "eval_waited_for_latency_s" in rec if _get(rec, "placement", "shared_machine") else None,
         "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
         "lr_selection": spec.get("lr_selection"),
         # a searched rate at the end of its grid: a rate beyond it might do better
@@ -274,6 +276,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             if c in ok and ok[c].notna().any():
                 row[c] = float(ok[c].astype(float).median())
         row["shared_machine"] = bool(ok.shared_machine.any()) if "shared_machine" in ok and len(ok) else False
+        waits = ok["_eval_waits"].dropna() if "_eval_waits" in ok else ok[:0]
+        row["_eval_waits"] = bool(waits.all()) if len(waits) else None
         if "mfu_flops" in ok and ok.mfu_flops.notna().any():
             kinds = set(ok.mfu_flops.dropna())
             row["mfu_flops"] = kinds.pop() if len(kinds) == 1 else "mixed"
@@ -547,6 +551,12 @@ def markdown_lines(disp: pd.DataFrame) -> list[str]:
             *("| " + " | ".join(str(v) for v in row) + " |" for row in disp.itertuples(index=False))]
 
 
+def _evaluation_waited(summary: pd.DataFrame) -> bool:
+    """Every shared-machine row's runs evaluated under the machine lock (records since 2026-12-04)."""
+    waits = summary.get("_eval_waits", pd.Series(dtype=object)).dropna()
+    return bool(len(waits)) and bool(waits.all())
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no records)\n"
@@ -589,8 +599,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
            "confidence interval over seeds (paired t over shared seeds, else a bootstrap); ≈ = the interval "
            "contains 0 (within noise). " if "vs best (95% CI)" in disp else "")
         + ("†: throughput measured while other runs shared the machine (--jobs N; each job on its own CPUs or "
-           "GPU; while one times latency the others' training steps wait, though their data loading and "
-           "evaluation may run). " if (summary.get("shared_machine") == True).any() else "")  # noqa: E712
+           "GPU; while one times latency the others' training steps " + (
+               "and evaluation batches wait, though their data and model loading may run). "
+               if _evaluation_waited(summary) else "wait, though their data loading and evaluation may run). ")
+           if (summary.get("shared_machine") == True).any() else "")  # noqa: E712
         + ("Bold: the best value of its task in that column (latency: the lowest ratio to the base model; "
            "peak memory only on CUDA). " if any("**" in str(v) for v in disp.values.ravel()) else "")
         + ("Trivial baseline: the majority class (regression: the mean target) of the training examples, "
