@@ -83,6 +83,7 @@ def test_random_draws_of_a_method_go_to_meta_when_counting(monkeypatch):
     _, real = apply_method(method, make_model("bert"), 7)
     drawn = []
     randperm = torch.randperm
+
     def recorded(*args, **kwargs):
         drawn.append(randperm(*args, **kwargs))
         return drawn[-1]

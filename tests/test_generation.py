@@ -91,6 +91,8 @@ def test_validation_loss_is_the_cross_entropy_for_every_method():
     """The generation search's score: mean cross-entropy per target token, from the logits. peft's
     AdaLoRA adds its orthogonality penalty to ``.loss`` whenever labels are passed (eval mode too),
     which the search used to compare against the other rates and methods."""
+    import contextlib
+
     from peftbench.generation.run import validation_loss
 
     torch.manual_seed(0)
@@ -103,7 +105,10 @@ def test_validation_loss_is_the_cross_entropy_for_every_method():
     model = make_model("llama-lm").eval()
     with torch.no_grad():
         own = float(model(**collate(data)).loss)
-    assert validation_loss(model, data, collate, "cpu", "fp32", batch_size=3) == pytest.approx(own, rel=1e-5)
+    guards = []  # with other jobs on the machine each batch's forward waits under the machine lock
+    guard = lambda: guards.append(1) or contextlib.nullcontext()  # noqa: E731
+    assert validation_loss(model, data, collate, "cpu", "fp32", batch_size=3, guard=guard) == pytest.approx(own, rel=1e-5)
+    assert len(guards) == 2  # 4 rows at batch 3
     ada, _ = apply_method(get_method("peft-adalora"), make_model("llama-lm"), 4)  # as the runs apply it
     ada.eval()
     with torch.no_grad():
