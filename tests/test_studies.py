@@ -26,6 +26,11 @@ def test_targets_solves_the_rank_per_set_and_resumes(tiny_model_dirs, cli_env, t
     again = study(*args, "--plot", tmp_path / "targets.png", env=cli_env)  # a sweep: the same command resumes
     assert again.returncode == 0 and "skipping 3 run(s) with an ok record; 0 to run" in again.stderr
     assert (tmp_path / "targets.png").stat().st_size > 10_000  # the figure, from the records
+    # `study show`: the same table from the folder alone (a study run from an edited sweep file has no command)
+    shown = study("show", out, "--plot", tmp_path / "shown.png", env=cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split("The paper's shape (targets):", 1)[1] == table
+    assert (tmp_path / "shown.png").stat().st_size > 10_000
 
 
 def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_env, tmp_path):
@@ -59,6 +64,17 @@ def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_e
     assert q_by_r[0] == [1, 2] and (tmp_path / "rank.png").stat().st_size > 10_000
     bad = study("rank", "--model", tiny_model_dirs["bert"], "--ranks", "0", "--out", out, *TINY, env=cli_env)
     assert bad.returncode == 2 and "ranks must be positive integers" in bad.stderr
+    shown = study("show", out, env=cli_env)  # a rank study: its runs have ranks, not one budget
+    assert shown.returncode == 0 and shown.stdout.split("The paper's shape (rank):", 1)[1] == table, shown.stderr
+
+
+def test_study_show_bad_input(tmp_path, cli_env):
+    (tmp_path / "empty").mkdir()
+    for folder, extra in ((tmp_path / "empty", ()), (tmp_path / "missing", ()),
+                          (tmp_path / "empty", ("--plot", tmp_path / "no" / "such" / "f.png"))):
+        res = study("show", folder, *extra, env=cli_env)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") <= 2, res.stderr
+    assert "has no records of lora runs" in study("show", tmp_path / "empty", env=cli_env).stderr
 
 
 def test_targets_with_a_budget_no_set_reaches(tiny_model_dirs, cli_env, tmp_path):
@@ -104,3 +120,19 @@ def test_the_study_file_pins_what_auto_precision_resolved_to(tiny_model_dirs, cl
         text = (out / "sweep.toml").read_text()
         assert f'precision = "{expected}"' in text and '"auto"' not in text
         assert {json.loads(p.read_text())["spec"]["precision"] for p in (out / "records").glob("*.json")} == {expected}
+
+
+def test_a_set_run_at_several_rates_gets_a_column_per_rate():
+    """A folder with one set at several rates given by flag (a search folder): each rate its own column,
+    never one of them shown as the set's (it was the first row found)."""
+    import pandas as pd
+
+    from peftbench.studies import lora_paper
+
+    rows = [("lora[target_modules=q] (lr 0.005)", 0.914), ("lora[target_modules=q] (lr 0.0005)", 0.790),
+            ("lora[target_modules=q,v]", 0.930)]
+    summary = pd.DataFrame([{"method": "lora", "config": c, "task": "trec", "metric": "accuracy", "metric_mean": m,
+                             "metric_std": None, "knob_value": 8, "trainable_params": 100} for c, m in rows])
+    head, _, body = lora_paper.table(summary, "targets").splitlines()[:3]
+    assert head == "| task | q (lr 0.0005) | q (lr 0.005) | q,v |"
+    assert "0.7900 (r=8, 100) | 0.9140 (r=8, 100) | 0.9300 (r=8, 100)" in body

@@ -48,11 +48,14 @@ def _study(ctx, name, file_text, out, progress, plot=None):
     from ..records import load_records, write_atomic
     from ..studies import lora_paper
 
+    if plot and not Path(plot).resolve().parent.is_dir():  # said before the study runs, not after
+        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
     out = Path(out)
     path = out / "sweep.toml"
     if path.is_file() and path.read_text() != file_text:  # e.g. a study file edited since (another grid)
         raise PeftbenchError(f"{path} exists and plans another study than these options write; resume it with "
-                             f"`peftbench run --config {path}`, or give another --out")
+                             f"`peftbench run --config {path}` (`peftbench study show {out}` prints the paper's "
+                             "shape), or give another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, file_text, text=True)
     click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
@@ -162,6 +165,34 @@ def study_rank(ctx, sets, ranks, tasks_, seeds, model, train_samples, epochs, ma
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
                                latency, lr_search, lr_extend, keep=True)
     _study(ctx, "rank", lora_paper.sweep_file("rank", settings, _sets(sets), ranks=rs), out, progress, plot)
+
+
+@study.command("show")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also write the study's figure (PNG).")
+def study_show(folder, plot):
+    """The paper-shaped table (and figure) of a study's records in FOLDER, finished or not: a study run with
+    `peftbench run --config` from an edited sweep file (another grid, fewer sets) included."""
+    from ..records import load_records
+    from ..report import records_frame, summarize
+    from ..studies import lora_paper
+
+    if plot and not Path(plot).resolve().parent.is_dir():
+        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
+    records = load_records(Path(folder)) if Path(folder).is_dir() else {}
+    lora = [r for r in records.values() if r.get("spec", {}).get("method") == "lora"]
+    if not lora:
+        raise PeftbenchError(f"{folder} has no records of lora runs; give the --out folder of a `peftbench study` "
+                             "(or of `peftbench run --config` on its sweep file)")
+    # a targets study gives every set one budget; a rank study gives each run its rank
+    name = "targets" if len({r["spec"].get("budget") for r in lora} - {None}) == 1 and all(
+        r["spec"].get("budget") for r in lora) else "rank"
+    summary = summarize(records_frame(records.values()))
+    click.echo(f"The paper's shape ({name}):\n")
+    click.echo(lora_paper.table(summary, name), nl=False)
+    if plot:
+        lora_paper.plot(summary, name, plot)
+        click.echo(f"figure: {plot}", err=True)
 
 
 @cli.group()

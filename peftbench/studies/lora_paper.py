@@ -52,11 +52,26 @@ def _targets_of(config: str) -> str:
     return ",".join(LoRAOptions().target_modules)
 
 
+def _column(config: str) -> tuple[str, float]:
+    """A lora row's column: its target set, with the learning rate where the row is one of several rates
+    the folder holds for it (a rate given by flag, e.g. a search folder: each rate its own column)."""
+    targets = _targets_of(config)
+    if " (lr " not in config:
+        return targets, 0.0
+    lr = config.split(" (lr ", 1)[1].split(")", 1)[0]
+    return f"{targets} (lr {lr})", float(lr)
+
+
 def _lora_rows(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The finished lora rows with their target set (``targets``), and the sets in the paper's order."""
+    """The finished lora rows with their column (``targets``: the target set), and the columns in the
+    paper's order (rates ascending within a set)."""
     s = summary[(summary.method == "lora") & summary.metric_mean.notna()].copy()
-    s["targets"] = [_targets_of(c) for c in s.config]
-    order = [t for t in (*TARGET_SETS, *sorted(set(s.targets) - set(TARGET_SETS))) if t in set(s.targets)]
+    columns = {c: _column(c) for c in s.config}
+    s["targets"] = [columns[c][0] for c in s.config]
+    sets = list(dict.fromkeys(_targets_of(c) for c in s.config))
+    rank = {t: i for i, t in enumerate((*TARGET_SETS, *sorted(set(sets) - set(TARGET_SETS))))}
+    order = sorted(dict.fromkeys(s.targets), key=lambda col: next(
+        (rank[_targets_of(c)], lr) for c, (name, lr) in columns.items() if name == col))
     return s, order
 
 
