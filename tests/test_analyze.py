@@ -122,6 +122,40 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     assert bad.returncode == 2 and "its folder does not exist" in bad.stderr
 
 
+def test_analyze_a_llama_with_grouped_query_attention(tiny_model_dirs, small_data, tmp_path):
+    """SmolLM2's shape: W_k and W_v map to fewer heads than W_q (the tiny LLaMA: 32 -> 16 against 32 -> 32), so
+    their ΔW is not square; each matrix is analysed at its own shape."""
+    import os
+
+    env = dict(os.environ, PEFTBENCH_DATA=str(small_data))
+    out = tmp_path / "runs"
+    for r in (2, 4):
+        res = cli_in_process("run", "--model", tiny_model_dirs["llama-lm"], "--methods", "lora[target_modules=q,k,v,o]",
+                             "--knob", f"lora={r}", "--seeds", "0", "--out", out, "--max-steps", "4", "--batch-size",
+                             "8", "--no-latency", "--no-progress", "--keep-checkpoints", env=env)
+        assert res.returncode == 0, res.stderr
+    recs = {json.loads(p.read_text())["spec"]["knob_value"]: p for p in (out / "records").glob("*.json")}
+    res = analyze("subspace", recs[2], recs[4], "--format", "csv", env=env)
+    assert res.returncode == 0, res.stderr
+    rows = [ln.split(",") for ln in res.stdout.strip().splitlines()[1:]]
+    assert sorted(r[0] for r in rows) == sorted(f"layers.{i}.{m}_proj" for i in (0, 1) for m in "qkvo")
+    assert all(r[1:3] == ["2", "4"] and 0.0 <= float(r[3]) <= 1.0 and float(r[5]) == 1 / 32 for r in rows)
+    res = analyze("delta", recs[4], "--format", "csv", env=env)
+    assert res.returncode == 0, res.stderr
+    delta = {ln.split(",")[0]: [float(x) for x in ln.split(",")[1:]] for ln in res.stdout.strip().splitlines()[1:]}
+    assert set(delta) == {f"layers.{i}.{m}_proj" for i in (0, 1) for m in "qkvo"}
+    import math
+
+    import torch
+    from safetensors.torch import load_file
+
+    model_dir = tiny_model_dirs["llama-lm"]
+    w_k = next(v for k, v in load_file(model_dir / "model.safetensors").items() if "layers.0.self_attn.k_proj" in k)
+    assert tuple(w_k.shape) == (16, 32)  # grouped: 2 key/value heads of 8 against 4 query heads
+    assert math.isclose(delta["layers.0.k_proj"][2], torch.linalg.matrix_norm(w_k).item(), rel_tol=1e-4)  # ‖W‖
+    assert all(v[0] == 4 and math.isfinite(v[-1]) and v[1] > 0 for v in delta.values())
+
+
 # The published analyses of the rank study (results/lora-paper/rank): file -> (target set, rank, seed)
 # of the runs (the full study has several target sets at each rank)
 PUBLISHED = {
