@@ -62,6 +62,19 @@ def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_e
     assert sorted(c[2] for c in calls) == ["q", "q", "q,v", "q,v"] and all(len(c[0]) == 2 for c in calls)
     q_by_r = next(c for c in calls if c[2] == "q")
     assert q_by_r[0] == [1, 2] and (tmp_path / "rank.png").stat().st_size > 10_000
+    # with the runs, each seed's value at its own rank (hollow points; one seed here: one point per rank and set)
+    frame = records_frame(recs)
+    dots = []
+    real_scatter = plt.Axes.scatter
+    plt.Axes.scatter = lambda ax, x, y, *a, **k: dots.append((list(x), list(y))) or real_scatter(ax, x, y, *a, **k)
+    try:
+        lora_paper.plot(summarize(frame), "rank", tmp_path / "rank-seeds.png", frame)
+    finally:
+        plt.Axes.scatter = real_scatter
+    values = {(r["spec"]["label"], r["spec"]["knob_value"]): r["metrics"]["accuracy"] for r in recs}
+    drawn = [d for d in dots if d[0]]  # (the legend's empty marker aside)
+    assert len(drawn) == 2 * 4 and all(len(x) == 1 and len(y) == 1 for x, y in drawn)  # 2 panels x 4 runs
+    assert sorted(y[0] for x, y in drawn) == sorted(list(values.values()) * 2)
     bad = study("rank", "--model", tiny_model_dirs["bert"], "--ranks", "0", "--out", out, *TINY, env=cli_env)
     assert bad.returncode == 2 and "ranks must be positive integers" in bad.stderr
     shown = study("show", out, env=cli_env)  # a rank study: its runs have ranks, not one budget

@@ -65,10 +65,11 @@ def _study(ctx, name, file_text, out, progress, plot=None):
     except click.exceptions.Exit as e:
         code = e.exit_code
     click.echo(f"\nThe paper's shape ({name}):\n")
-    summary = summarize(records_frame(load_records(out).values()))
+    runs = records_frame(load_records(out).values())
+    summary = summarize(runs)
     click.echo(lora_paper.table(summary, name), nl=False)
     if plot:
-        lora_paper.plot(summary, name, plot)
+        lora_paper.plot(summary, name, plot, runs)
         click.echo(f"figure: {plot}", err=True)
     ctx.exit(code)
 
@@ -187,11 +188,12 @@ def study_show(folder, plot):
     # a targets study gives every set one budget; a rank study gives each run its rank
     name = "targets" if len({r["spec"].get("budget") for r in lora} - {None}) == 1 and all(
         r["spec"].get("budget") for r in lora) else "rank"
-    summary = summarize(records_frame(records.values()))
+    runs = records_frame(records.values())
+    summary = summarize(runs)
     click.echo(f"The paper's shape ({name}):\n")
     click.echo(lora_paper.table(summary, name), nl=False)
     if plot:
-        lora_paper.plot(summary, name, plot)
+        lora_paper.plot(summary, name, plot, runs)
         click.echo(f"figure: {plot}", err=True)
 
 

@@ -110,10 +110,23 @@ def table(summary: pd.DataFrame, study: str) -> str:
     return "\n".join([head, sep, *body]) + "\n" + note
 
 
-def plot(summary: pd.DataFrame, study: str, path) -> None:
+def _seed_values(runs: pd.DataFrame | None, row) -> list[float]:
+    """Each seed's metric of one summary row (``runs``: ``report.records_frame``; the same task, configuration
+    and rank), finished runs only."""
+    if runs is None or not len(runs):
+        return []
+    metric = runs.metric.iloc[0]
+    hit = runs[(runs.task == row.task) & (runs.config == row.config) & (runs.knob_value == row.knob_value)
+               & (runs.status == "ok")]
+    return [float(v) for v in hit.get(f"m_{metric}", pd.Series(dtype=float)).dropna()]
+
+
+def plot(summary: pd.DataFrame, study: str, path, runs: pd.DataFrame | None = None) -> None:
     """The study as a figure, per task (mean ± std over seeds, the trivial baseline's value written in a
     corner): ``targets``, the metric per target set (labelled with its rank); ``rank``, the metric against
-    r (log scale) and against the trainable parameters (log scale), one line per target set."""
+    r (log scale) and against the trainable parameters (log scale), one line per target set. With ``runs``
+    (the records' frame) each seed's value is drawn too (hollow points): a mean ± std hides a seed that
+    diverged."""
     from ..errors import PeftbenchError
     from ..report.plots import _grid, _plt
 
@@ -135,9 +148,17 @@ def plot(summary: pd.DataFrame, study: str, path) -> None:
             for i, (name, r) in zip(pos, t.iterrows()):
                 ax.errorbar([i], [r.metric_mean], yerr=[0 if pd.isna(r.metric_std) else r.metric_std], fmt="o",
                             capsize=4, color=colors[name])
+                seeds = _seed_values(runs, r)
+                if seeds:
+                    ax.scatter([i + 0.15] * len(seeds), seeds, s=18, facecolors="none", edgecolors=colors[name],
+                               linewidths=1)
+            if runs is not None:
+                ax.scatter([], [], s=18, facecolors="none", edgecolors="0.3", label="one seed's value")
+                ax.legend(fontsize=8, loc="best")
             ax.set_xticks(list(pos), [f"{name}\nr={int(r.knob_value)}" for name, r in t.iterrows()], fontsize=8)
             ax.set_xlabel("LoRA's target matrices (the rank the one budget gives each set)")
-            ax.set_title(f"{task}: which matrices to adapt at one budget\n(mean ± std over seeds)", fontsize=10)
+            ax.set_title(f"{task}: which matrices to adapt at one budget\n(mean ± std over seeds"
+                         + ("; hollow: each seed)" if runs is not None else ")"), fontsize=10)
         else:
             column = "knob_value" if x == "r" else "trainable_params"
             for name in order:
@@ -145,6 +166,10 @@ def plot(summary: pd.DataFrame, study: str, path) -> None:
                 if len(g):
                     ax.errorbar(g[column], g.metric_mean, yerr=g.metric_std.fillna(0), marker="o", capsize=3,
                                 label=name, color=colors[name])
+                    for _, r in g.iterrows():
+                        seeds = _seed_values(runs, r)
+                        ax.scatter([r[column]] * len(seeds), seeds, s=14, facecolors="none", edgecolors=colors[name],
+                                   linewidths=0.8)
             ax.set_xscale("log", base=2 if x == "r" else 10)
             if x == "r":
                 ranks = sorted({int(v) for v in t.knob_value})
@@ -153,7 +178,7 @@ def plot(summary: pd.DataFrame, study: str, path) -> None:
             else:
                 ax.set_xlabel("trainable parameters of the method (log scale)")
             ax.set_title(f"{task}: {metric} vs {'rank' if x == 'r' else 'trainable parameters'}, per target set"
-                         "\n(mean ± std over seeds)", fontsize=10)
+                         "\n(mean ± std over seeds" + ("; hollow: each seed)" if runs is not None else ")"), fontsize=10)
             ax.legend(title="target matrices", fontsize=8, title_fontsize=8, loc="best")
         trivial = summary[(summary.task == task) & (summary.get("role", "method") == "baseline")]
         if len(trivial) and pd.notna(trivial.metric_mean.iloc[0]):  # a line if it is in view, else its value
