@@ -115,10 +115,9 @@ def _seed_values(runs: pd.DataFrame | None, row) -> list[float]:
     and rank), finished runs only."""
     if runs is None or not len(runs):
         return []
-    metric = runs.metric.iloc[0]
     hit = runs[(runs.task == row.task) & (runs.config == row.config) & (runs.knob_value == row.knob_value)
                & (runs.status == "ok")]
-    return [float(v) for v in hit.get(f"m_{metric}", pd.Series(dtype=float)).dropna()]
+    return [float(v) for v in hit.get(f"m_{row.metric}", pd.Series(dtype=float)).dropna()]  # the task's own metric
 
 
 def plot(summary: pd.DataFrame, study: str, path, runs: pd.DataFrame | None = None) -> None:
