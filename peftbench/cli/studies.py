@@ -43,13 +43,30 @@ def study_options(f):
     return f
 
 
-def _study(ctx, name, file_text, out, progress, plot=None):
+def _check_plot(plot) -> None:
+    """--plot's folder must exist: said in one line before any work, not after it."""
+    if plot and not Path(plot).resolve().parent.is_dir():
+        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
+
+
+def _show(records, name: str, plot=None, lead: str = "") -> None:
+    """The paper-shaped table of a study's records (and its figure, each seed's value drawn)."""
     from ..report import records_frame, summarize
-    from ..records import load_records, write_atomic
     from ..studies import lora_paper
 
-    if plot and not Path(plot).resolve().parent.is_dir():  # said before the study runs, not after
-        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
+    runs = records_frame(records)
+    summary = summarize(runs)
+    click.echo(f"{lead}The paper's shape ({name}):\n")
+    click.echo(lora_paper.table(summary, name), nl=False)
+    if plot:
+        lora_paper.plot(summary, name, plot, runs)
+        click.echo(f"figure: {plot}", err=True)
+
+
+def _study(ctx, name, file_text, out, progress, plot=None):
+    from ..records import load_records, write_atomic
+
+    _check_plot(plot)
     out = Path(out)
     path = out / "sweep.toml"
     if path.is_file() and path.read_text() != file_text:  # e.g. a study file edited since (another grid)
@@ -64,13 +81,7 @@ def _study(ctx, name, file_text, out, progress, plot=None):
         ctx.invoke(run, config=str(path), progress=progress)
     except click.exceptions.Exit as e:
         code = e.exit_code
-    click.echo(f"\nThe paper's shape ({name}):\n")
-    runs = records_frame(load_records(out).values())
-    summary = summarize(runs)
-    click.echo(lora_paper.table(summary, name), nl=False)
-    if plot:
-        lora_paper.plot(summary, name, plot, runs)
-        click.echo(f"figure: {plot}", err=True)
+    _show(load_records(out).values(), name, plot, lead="\n")
     ctx.exit(code)
 
 
@@ -175,11 +186,8 @@ def study_show(folder, plot):
     """The paper-shaped table (and figure) of a study's records in FOLDER, finished or not: a study run with
     `peftbench run --config` from an edited sweep file (another grid, fewer sets) included."""
     from ..records import load_records
-    from ..report import records_frame, summarize
-    from ..studies import lora_paper
 
-    if plot and not Path(plot).resolve().parent.is_dir():
-        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
+    _check_plot(plot)
     records = load_records(Path(folder)) if Path(folder).is_dir() else {}
     lora = [r for r in records.values() if r.get("spec", {}).get("method") == "lora"]
     if not lora:
@@ -188,13 +196,7 @@ def study_show(folder, plot):
     # a targets study gives every set one budget; a rank study gives each run its rank
     name = "targets" if len({r["spec"].get("budget") for r in lora} - {None}) == 1 and all(
         r["spec"].get("budget") for r in lora) else "rank"
-    runs = records_frame(records.values())
-    summary = summarize(runs)
-    click.echo(f"The paper's shape ({name}):\n")
-    click.echo(lora_paper.table(summary, name), nl=False)
-    if plot:
-        lora_paper.plot(summary, name, plot, runs)
-        click.echo(f"figure: {plot}", err=True)
+    _show(records.values(), name, plot)
 
 
 @cli.group()
@@ -211,8 +213,7 @@ def analyze_subspace(record_a, record_b, plot, fmt):
     """Subspace similarity φ of two lora runs' A matrices (e.g. r=8 vs r=64, or two seeds), per matrix."""
     from ..studies import analyze as an
 
-    if plot and not Path(plot).resolve().parent.is_dir():
-        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
+    _check_plot(plot)
     specs = [an.read_record(record_a)["spec"], an.read_record(record_b)["spec"]]
     for key in ("model", "task"):
         if specs[0].get(key) != specs[1].get(key):

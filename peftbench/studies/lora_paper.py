@@ -66,13 +66,11 @@ def _lora_rows(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The finished lora rows with their column (``targets``: the target set), and the columns in the
     paper's order (rates ascending within a set)."""
     s = summary[(summary.method == "lora") & summary.metric_mean.notna()].copy()
-    columns = {c: _column(c) for c in s.config}
-    s["targets"] = [columns[c][0] for c in s.config]
-    sets = list(dict.fromkeys(_targets_of(c) for c in s.config))
-    rank = {t: i for i, t in enumerate((*TARGET_SETS, *sorted(set(sets) - set(TARGET_SETS))))}
-    order = sorted(dict.fromkeys(s.targets), key=lambda col: next(
-        (rank[_targets_of(c)], lr) for c, (name, lr) in columns.items() if name == col))
-    return s, order
+    s["targets"] = [_column(c)[0] for c in s.config]
+    sets = {_targets_of(c) for c in s.config}
+    place = {t: i for i, t in enumerate((*TARGET_SETS, *sorted(sets - set(TARGET_SETS))))}
+    keys = {_column(c)[0]: (place[_targets_of(c)], _column(c)[1]) for c in s.config}  # column -> (set, rate)
+    return s, sorted(keys, key=keys.get)
 
 
 def table(summary: pd.DataFrame, study: str) -> str:
