@@ -149,3 +149,22 @@ def test_a_set_run_at_several_rates_gets_a_column_per_rate():
     head, _, body = lora_paper.table(summary, "targets").splitlines()[:3]
     assert head == "| task | q (lr 0.0005) | q (lr 0.005) | q,v |"
     assert "0.7900 (r=8, 100) | 0.9140 (r=8, 100) | 0.9300 (r=8, 100)" in body
+
+
+def test_each_seed_is_read_under_its_own_tasks_metric():
+    """A study over two tasks of different metrics (accuracy, mcc): a row's seeds are its task's metric for
+    its configuration and rank, finished runs only (a first version read the first run's metric)."""
+    import pandas as pd
+
+    from peftbench.studies import lora_paper
+
+    cols = ["task", "metric", "config", "knob_value", "status", "m_accuracy", "m_mcc"]
+    runs = pd.DataFrame([("trec", "accuracy", "lora", 8, "ok", 0.9, None),
+                         ("cola", "mcc", "lora", 8, "ok", 0.7, 0.2),
+                         ("cola", "mcc", "lora", 8, "ok", 0.6, 0.1),
+                         ("cola", "mcc", "lora", 8, "failed", 0.5, 0.0),
+                         ("cola", "mcc", "lora", 4, "ok", 0.4, 0.3)], columns=cols)
+    row = pd.Series({"task": "cola", "config": "lora", "knob_value": 8, "metric": "mcc"})
+    assert lora_paper._seed_values(runs, row) == [0.2, 0.1]
+    assert lora_paper._seed_values(runs, row.copy().replace({"cola": "trec", "mcc": "accuracy"})) == [0.9]
+    assert lora_paper._seed_values(None, row) == []
