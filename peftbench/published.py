@@ -96,3 +96,32 @@ def _compare(specs, entries) -> dict:
             "extra": sorted(str(p) for p, r in entries if record_key(r) not in planned),
             "duplicates": sorted(str(p) for p, r in entries
                                  if record_key(r) in planned and latest[record_key(r)][0] != p)}
+
+
+def moved_on(specs, folder: Path) -> str | None:
+    """Why planned runs without an ok record of their id are not answered by the ok records of the same
+    settings in ``folder``: what else their ids hash differs (mostly a plugin's code: records from before an
+    edit of the method's or the task's file), with the commits the records name, in one line; None when no
+    planned run has such a record. Such runs run again; their records stay, read by ``report`` as they are."""
+    from collections import Counter
+
+    from .records import ID_FIELDS
+
+    folder = Path(folder)
+    have = load_records(folder) if (folder / "records").is_dir() else {}
+    ok = sorted((rec for rec in have.values() if rec.get("status") == "ok"), key=lambda r: str(r.get("finished_at")))
+    by_key = {record_key(rec): rec for rec in ok}
+    kinds, commits = Counter(), set()
+    for spec in specs:
+        if have.get(spec["run_id"], {}).get("status") == "ok" or (rec := by_key.get(spec_key(spec))) is None:
+            continue
+        names = {"method_code": f"{spec.get('method')}'s code", "task_code": f"the {spec.get('task')} task's code"}
+        differ = [names.get(f, f) for f in ID_FIELDS if f not in SETTINGS and rec["spec"].get(f) != spec.get(f)]
+        kinds[" and ".join(differ) or "the id's hashing"] += 1
+        commits.add(str((rec.get("env") or {}).get("git_commit") or "unknown")[:7])
+    if not kinds:
+        return None
+    return (f"{sum(kinds.values())} of {len(specs)} planned run(s) have an ok record of the same settings in {folder} "
+            f"that other code made ({', '.join(f'{what}: {n}' for what, n in kinds.items())}; commit "
+            f"{', '.join(sorted(commits))}): they run again here, and resume at that commit; `peftbench report` "
+            "reads the records as they are")

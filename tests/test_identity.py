@@ -42,9 +42,15 @@ def test_editing_a_plugin_file_reruns_that_methods_runs_only(tiny_model_dirs, cl
     again = peftbench(*args, env=cli_env)
     assert "skipping 4 run(s) with an ok record; 0 to run" in again.stderr
     a.write_text(a.read_text() + "\n# an edit that changes the file's content\n")
+    planned = peftbench(*args, "--dry-run", env=cli_env)
+    assert "have an ok record of the same settings" in planned.stderr and "dry run: 0 of 0 search" in planned.stderr
+    assert "and 2 of 4 run(s) at a fixed rate have an ok record" in planned.stderr
     edited = peftbench(*args, env=cli_env)
     assert edited.returncode == 0, edited.stderr
     assert "skipping 2 run(s) with an ok record; 2 to run" in edited.stderr
+    # and says why: records of the same settings are there, made by other code (the edited plugin)
+    assert "note: 2 of 4 planned run(s) have an ok record of the same settings in" in edited.stderr
+    assert "that other code made (meth-a's code: 2; commit " in edited.stderr
     assert edited.stderr.count("meth-a sst2 seed") == 2 and "meth-b sst2 seed" not in edited.stderr
 
 

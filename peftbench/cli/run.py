@@ -194,6 +194,14 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
                + (f", after {len(the_plan.searches)} learning-rate search run(s) -> {out / 'search'}"
                   if the_plan.searches else ""), err=True)
 
+    def explain(specs, folder):  # planned runs whose records of the same settings came from other code
+        from ..published import moved_on
+
+        if line := moved_on(specs, folder):
+            click.echo(f"note: {line}", err=True)
+
+    explain(the_plan.searches, out / "search")
+    explain(the_plan.specs, out)
     if dry_run:  # what the sweep would do: planned runs, and how many already have an ok record
         from ..records import load_records
 
@@ -235,6 +243,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
                                                lambda line: click.echo(f"learning-rate grid grown: {line}", err=True))
         for line in lines:
             click.echo(f"learning rate chosen: {line}", err=True)
+        explain(finals, out)
         specs = specs + finals
     result = run_sweep(specs, out, **options)
     click.echo(report.to_markdown(report.summarize(report.records_frame(result.records))))
