@@ -134,3 +134,12 @@ def stale_reasons(record: dict, current: dict) -> list[str]:
     env = record.get("env") or {}
     return [f"{k} {env.get(k)} -> {current.get(k)}" for k in STALE_ENV_FIELDS
             if (k in env or k in current) and env.get(k) != current.get(k)]
+
+
+def checkpoint_file(record_path: Path, rec: dict) -> Path | None:
+    """A run's kept checkpoint: the copy in its folder's ``checkpoints/`` (a published folder's) first, else the
+    path the record names; None when neither is there."""
+    stored = (rec.get("checkpoint") or {}).get("path")
+    beside = Path(record_path).parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
+    return next((c for c in [beside] + ([Path(stored)] if stored else []) if c.is_file()), None)
+

@@ -471,3 +471,34 @@ def test_the_summary_keeps_each_models_sizes_apart_and_gives_the_baseline_no_cos
             del rec["spec"]["model"]
     rows = overview.overview(summarize(records_frame(recs))).set_index("config")
     assert rows.loc["prefix", "peak_mem_mb@?"] == 1024 and rows.loc["prefix", "checkpoint_bytes@?"] == 4000
+
+
+def test_runs_lists_each_record_with_its_file_options_and_checkpoint(tmp_path, monkeypatch):
+    """`report --runs`: one row per record, sorted by task, configuration, options, size and seed, naming the
+    record's file (what `analyze` takes) and where its checkpoint is found (the folder's own copy)."""
+    from conftest import cli_in_process
+
+    folder = tmp_path / "study"
+    (folder / "records").mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    recs = [fake_record("trec", "lora", seed, 0.9 + seed / 100, knob_value=r) for r in (64, 8) for seed in (1, 0)]
+    for rec, targets in zip(recs, (["q", "v"], ["q"], ["q", "v"], ["q"])):
+        rec["spec"]["options"] = {"target_modules": targets, "dropout": None}
+        (folder / "records" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    (folder / "checkpoints" / "trec-lora-8-0.safetensors").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    res = cli_in_process("report", "study", "--runs")
+    assert res.returncode == 0, res.stderr
+    head, _, *rows = res.stdout.splitlines()
+    assert head == ("| record | status | task | config | options | size | seed | lr | metric | value | params | "
+                    "checkpoint | commit |")
+    assert [r.split(" | ")[4:7] for r in rows] == [["target_modules=q", "r=8", "0"], ["target_modules=q", "r=64", "0"],
+                                                    ["target_modules=q,v", "r=8", "1"], ["target_modules=q,v", "r=64", "1"]]
+    first = rows[0].split(" | ")
+    assert first[0] == "| study/records/trec-lora-8-0.json" and first[10] == "1,000"
+    assert first[11] == "study/checkpoints/trec-lora-8-0.safetensors" and first[12] == "abc1234 |"
+    assert all(r.split(" | ")[11] == "-" for r in rows[1:])
+    as_json = json.loads(cli_in_process("report", "study", "--runs", "--format", "json").stdout)
+    assert [r["seed"] for r in as_json] == [0, 0, 1, 1] and as_json[2]["value"] == 0.91
+    bad = cli_in_process("report", "study", "--runs", "--format", "latex")
+    assert bad.returncode == 2 and "--runs lists the records as md, csv or json" in bad.stderr

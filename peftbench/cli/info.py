@@ -188,21 +188,41 @@ def score(ctx, predictions, task_name, split, data_dir, fmt, meteor, plugin_file
 @click.option("--cost-plot", type=click.Path(), default=None,
               help="Also write a PNG: latency over base, throughput and peak memory per method and task.")
 @click.option("--task", "task_filter", default=None, help="Only these tasks (comma list).")
-def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter):
+@click.option("--runs", "runs_only", is_flag=True,
+              help="One row per run record instead: its file, status, configuration, size, seed, rate, metric and "
+                   "checkpoint (which records to give `peftbench analyze`); md, csv or json.")
+def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_only):
     """Print the comparison table of the records in DIR(s) and every record folder below them."""
     from .. import report as rep
     from ..records import load_records, write_atomic
     from ..report import overview, page
 
-    records = {}
+    records, paths = {}, {}
     for d in dirs:
         if not Path(d).is_dir():
             raise PeftbenchError(f"{d} is not a folder of run records; give the --out folder of a run")
         for folder in rep.record_folders(Path(d)):
-            records.update(load_records(folder, warn=lambda m: click.echo(f"warning: {m}", err=True)))
+            found = load_records(folder, warn=lambda m: click.echo(f"warning: {m}", err=True))
+            base = folder / "records" if (folder / "records").is_dir() else folder
+            records.update(found)
+            paths.update({rid: base / f"{rid}.json" for rid in found})
     if not records:
         raise PeftbenchError(f"no run records found in or below {', '.join(dirs)}; give the --out folder of a run "
                              "(the one holding records/)")
+    if runs_only:
+        if fmt not in ("md", "csv", "json") or summary_only or plot or cost_plot:
+            raise PeftbenchError("--runs lists the records as md, csv or json, without --summary, --plot or --cost-plot; "
+                                 "drop the others")
+        from ..report import runs
+
+        chosen = [(paths[rid], rec) for rid, rec in records.items()
+                  if not task_filter or rec.get("spec", {}).get("task") in {t.strip() for t in task_filter.split(",")}]
+        text = runs.render(runs.runs_frame(chosen), fmt)
+        if output:
+            write_atomic(Path(output), text, text=True)
+        else:
+            click.echo(text, nl=False)
+        return
     _warn_stale(records.values())
     df = rep.records_frame(records.values())
     for line in rep.duplicate_seeds(df):

@@ -24,11 +24,11 @@ from ..errors import PeftbenchError
 
 
 def _checkpoint_of(record_path: Path, rec: dict) -> Path:
-    stored = (rec.get("checkpoint") or {}).get("path")
+    from ..records import checkpoint_file
+
+    if found := checkpoint_file(record_path, rec):
+        return found
     beside = record_path.parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
-    for candidate in [beside] + ([Path(stored)] if stored else []):  # the folder's own copy first
-        if candidate.is_file():
-            return candidate
     raise PeftbenchError(f"{record_path}: its checkpoint is gone (looked for {beside}); rerun it with "
                          "--keep-checkpoints (the default)")
 
