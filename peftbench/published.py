@@ -98,30 +98,38 @@ def _compare(specs, entries) -> dict:
                                  if record_key(r) in planned and latest[record_key(r)][0] != p)}
 
 
-def moved_on(specs, folder: Path) -> str | None:
-    """Why planned runs without an ok record of their id are not answered by the ok records of the same
-    settings in ``folder``: what else their ids hash differs (mostly a plugin's code: records from before an
-    edit of the method's or the task's file), with the commits the records name, in one line; None when no
-    planned run has such a record. Such runs run again; their records stay, read by ``report`` as they are."""
+def moved_on(specs, folder: Path, rerun_failed: bool = False) -> str | None:
+    """Why planned runs that will run (no record of their id, or a cancelled one; with ``rerun_failed`` a failed
+    one too) are not answered by the ok records of the same settings in ``folder``: what else their ids hash
+    differs (mostly a plugin's code: records from before an edit of the method's or the task's file), with the
+    commits the records name, in one line; None when no such run has such a record. Those runs run again;
+    the records stay, read by ``report`` as they are."""
     from collections import Counter
 
-    from .records import ID_FIELDS
+    from .records import ID_DEFAULTS, ID_FIELDS
 
     folder = Path(folder)
     have = load_records(folder) if (folder / "records").is_dir() else {}
-    ok = sorted((rec for rec in have.values() if rec.get("status") == "ok"), key=lambda r: str(r.get("finished_at")))
-    by_key = {record_key(rec): rec for rec in ok}
-    kinds, commits = Counter(), set()
+    by_key = {}
+    for rec in sorted((r for r in have.values() if r.get("status") == "ok"), key=lambda r: str(r.get("finished_at"))):
+        try:
+            by_key[record_key(rec)] = rec
+        except (KeyError, TypeError):  # a hand-made or damaged record: it answers no run here either
+            continue
+    rerun = {None, "cancelled"} | ({"failed", "oom", "diverged", "timeout"} if rerun_failed else set())
+    differences, runs, commits = Counter(), 0, set()
     for spec in specs:
-        if have.get(spec["run_id"], {}).get("status") == "ok" or (rec := by_key.get(spec_key(spec))) is None:
+        if have.get(spec["run_id"], {}).get("status") not in rerun or (rec := by_key.get(spec_key(spec))) is None:
             continue
         names = {"method_code": f"{spec.get('method')}'s code", "task_code": f"the {spec.get('task')} task's code"}
-        differ = [names.get(f, f) for f in ID_FIELDS if f not in SETTINGS and rec["spec"].get(f) != spec.get(f)]
-        kinds[" and ".join(differ) or "the id's hashing"] += 1
+        differ = [names.get(f, f) for f in ID_FIELDS if f not in SETTINGS
+                  and rec["spec"].get(f, ID_DEFAULTS.get(f)) != spec.get(f, ID_DEFAULTS.get(f))]
+        differences.update(differ or ["the id's hashing"])
+        runs += 1
         commits.add(str((rec.get("env") or {}).get("git_commit") or "unknown")[:7])
-    if not kinds:
+    if not runs:
         return None
-    return (f"{sum(kinds.values())} of {len(specs)} planned run(s) have an ok record of the same settings in {folder} "
-            f"that other code made ({', '.join(f'{what}: {n}' for what, n in kinds.items())}; commit "
+    return (f"{runs} of {len(specs)} planned run(s) have an ok record of the same settings in {folder} that other "
+            f"code made (runs per difference: {', '.join(f'{what} {n}' for what, n in differences.items())}; commit "
             f"{', '.join(sorted(commits))}): they run again here, and resume at that commit; `peftbench report` "
             "reads the records as they are")

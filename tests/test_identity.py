@@ -50,7 +50,7 @@ def test_editing_a_plugin_file_reruns_that_methods_runs_only(tiny_model_dirs, cl
     assert "skipping 2 run(s) with an ok record; 2 to run" in edited.stderr
     # and says why: records of the same settings are there, made by other code (the edited plugin)
     assert "note: 2 of 4 planned run(s) have an ok record of the same settings in" in edited.stderr
-    assert "that other code made (meth-a's code: 2; commit " in edited.stderr
+    assert "that other code made (runs per difference: meth-a's code 2; commit " in edited.stderr
     assert edited.stderr.count("meth-a sst2 seed") == 2 and "meth-b sst2 seed" not in edited.stderr
 
 
@@ -86,3 +86,27 @@ def test_records_from_other_code_are_stale_not_rerun_unless_asked(tiny_model_dir
     assert "rerunning 1 run(s) with an ok record" in refreshed.stderr and "[1/1] bitfit" in refreshed.stderr
     assert (out / "records" / "superseded").is_dir()
     assert "stale" not in peftbench("report", out, env=cli_env).stderr
+
+
+def test_the_note_on_records_other_code_made_names_only_real_differences(tmp_path):
+    """published.moved_on: a field at its id default (nproc 1, absent from older records) is no difference; an
+    ok record it cannot key (hand-made, no data) is passed over; a run whose own id has a failed record does
+    not run again without --rerun-failed, so it is not counted then."""
+    from peftbench.published import moved_on
+
+    settings = {"method": "lora", "label": "lora", "task": "trec", "seed": 0, "knob": "r", "knob_value": 8,
+                "lr": 1e-3, "precision": "fp32"}
+    plan = {**settings, "run_id": "new", "data_sha": "d", "method_code": "B", "nproc": 1}
+    old = {"run_id": "old", "status": "ok", "spec": {**settings, "data_sha": "d", "method_code": "A"},
+           "data": {"fingerprint": "d"}, "env": {"git_commit": "abcdef0123"}, "finished_at": "1"}
+    odd = {"run_id": "odd", "status": "ok", "spec": dict(settings)}  # no data: no key
+    (tmp_path / "records").mkdir()
+    for rec in (old, odd):
+        (tmp_path / "records" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    line = moved_on([plan], tmp_path)
+    assert line.startswith("1 of 1 planned run(s) have an ok record of the same settings")
+    assert "(runs per difference: lora's code 1; commit abcdef0)" in line and "nproc" not in line
+    (tmp_path / "records" / "new.json").write_text(json.dumps({"run_id": "new", "status": "failed", "spec": plan}))
+    assert moved_on([plan], tmp_path) is None and "lora's code 1" in moved_on([plan], tmp_path, rerun_failed=True)
+    (tmp_path / "records" / "new.json").write_text(json.dumps({"run_id": "new", "status": "cancelled", "spec": plan}))
+    assert "lora's code 1" in moved_on([plan], tmp_path)

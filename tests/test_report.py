@@ -474,8 +474,10 @@ def test_the_summary_keeps_each_models_sizes_apart_and_gives_the_baseline_no_cos
 
 
 def test_runs_lists_each_record_with_its_file_options_and_checkpoint(tmp_path, monkeypatch):
-    """`report --runs`: one row per record, sorted by task, configuration, options, size and seed, naming the
-    record's file (what `analyze` takes) and where its checkpoint is found (the folder's own copy)."""
+    """`report --runs`: one row per record file, sorted by task, final before search runs, configuration,
+    options, size and seed, naming the file (what `analyze` takes) and where its checkpoint is found (the
+    folder's own copy); a file under another name than its run id, and search-only folders, are listed as they
+    are; a record without params keeps the others' counts integers."""
     from conftest import cli_in_process
 
     folder = tmp_path / "study"
@@ -486,19 +488,34 @@ def test_runs_lists_each_record_with_its_file_options_and_checkpoint(tmp_path, m
         rec["spec"]["options"] = {"target_modules": targets, "dropout": None}
         (folder / "records" / f"{rec['run_id']}.json").write_text(json.dumps(rec))
     (folder / "checkpoints" / "trec-lora-8-0.safetensors").write_bytes(b"x")
+    search = fake_record("trec", "lora", 0, 0.5, knob_value=8)
+    search["spec"]["role"] = "search"
+    (folder / "search" / "records").mkdir(parents=True)
+    (folder / "search" / "records" / "renamed.json").write_text(json.dumps(search))
+    failed = {**fake_record("trec", "lora", 2, 0.0, knob_value=2), "status": "failed", "metrics": {}}
+    del failed["params"]
+    (folder / "records" / "failed-run.json").write_text(json.dumps(failed))
     monkeypatch.chdir(tmp_path)
     res = cli_in_process("report", "study", "--runs")
     assert res.returncode == 0, res.stderr
     head, _, *rows = res.stdout.splitlines()
-    assert head == ("| record | status | task | config | options | size | seed | lr | metric | value | params | "
+    assert head == ("| record | role | status | task | config | options | size | seed | lr | metric | value | params | "
                     "checkpoint | commit |")
-    assert [r.split(" | ")[4:7] for r in rows] == [["target_modules=q", "r=8", "0"], ["target_modules=q", "r=64", "0"],
-                                                    ["target_modules=q,v", "r=8", "1"], ["target_modules=q,v", "r=64", "1"]]
-    first = rows[0].split(" | ")
-    assert first[0] == "| study/records/trec-lora-8-0.json" and first[10] == "1,000"
-    assert first[11] == "study/checkpoints/trec-lora-8-0.safetensors" and first[12] == "abc1234 |"
-    assert all(r.split(" | ")[11] == "-" for r in rows[1:])
+    cells = [r.split(" | ") for r in rows]
+    assert [c[5:8] for c in cells] == [["", "r=2", "2"], ["target_modules=q", "r=8", "0"],
+                                       ["target_modules=q", "r=64", "0"], ["target_modules=q,v", "r=8", "1"],
+                                       ["target_modules=q,v", "r=64", "1"], ["", "r=8", "0"]]
+    assert [c[0] for c in cells[::5]] == ["| study/records/failed-run.json", "| study/search/records/renamed.json"]
+    assert [c[1] for c in cells] == ["final"] * 5 + ["search"] and cells[0][2] == "failed" and cells[0][11] == ""
+    assert cells[1][0] == "| study/records/trec-lora-8-0.json" and cells[1][11] == "1,000"
+    assert cells[1][12] == "study/checkpoints/trec-lora-8-0.safetensors" and cells[1][13] == "abc1234 |"
+    assert all(c[12] == "-" for c in cells[2:])
     as_json = json.loads(cli_in_process("report", "study", "--runs", "--format", "json").stdout)
-    assert [r["seed"] for r in as_json] == [0, 0, 1, 1] and as_json[2]["value"] == 0.91
+    assert [r["seed"] for r in as_json] == [2, 0, 0, 1, 1, 0] and as_json[3]["value"] == 0.91
+    assert [r["params"] for r in as_json] == [None] + [1000] * 5  # integers beside a missing count
+    twice = cli_in_process("report", "study", "study/records", "study/search", "--runs").stdout.splitlines()
+    assert twice == res.stdout.splitlines()  # each file once, however often a folder names it
+    only_search = cli_in_process("report", "study/search", "--runs", "--task", "trec")
+    assert only_search.returncode == 0 and only_search.stdout.count("| search |") == 1
     bad = cli_in_process("report", "study", "--runs", "--format", "latex")
     assert bad.returncode == 2 and "--runs lists the records as md, csv or json" in bad.stderr

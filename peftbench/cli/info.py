@@ -197,32 +197,34 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
     from ..records import load_records, write_atomic
     from ..report import overview, page
 
-    records, paths = {}, {}
     for d in dirs:
         if not Path(d).is_dir():
             raise PeftbenchError(f"{d} is not a folder of run records; give the --out folder of a run")
-        for folder in rep.record_folders(Path(d)):
-            found = load_records(folder, warn=lambda m: click.echo(f"warning: {m}", err=True))
-            base = folder / "records" if (folder / "records").is_dir() else folder
-            records.update(found)
-            paths.update({rid: base / f"{rid}.json" for rid in found})
-    if not records:
-        raise PeftbenchError(f"no run records found in or below {', '.join(dirs)}; give the --out folder of a run "
-                             "(the one holding records/)")
     if runs_only:
         if fmt not in ("md", "csv", "json") or summary_only or plot or cost_plot:
             raise PeftbenchError("--runs lists the records as md, csv or json, without --summary, --plot or --cost-plot; "
                                  "drop the others")
         from ..report import runs
 
-        chosen = [(paths[rid], rec) for rid, rec in records.items()
-                  if not task_filter or rec.get("spec", {}).get("task") in {t.strip() for t in task_filter.split(",")}]
-        text = runs.render(runs.runs_frame(chosen), fmt)
+        tasks = {t.strip() for t in task_filter.split(",")} if task_filter else None
+        found = runs.record_files(dirs, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        if not found:
+            raise PeftbenchError(f"no run records found in or below {', '.join(dirs)}; give the --out folder of a run "
+                                 "(the one holding records/)")
+        text = runs.render(runs.runs_frame([(p, r) for p, r in found if not tasks or r["spec"].get("task") in tasks]),
+                           fmt)
         if output:
             write_atomic(Path(output), text, text=True)
         else:
             click.echo(text, nl=False)
         return
+    records = {}
+    for d in dirs:
+        for folder in rep.record_folders(Path(d)):
+            records.update(load_records(folder, warn=lambda m: click.echo(f"warning: {m}", err=True)))
+    if not records:
+        raise PeftbenchError(f"no run records found in or below {', '.join(dirs)}; give the --out folder of a run "
+                             "(the one holding records/)")
     _warn_stale(records.values())
     df = rep.records_frame(records.values())
     for line in rep.duplicate_seeds(df):

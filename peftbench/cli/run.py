@@ -197,7 +197,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     def explain(specs, folder):  # planned runs whose records of the same settings came from other code
         from ..published import moved_on
 
-        if line := moved_on(specs, folder):
+        if line := moved_on(specs, folder, rerun_failed=rerun_failed):
             click.echo(f"note: {line}", err=True)
 
     explain(the_plan.searches, out / "search")

@@ -21,7 +21,8 @@ record() {  # record <rank> <seed>: the ok record of SET at that rank and seed (
   python3 - "$RUNS" "$SET" "$1" "$2" <<'PY'
 import json, sys
 runs, targets, rank, seed = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4])
-hits = [r["record"] for r in runs if r["status"] == "ok" and r["size"] == f"r={rank}" and r["seed"] == seed
+hits = [r["record"] for r in runs if r["role"] == "final" and r["status"] == "ok" and r["size"] == f"r={rank}"
+        and r["seed"] == seed
         and f"target_modules={targets}" in r["options"].split()]
 if len(hits) > 1:
     sys.exit(f"two ok records of {targets} at r={rank}, seed {seed}: {hits}")
