@@ -87,6 +87,9 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     bad = analyze("delta", recs[("adapter", 2)], env=env)
     assert bad.returncode == 2 and "analyze reads native lora runs" in bad.stderr
     bad = analyze("delta", tmp_path / "nope.json", env=env)
+    assert bad.returncode == 2 and "nope.json: no such file" in bad.stderr
+    (tmp_path / "nope.json").write_text("{}")
+    bad = analyze("delta", tmp_path / "nope.json", env=env)
     assert bad.returncode == 2 and "not a run record" in bad.stderr
     other = json.loads(r2.read_text())
     other["spec"]["task"] = "trec"
@@ -97,7 +100,11 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     gone["checkpoint"]["path"], gone["run_id"] = None, "0" * 16
     (tmp_path / "gone.json").write_text(json.dumps(gone))
     bad = analyze("delta", tmp_path / "gone.json", env=env)
-    assert bad.returncode == 2 and "--keep-checkpoints" in bad.stderr
+    assert bad.returncode == 2 and "its checkpoint is gone" in bad.stderr and "--keep-checkpoints" in bad.stderr
+    gone["spec"]["keep_checkpoint"] = False  # a run that never kept one (`study targets` by default)
+    (tmp_path / "gone.json").write_text(json.dumps(gone))
+    bad = analyze("delta", tmp_path / "gone.json", env=env)
+    assert bad.returncode == 2 and "this run kept no checkpoint" in bad.stderr
     # a checkpoint that lacks a factor (loading is not strict: B would stay 0) or is another run's
     from safetensors.torch import load_file, save_file
 

@@ -181,6 +181,11 @@ def test_report_command_recurses_and_writes_page(tmp_path):
     assert 'id="summary"' in text and 'id="table-sst2"' in text and 'id="table-trec"' in text
     res = run(tmp_path / "results", "--summary", "--format", "latex")
     assert res.returncode == 2 and "--summary is written as md, csv or html" in res.stderr
+    # what cannot be written or shown is said before anything prints
+    for args, said in [(("--plot", tmp_path / "nodir" / "p.png"), "--plot"), (("-o", tmp_path), "is a folder"),
+                       (("--task", "sst3"), "--task sst3: no records of it"), (("--task", "sst3"), "did you mean sst2")]:
+        res = run(tmp_path / "results", *args)
+        assert res.returncode == 2 and said in res.stderr and res.stdout == "", (args, res.stderr)
     browser_check(page, tmp_path)
 
 

@@ -31,6 +31,11 @@ def test_targets_solves_the_rank_per_set_and_resumes(tiny_model_dirs, cli_env, t
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split("The paper's shape (targets):", 1)[1] == table
     assert (tmp_path / "shown.png").stat().st_size > 10_000
+    assert "keep_checkpoints = false" in (out / "sweep.toml").read_text()  # a targets study keeps none unless asked
+    kept = study("targets", "--model", tiny_model_dirs["bert"], "--sets", "q", "--budget", "lora[target_modules=q]:r=4",
+                 "--keep-checkpoints", "--out", tmp_path / "kept", *TINY, env=cli_env)
+    assert kept.returncode == 0 and "keep_checkpoints = true" in (tmp_path / "kept" / "sweep.toml").read_text()
+    assert all(json.loads(p.read_text())["checkpoint"]["path"] for p in (tmp_path / "kept" / "records").glob("*.json"))
 
 
 def test_rank_keeps_checkpoints_for_the_subspace_analysis(tiny_model_dirs, cli_env, tmp_path):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import PeftbenchError
+from ..errors import PeftbenchError, closest
 from . import cli, given_plugins, load_plugin_files, plugin_option
-from .output import budget_rows, echo_csv, print_rows
+from .output import budget_rows, check_file_targets, echo_csv, print_rows
 
 
 @cli.command()
@@ -200,17 +200,20 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
     for d in dirs:
         if not Path(d).is_dir():
             raise PeftbenchError(f"{d} is not a folder of run records; give the --out folder of a run")
+    check_file_targets(output=output, plot=plot, cost_plot=cost_plot)
+    tasks = {t.strip() for t in task_filter.split(",") if t.strip()} if task_filter else None
     if runs_only:
-        if fmt not in ("md", "csv", "json") or summary_only or plot or cost_plot:
-            raise PeftbenchError("--runs lists the records as md, csv or json, without --summary, --plot or --cost-plot; "
-                                 "drop the others")
+        if fmt not in ("md", "csv", "json"):
+            raise PeftbenchError(f"--runs lists the records as md, csv or json, not {fmt}; pick one of those")
+        if summary_only or plot or cost_plot:
+            raise PeftbenchError("--runs lists the records without --summary, --plot or --cost-plot; drop those")
         from ..report import runs
 
-        tasks = {t.strip() for t in task_filter.split(",")} if task_filter else None
         found = runs.record_files(dirs, warn=lambda m: click.echo(f"warning: {m}", err=True))
         if not found:
             raise PeftbenchError(f"no run records found in or below {', '.join(dirs)}; give the --out folder of a run "
                                  "(the one holding records/)")
+        _check_tasks(tasks, {r["spec"].get("task") for _, r in found}, dirs)
         text = runs.render(runs.runs_frame([(p, r) for p, r in found if not tasks or r["spec"].get("task") in tasks]),
                            fmt)
         if output:
@@ -229,8 +232,9 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
     df = rep.records_frame(records.values())
     for line in rep.duplicate_seeds(df):
         click.echo(f"warning: {line}", err=True)
-    if task_filter:
-        df = df[df.task.isin([t.strip() for t in task_filter.split(",")])]
+    if tasks:
+        _check_tasks(tasks, set(df.task), dirs)
+        df = df[df.task.isin(tasks)]
     summary = rep.summarize(df)
     if summary_only:
         ov = overview.overview(summary)
@@ -248,6 +252,15 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
         rep.plot(summary, plot)
     if cost_plot:
         rep.plots.plot_costs(summary, cost_plot)
+
+
+def _check_tasks(asked, present, dirs) -> None:
+    """--task names only tasks the records have (else the table would be empty without a word why)."""
+    present = sorted(t for t in present if t)
+    for task in sorted(asked or ()):
+        if task not in present:
+            raise PeftbenchError(f"--task {task}: no records of it in {', '.join(map(str, dirs))}{closest(task, present)}; "
+                                 f"the records' tasks: {', '.join(present)}")
 
 
 def _warn_stale(records) -> None:

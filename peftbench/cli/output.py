@@ -1,8 +1,25 @@
-"""How commands print: aligned columns, CSV, the budget solutions."""
+"""How commands print: aligned columns, CSV, the budget solutions; where they write (checked first)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+
+def check_file_targets(**paths) -> None:
+    """Each file a command will write (``flag=path``, e.g. ``plot=...``; None: not asked for) must have an
+    existing folder and not be a folder itself: said in one line before any work, not after it."""
+    from ..errors import PeftbenchError
+
+    for flag, path in paths.items():
+        if not path:
+            continue
+        name = "--" + flag.replace("_", "-")
+        if Path(path).is_dir():
+            raise PeftbenchError(f"{name} {path} is a folder; give a file path")
+        if not Path(path).resolve().parent.is_dir():
+            raise PeftbenchError(f"{name} {path}: its folder does not exist; create it or give another path")
 
 
 def format_rows(rows):

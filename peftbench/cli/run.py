@@ -184,6 +184,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
     the_plan = plan_all(settings)  # validates everything before any training starts
     if not dry_run:
         check_output_dir(out)
+    elif Path(out).exists() and not Path(out).is_dir():  # a dry run creates nothing, but says what a run would
+        raise PeftbenchError(f"--out {out} is a file; give a folder")
     for message in the_plan.warnings:
         click.echo(f"warning: {message}", err=True)
     if the_plan.solutions:

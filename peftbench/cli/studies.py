@@ -8,7 +8,7 @@ import click
 
 from ..errors import PeftbenchError, closest
 from . import cli, given_plugins, load_plugin_files, plugin_option
-from .output import echo_csv, print_rows
+from .output import check_file_targets, echo_csv, print_rows
 from .run import run
 
 
@@ -43,12 +43,6 @@ def study_options(f):
     return f
 
 
-def _check_plot(plot) -> None:
-    """--plot's folder must exist: said in one line before any work, not after it."""
-    if plot and not Path(plot).resolve().parent.is_dir():
-        raise PeftbenchError(f"--plot {plot}: its folder does not exist; create it or give another path")
-
-
 def _show(records, name: str, plot=None, lead: str = "") -> None:
     """The paper-shaped table of a study's records (and its figure, each seed's value drawn)."""
     from ..report import records_frame, summarize
@@ -66,7 +60,7 @@ def _show(records, name: str, plot=None, lead: str = "") -> None:
 def _study(ctx, name, file_text, out, progress, plot=None):
     from ..records import load_records, write_atomic
 
-    _check_plot(plot)
+    check_file_targets(plot=plot)
     out = Path(out)
     path = out / "sweep.toml"
     if path.is_file() and path.read_text() != file_text:  # e.g. a study file edited since (another grid)
@@ -113,16 +107,18 @@ def _sets(text: str) -> list[str]:
               show_default=True, help="Target sets separated by ';' (roles q,k,v,o,ffn or module names).")
 @click.option("--budget", default="lora[target_modules=q]:r=8", show_default=True,
               help="The one budget every set gets (default: what LoRA r=8 on one matrix type trains).")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep each run's LoRA weights, for `peftbench analyze` (`study rank` always keeps them).")
 @study_options
 @click.pass_context
-def study_targets(ctx, sets, budget, tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision,
-                  latency, lr_search, lr_extend, out, progress, plot):
+def study_targets(ctx, sets, budget, keep_checkpoints, tasks_, seeds, model, train_samples, epochs, max_steps,
+                  batch_size, precision, latency, lr_search, lr_extend, out, progress, plot):
     """Which weight matrices to adapt under one budget (the paper's Table 5): LoRA on each target set,
     its rank solved for the budget (r = 8 / 4 / 2 for one / two / four matrix types)."""
     from ..studies import lora_paper
 
     settings = _study_settings(tasks_, seeds, model, train_samples, epochs, max_steps, batch_size, precision, latency,
-                               lr_search, lr_extend)
+                               lr_search, lr_extend, keep=keep_checkpoints)
     _study(ctx, "targets", lora_paper.sweep_file("targets", settings, _reachable(_sets(sets), budget, model),
                                                  budget=budget), out, progress, plot)
 
@@ -187,7 +183,7 @@ def study_show(folder, plot):
     `peftbench run --config` from an edited sweep file (another grid, fewer sets) included."""
     from ..records import load_records
 
-    _check_plot(plot)
+    check_file_targets(plot=plot)
     records = load_records(Path(folder)) if Path(folder).is_dir() else {}
     lora = [r for r in records.values() if r.get("spec", {}).get("method") == "lora"]
     if not lora:
@@ -213,7 +209,7 @@ def analyze_subspace(record_a, record_b, plot, fmt):
     """Subspace similarity φ of two lora runs' A matrices (e.g. r=8 vs r=64, or two seeds), per matrix."""
     from ..studies import analyze as an
 
-    _check_plot(plot)
+    check_file_targets(plot=plot)
     specs = [an.read_record(record_a)["spec"], an.read_record(record_b)["spec"]]
     for key in ("model", "task"):
         if specs[0].get(key) != specs[1].get(key):

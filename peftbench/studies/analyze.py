@@ -28,6 +28,9 @@ def _checkpoint_of(record_path: Path, rec: dict) -> Path:
 
     if found := checkpoint_file(record_path, rec):
         return found
+    if rec["spec"].get("keep_checkpoint") is False:
+        raise PeftbenchError(f"{record_path}: this run kept no checkpoint (its sweep said keep_checkpoints = false; "
+                             "`study targets` keeps none without --keep-checkpoints); rerun it with --keep-checkpoints")
     beside = record_path.parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
     raise PeftbenchError(f"{record_path}: its checkpoint is gone (looked for {beside}); rerun it with "
                          "--keep-checkpoints (the default)")
@@ -35,6 +38,9 @@ def _checkpoint_of(record_path: Path, rec: dict) -> Path:
 
 def read_record(path) -> dict:
     path = Path(path)
+    if not path.is_file():
+        raise PeftbenchError(f"{path}: no such file; give a records/<run id>.json file (`peftbench report DIR --runs` "
+                             "lists them)")
     try:
         rec = json.loads(path.read_text())
         rec["spec"]["task"]
