@@ -140,10 +140,12 @@ class Counter:
         except PluginFailure as e:
             if self._build_real is None:
                 raise
-            self.fallbacks.setdefault(method.name, str(e))
+            why = str(e)
         if self._real is None:
             self._real = self._build_real()
-        return apply_method(method, copy.deepcopy(self._real), knob, options)[1].method
+        n = apply_method(method, copy.deepcopy(self._real), knob, options)[1].method  # its failure here is its own
+        self.fallbacks.setdefault(method.name, why)  # said only where the CPU copy counted it
+        return n
 
 
 def budget_params(budget: Budget, counter: Counter, resolve_ref) -> int:

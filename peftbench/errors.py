@@ -18,7 +18,10 @@ class PluginFailure(Exception):
     with the plugin, recorded as a failed run rather than reported as peftbench's own error."""
 
     def __init__(self, kind: str, name: str, plugin: str, what: str, error: BaseException):
+        import traceback
+
         self.error_type = type(error).__name__
+        self.traceback = "".join(traceback.format_exception(error))  # the plugin's own, for the run's side file
         super().__init__(f"{kind} {name} (plugin {plugin}): {what} raised {self.error_type}: {first_line(error)}")
 
 

@@ -315,6 +315,8 @@ def plan(s: SweepSettings) -> Plan:
                 if error is not None:  # recorded as a failed run without starting it
                     spec["plan_error"] = str(error)
                     spec["plan_error_type"] = error.error_type
+                    if getattr(error, "traceback", None):  # written beside the record, as a failed run's is
+                        spec["plan_error_traceback"] = error.traceback
                 spec["run_id"] = run_id(spec)
                 if spec["run_id"] not in seen:
                     seen.add(spec["run_id"])

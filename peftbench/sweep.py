@@ -50,13 +50,21 @@ def _signal_name(code: int) -> str:
 
 def record_failure(out, spec, status, error, started, attempt=None, error_type=None) -> dict:
     """Write (atomically) and return the record of a run that did not write its own: it failed
-    before starting, died, hung, was cancelled, or its executor lost it (every executor uses this)."""
+    before starting, died, hung, was cancelled, or its executor lost it (every executor uses this).
+    A plugin's traceback from planning (``spec["plan_error_traceback"]``) goes to the side file a
+    failed run's traceback goes to."""
+    spec = dict(spec)
+    tb_text = spec.pop("plan_error_traceback", None)
     rec = {
         "schema": 1, "run_id": spec["run_id"], "attempt": attempt, "status": status,
         "spec": spec, "error_type": error_type or status, "error": error,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": time.time() - started,
     }
+    if tb_text:
+        tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")
+        write_atomic(tb, tb_text, text=True)
+        rec["traceback_file"] = tb.name
     write_atomic(record_path(out, spec["run_id"]), rec)
     return rec
 

@@ -128,6 +128,10 @@ def test_apply_that_raises_is_a_failed_run_naming_method_and_plugin(tiny_model_d
     assert "keyerror r=" in res.stderr and "FAILED - method keyerror (plugin" in res.stderr
     assert "KeyError: 'missing_layer'" in res.stderr
     assert [r["status"] for r in records(out) if r["spec"]["method"] == "bitfit"] == ["ok"]  # the sweep went on
+    # it failed while the sweep was planned: no warning that a CPU copy counted it; its traceback beside the record
+    assert "cannot be applied on the meta device" not in res.stderr
+    tb = (out / "records" / rec["traceback_file"]).read_text()
+    assert "raise KeyError('missing_layer')" in tb and "plan_error_traceback" not in rec["spec"]
 
 
 def test_task_reader_that_raises_is_a_failed_run_naming_the_task(tiny_model_dirs, cli_env, tmp_path):
