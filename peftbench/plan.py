@@ -434,7 +434,10 @@ def plan_all(settings: list) -> Plan:
                 seen.add(spec["run_id"])
                 specs.append(spec)
     searches = list({s["run_id"]: s for p in plans for s in p.searches}.values())
-    return Plan(specs, [sol for p in plans for sol in p.solutions],
+    solutions = {}  # the same solution from several entries (e.g. one per task of a sweep file) is shown once
+    for text, sol in (x for p in plans for x in p.solutions):
+        solutions.setdefault((text, sol.method, sol.knob, sol.knob_value, sol.params, sol.budget, sol.fixed), (text, sol))
+    return Plan(specs, list(solutions.values()),
                 list(dict.fromkeys(w for p in plans for w in p.warnings)), searches,
                 list({(w.template["run_id"], *map(tuple, (w.grid, w.seeds)), w.val_samples, w.extend): w
                       for p in plans for w in p.waiting}.values()))

@@ -201,5 +201,6 @@ def load(path) -> tuple[list, Path | None]:
                                      "remove it from lr_grid")
     unused = sorted(set(per_task) - all_tasks)
     if unused:
-        raise PeftbenchError(f"{path}: [task.{unused[0]}] names a task that no sweep runs; add it to tasks or remove the table")
+        raise PeftbenchError(f"{path}: [task.{unused[0]}] names a task that no sweep runs{closest(unused[0], all_tasks)}; "
+                             "add it to tasks or remove the table")
     return settings, (path.parent / out).resolve() if out is not None else None

@@ -63,6 +63,8 @@ def test_lr_extend_a_sweep_sets_itself_still_needs_a_search(tmp_path, cli_env, t
      "lr_grid key 'lora[target_modules=q]': a grid belongs to a method and serves all its variants; name it "
      "without options (lora = [...])"),
     ('methods = ["lora"]\n[task.cola]\nepochs = 2\n', "[task.cola] names a task that no sweep runs"),
+    ('methods = ["lora"]\ntasks = ["sst2", "trec"]\n[task.trecc]\nepochs = 2\n',
+     "[task.trecc] names a task that no sweep runs (did you mean trec?)"),
     ('methods = ["lora"]\n[task.sst2]\nmethods = ["full"]\n', "unknown key 'methods' in [task.sst2]"),
 ])
 def test_bad_files_are_one_line(tmp_path, cli_env, text, message):
@@ -86,3 +88,13 @@ def test_lr_extend_in_a_file_that_searches_nothing(tmp_path, cli_env, tiny_model
     path = write(tmp_path, f'model = "{tiny_model_dirs["bert"]}"\nout = "o"\nmethods = ["lora"]\nlr_extend = 1\n')
     res = cli_in_process("run", "--config", path, "--dry-run", env=cli_env)
     assert res.returncode == 2 and "--lr-extend 1 grows a learning-rate search's grid" in res.stderr, res.stderr
+
+
+def test_budget_solutions_shared_by_entries_are_shown_once(tmp_path, cli_env, tiny_model_dirs):
+    """A [task.x] table splits a sweep into one entry per task; the same budget solution is printed once."""
+    path = write(tmp_path, f'model = "{tiny_model_dirs["bert"]}"\nout = "o"\nmethods = ["lora", "bitfit"]\n'
+                           'tasks = ["sst2", "trec"]\n[task.trec]\nepochs = 2\n')
+    res = cli_in_process("run", "--config", path, "--dry-run", env=cli_env)
+    assert res.returncode == 0, res.stderr
+    rows = [ln.split() for ln in res.stderr.splitlines() if ln.startswith("  lora:r=8")]
+    assert [r[1] for r in rows] == ["lora", "bitfit"], res.stderr
