@@ -163,13 +163,34 @@ def test_each_seed_is_read_under_its_own_tasks_metric():
 
     from peftbench.studies import lora_paper
 
-    cols = ["task", "metric", "config", "knob_value", "status", "m_accuracy", "m_mcc"]
-    runs = pd.DataFrame([("trec", "accuracy", "lora", 8, "ok", 0.9, None),
-                         ("cola", "mcc", "lora", 8, "ok", 0.7, 0.2),
-                         ("cola", "mcc", "lora", 8, "ok", 0.6, 0.1),
-                         ("cola", "mcc", "lora", 8, "failed", 0.5, 0.0),
-                         ("cola", "mcc", "lora", 4, "ok", 0.4, 0.3)], columns=cols)
+    cols = ["task", "metric", "config", "knob_value", "status", "seed", "m_accuracy", "m_mcc"]
+    runs = pd.DataFrame([("trec", "accuracy", "lora", 8, "ok", 0, 0.9, None),
+                         ("cola", "mcc", "lora", 8, "ok", 1, 0.6, 0.1),
+                         ("cola", "mcc", "lora", 8, "ok", 0, 0.7, 0.2),
+                         ("cola", "mcc", "lora", 8, "failed", 2, 0.5, 0.0),
+                         ("cola", "mcc", "lora", 4, "ok", 0, 0.4, 0.3)], columns=cols)
     row = pd.Series({"task": "cola", "config": "lora", "knob_value": 8, "metric": "mcc"})
     assert lora_paper._seed_values(runs, row) == [0.2, 0.1]
     assert lora_paper._seed_values(runs, row.copy().replace({"cola": "trec", "mcc": "accuracy"})) == [0.9]
     assert lora_paper._seed_values(None, row) == []
+
+
+def test_the_table_marks_the_best_and_what_is_within_noise_and_shows_each_seed():
+    import numpy as np
+    import pandas as pd
+
+    from peftbench.studies import lora_paper
+
+    rows = [("lora[target_modules=q]", 0.95, np.True_, None), ("lora[target_modules=v]", 0.61, np.False_, np.True_),
+            ("lora[target_modules=q,v]", 0.90, np.False_, np.False_)]
+    summary = pd.DataFrame([{"method": "lora", "config": c, "task": "trec", "metric": "accuracy", "metric_mean": m,
+                             "metric_std": 0.01, "knob_value": 8, "trainable_params": 100, "best": b,
+                             "within_noise": n} for c, m, b, n in rows])
+    runs = pd.DataFrame([{"task": "trec", "config": "lora[target_modules=v]", "knob_value": 8, "status": "ok",
+                          "seed": seed, "m_accuracy": v} for seed, v in ((2, 0.964), (0, 0.646), (1, 0.21))])
+    lines = lora_paper.table(summary, "targets", runs).splitlines()
+    assert lines[2] == ("| trec | **0.9500 ± 0.0100** (r=8, 100) | 0.6100 ± 0.0100 (r=8, 100) ≈ | "
+                        "0.9000 ± 0.0100 (r=8, 100) |")
+    assert lines[3] == "| each seed (0, 1, 2) |  | 0.646, 0.210, 0.964 |  |"
+    assert "bold: the best of the task; ≈: within noise of it" in lora_paper.table(summary, "targets")
+    assert "each seed" not in lora_paper.table(summary, "targets") + lora_paper.table(summary, "rank", runs)

@@ -73,9 +73,15 @@ def _lora_rows(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return s, sorted(keys, key=keys.get)
 
 
-def table(summary: pd.DataFrame, study: str) -> str:
-    """Rows: task (targets) or task x rank (rank); columns: target sets; cells: metric ± std, and the
-    rank each set got (targets)."""
+def _flag(value) -> bool:
+    """A summary's yes/no cell (numpy bool, None or NaN where it does not apply) as a bool."""
+    return value is not None and not (isinstance(value, float) and pd.isna(value)) and bool(value)
+
+
+def table(summary: pd.DataFrame, study: str, runs: pd.DataFrame | None = None) -> str:
+    """Rows: task (targets) or task x rank (rank); columns: target sets; cells: metric ± std, bold for the best
+    of the task and ≈ within noise of it, and the rank each set got (targets). With ``runs`` (the records'
+    frame), a targets study adds a row per task with each seed's value (a mean ± std hides a diverged seed)."""
     s, order = _lora_rows(summary)
     if s.empty:
         return "(no finished lora runs)\n"
@@ -86,36 +92,49 @@ def table(summary: pd.DataFrame, study: str) -> str:
         row = {"task": key[0]}
         if study == "rank":
             row["r"] = int(key[1])
+        seeds_row, seed_ids = {"task": ""}, set()
         for t in order:
             hit = g[g.targets == t]
             if len(hit):
                 h = hit.iloc[0]
                 cell = f"{h.metric_mean:.4f}" + (f" ± {h.metric_std:.4f}" if pd.notna(h.metric_std) else "")
+                best, near = _flag(h.get("best")), _flag(h.get("within_noise"))
+                cell = f"**{cell}**" if best else cell
                 if study == "targets":
                     cell += f" (r={int(h.knob_value)}, {int(h.trainable_params):,})"
-                row[t] = cell
+                row[t] = cell + (" ≈" if near and not best else "")
+                per_seed = _seed_values(runs, h, with_seeds=True)
+                seeds_row[t] = ", ".join(f"{v:.3f}" for _, v in per_seed)
+                seed_ids |= {seed for seed, _ in per_seed}
             else:
-                row[t] = ""
+                row[t] = seeds_row[t] = ""
         rows.append(row)
+        if study == "targets" and runs is not None and seed_ids:
+            seeds_row["task"] = f"each seed ({', '.join(map(str, sorted(seed_ids)))})"
+            rows.append(seeds_row)
     out = pd.DataFrame(rows)
     metric = s.metric.iloc[0]
     from ..report.table import markdown_lines
 
     head, sep, *body = markdown_lines(out)
     note = (f"\nCells: {metric} mean ± std over seeds" + (" (the rank the budget gave the set, and its trainable "
-            "parameters)" if study == "targets" else "") + "; columns: LoRA's target matrices. The paper's "
-            "Table 5 (GPT-3, 18M trainable) / Table 6 shape.\n")
+            "parameters)" if study == "targets" else "") + "; bold: the best of the task; ≈: within noise of it (the "
+            "95% interval of the gap over seeds contains 0); columns: LoRA's target matrices"
+            + ("; each seed: its value, seeds in order" if study == "targets" and runs is not None else "")
+            + ". The paper's Table 5 (GPT-3, 18M trainable) / Table 6 shape.\n")
     return "\n".join([head, sep, *body]) + "\n" + note
 
 
-def _seed_values(runs: pd.DataFrame | None, row) -> list[float]:
+def _seed_values(runs: pd.DataFrame | None, row, with_seeds: bool = False) -> list:
     """Each seed's metric of one summary row (``runs``: ``report.records_frame``; the same task, configuration
-    and rank), finished runs only."""
+    and rank), finished runs only, in seed order; ``with_seeds``: (seed, value) pairs."""
     if runs is None or not len(runs):
         return []
     hit = runs[(runs.task == row.task) & (runs.config == row.config) & (runs.knob_value == row.knob_value)
                & (runs.status == "ok")]
-    return [float(v) for v in hit.get(f"m_{row.metric}", pd.Series(dtype=float)).dropna()]  # the task's own metric
+    values = hit.get(f"m_{row.metric}", pd.Series(dtype=float))  # the task's own metric
+    pairs = sorted((int(seed), float(v)) for seed, v in zip(hit.seed, values) if pd.notna(v))
+    return pairs if with_seeds else [v for _, v in pairs]
 
 
 def plot(summary: pd.DataFrame, study: str, path, runs: pd.DataFrame | None = None) -> None:
