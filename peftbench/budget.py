@@ -66,8 +66,11 @@ def parse_budget(text: str) -> Budget:
         if value < 1:
             raise PeftbenchError(f"--budget {text}: a count must be at least 1")
         return Budget(t, count=value)
-    ref = re.match(r"^(.+):(\w+)=(\d+)$", t)
+    ref = re.match(r"^(.+):(\w+)=(-?\d+)$", t)
     if ref:
+        if int(ref.group(3)) < 1:
+            raise PeftbenchError(f"--budget {text}: a reference's size must be a positive integer, e.g. "
+                                 f"{ref.group(1)}:{ref.group(2)}=8")
         return Budget(t, ref_spec=ref.group(1), ref_knob=int(ref.group(3)), ref_knob_name=ref.group(2))
     raise PeftbenchError(f"--budget {text!r} is not understood; {hint}")
 

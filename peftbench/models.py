@@ -62,9 +62,18 @@ def load_config(model: str, num_labels: int = 2):
     except Exception as e:
         raise PeftbenchError(
             f"--model {model} is not a loadable model ({first_line(e)}); give a folder with config.json, "
-            "a transformers model id, minilm or smollm2"
+            f"a transformers model id, minilm or smollm2{_configs_hint(model)}"
         ) from None
     return config
+
+
+def _configs_hint(model: str) -> str:
+    """For `peftbench memory` and `budget`: the built-in configs without weights (where a model is only
+    counted), with the closest one first."""
+    from .errors import closest
+    from .studies.configs import CONFIGS
+
+    return f", or (to count, not train) a built-in config{closest(model, CONFIGS)}: {', '.join(CONFIGS)}"
 
 
 def model_revision(model: str) -> str:

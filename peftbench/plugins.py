@@ -175,8 +175,17 @@ def _check_hooks():
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        raise PluginError(f"plugin {pm.get_name(e.plugin)}: {first_line(e)}") from e
+        import re
 
+        from .errors import closest
+
+        hook = re.search(r"unknown hook '([^']+)'", str(e))
+        if hook:  # a misspelled hook: name it and the hooks there are, not the module object
+            known = [h for h in dir(pm.hook) if h.startswith("peftbench_")
+                     and getattr(getattr(pm.hook, h), "spec", None) is not None]  # hooks with a spec
+            raise PluginError(f"plugin {pm.get_name(e.plugin)}: unknown hook {hook.group(1)!r}"
+                              f"{closest(hook.group(1), known)}; the hooks: {', '.join(sorted(known))}") from e
+        raise PluginError(f"plugin {pm.get_name(e.plugin)}: {first_line(e)}") from e
 
 
 def _collect(hook, kind: str, base_class) -> dict:

@@ -67,6 +67,7 @@ def _case(tmp_path, small_data, tiny_model_dirs):
         "knob out of range": (["--knob", "lora=0"], "r must be a positive integer, got 0"),
         "knob on fixed method": (["--methods", "full", "--knob", "full=4"], "method full has no size knob"),
         "malformed budget": (["--budget", "lots"], "--budget 'lots' is not understood"),
+        "negative reference budget": (["--budget", "lora:r=-1"], "a reference's size must be a positive integer"),
         "impossible budget": (["--budget", "5"], "budget 5 is out of reach for lora"),
         "budget over model": (["--budget", "100M"], "exceeds the model's"),
         "unknown target module": (["--methods", "lora[target_modules=nope]", "--budget", "none"],
@@ -109,7 +110,7 @@ def cases(tmp_path, small_data, tiny_model_dirs):
 NAMES = [
     "unknown method", "unknown task", "unknown option", "bad option value", "bad placement", "malformed lr",
     "lr for absent method", "negative lr", "malformed knob", "knob out of range", "knob on fixed method",
-    "malformed budget", "impossible budget", "budget over model", "unknown target module", "negative seed",
+    "malformed budget", "negative reference budget", "impossible budget", "budget over model", "unknown target module", "negative seed",
     "length over positions", "bad seeds", "bad train samples", "zero epochs", "negative clipping norm",
     "nan weight decay", "warmup ratio over 1",
     "missing data folder", "malformed data", "data not utf-8", "not a model", "missing model path", "broken plugin", "empty plugin",

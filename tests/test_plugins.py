@@ -90,8 +90,9 @@ def test_broken_and_empty_plugin_files(plugin_manager, tmp_path):
 
 def test_misspelled_hook_is_reported(plugin_manager, tmp_path):
     body = "import peftbench\n@peftbench.hookimpl\ndef peftbench_register_method(register):\n    pass\n"
-    with pytest.raises(PluginError, match="unknown hook 'peftbench_register_method'"):
+    with pytest.raises(PluginError, match="unknown hook 'peftbench_register_method'") as err:
         plugins.load_plugins([write_plugin(tmp_path, "typo", body)])
+    assert "(did you mean peftbench_register_methods" in str(err.value) and "<module" not in str(err.value)
 
 
 def test_entry_points_respect_load_plugins(monkeypatch, plugin_manager):

@@ -106,7 +106,8 @@ def tasks(ctx, plugin_files):
 
 @cli.command()
 @click.option("--methods", "methods_", required=True, help="Comma list; variants as name[key=value,...].")
-@click.option("--budget", required=True, help="73728, 75k, 1.2M, 0.3%, lora:r=8; comma list.")
+@click.option("--budget", default="lora:r=8", show_default=True,
+              help="73728, 75k, 1.2M, 0.3%, lora:r=8; comma list (the default is run's).")
 @click.option("--model", default="minilm", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
 @plugin_option

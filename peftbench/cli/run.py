@@ -42,7 +42,7 @@ def run_spec(spec_file, out, timeout_per_run, progress):
               help="Comma list of methods; variants as name[key=value,...], e.g. adapter[placement=pfeiffer].")
 @click.option("--tasks", "tasks_", default="sst2", show_default=True, help="Comma list of tasks.")
 @click.option("--seeds", default="0", show_default=True, help="Comma list of seeds.")
-@click.option("--model", default="minilm", show_default=True, help="minilm, a transformers model id, or a folder.")
+@click.option("--model", default="minilm", show_default=True, help="minilm, smollm2, a transformers model id, or a folder.")
 @click.option("--data-dir", default=None, help="Folder holding the task folders (else PEFTBENCH_DATA, else the hub).")
 @click.option("--budget", default=None, help="Matched budget(s) for the method's own parameters "
               "(default lora:r=8): 73728, 75k, 1.2M, 0.3%, lora:r=8; 'none' = each method's default knob.")
@@ -62,7 +62,8 @@ def run_spec(spec_file, out, timeout_per_run, progress):
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm; 0 = none.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", default="auto", show_default=True,
-              help="auto|fp32|bf16|fp16: auto = bf16 autocast on CUDA with bf16 and on CPUs with AMX-BF16/AVX512-BF16, else fp32.")
+              help="auto|fp32|bf16|fp16: auto = bf16 autocast on CUDA with bf16, on CPUs with AMX-BF16, and on CPUs "
+                   "with AVX512-BF16 where a bf16 matmul measures >= 1.5x fp32; else fp32.")
 @click.option("--out", default=None, help="Output folder (default runs/<timestamp>); records of many sweeps may share one.")
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure inference latency.")
 @click.option("--latency-batch", type=int, default=32, show_default=True, help="N of the batch-N latency.")

@@ -76,7 +76,7 @@ def load_run(path) -> tuple[dict, torch.nn.Module]:
     if rec.get("status") != "ok":
         raise PeftbenchError(f"{path}: the run did not finish ok ({rec.get('status')}); nothing to analyse")
     if spec.get("method") != "lora":
-        raise PeftbenchError(f"{path}: a {spec.get('method')} run; analyze reads native lora runs (--methods lora)")
+        raise PeftbenchError(f"{path}: a run of {spec.get('method')}; analyze reads native lora runs (--methods lora)")
     load_plugins(spec.get("plugins", ()))
     method, task = get_method("lora"), get_task(spec["task"])
     _same_weights(path, spec)
