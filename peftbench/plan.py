@@ -280,7 +280,8 @@ def plan(s: SweepSettings) -> Plan:
              for kind in sorted(kinds)}
     solutions = [sol for kind in sorted(kinds) for sol in sized[kind][1]]
     warnings = list(dict.fromkeys([*filter(None, [cpu_warning(precision, device)]),
-                                   *(w for kind in sorted(kinds) for w in sized[kind][2])]))
+                                   *(w for kind in sorted(kinds) for w in sized[kind][2]),
+                                   *_epoch_caps(s, tasks, task_data)]))
 
     specs, seen = [], set()
     for task, data in zip(tasks, task_data):
@@ -346,6 +347,22 @@ def _lr_search(s: SweepSettings, specs, methods: dict, lrs: dict):
         raise PeftbenchError(f"--lr-extend must be a non-negative integer, got {s.lr_extend}")
     grids = {n: g for n, m in methods.items() if (g := lrsearch.grid_for(m, grids, s.lr_search))}
     return lrsearch.expand([x for x in specs if not x.get("plan_error")], grids, s.val_samples, seeds, s.lr_extend)
+
+
+def _epoch_caps(s: SweepSettings, tasks, task_data) -> list[str]:
+    """--max-steps beyond what --epochs gives a task's training set: the runs stop at the epochs' end (say so
+    now, not only in each record's step count)."""
+    out = []
+    for task, data in zip(tasks, task_data):
+        if not s.max_steps or not hasattr(data, "train"):
+            continue
+        n = min(len(data.train), s.train_samples) if s.train_samples else len(data.train)
+        steps = max(1, math.ceil(math.ceil(n / s.batch_size) * s.epochs))
+        if s.max_steps > steps:
+            out.append(f"--max-steps {s.max_steps}: --epochs {s.epochs:g} of task {task.name}'s {n:,} training "
+                       f"examples at batch {s.batch_size} end after {steps} step(s), where its runs stop; raise "
+                       "--epochs to train that many steps")
+    return out
 
 
 def _size(choices, knobs, budgets, count, resolve_ref):

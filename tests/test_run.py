@@ -166,3 +166,15 @@ def test_every_task_runs_end_to_end_on_gpt2(tiny_model_dirs, cli_env, tmp_path):
     assert set(recs["cola"]["metrics"]) == {"mcc", "accuracy"}
     assert recs["rte"]["data"]["eval_examples"] == 40 and recs["trec"]["params"]["head"] == 32 * 6
     assert all(r["status"] == "ok" for r in recs.values())
+
+
+def test_max_steps_beyond_the_epochs_is_said_when_planned(tiny_model_dirs, cli_env, tmp_path):
+    """--max-steps past what --epochs gives: the runs stop at the epochs' end, and the plan says so."""
+    args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "bitfit", "--train-samples", "64",
+            "--batch-size", "32", "--out", tmp_path, "--dry-run"]
+    res = cli_in_process(*args, "--max-steps", "4", env=cli_env)
+    assert res.returncode == 0, res.stderr
+    assert ("warning: --max-steps 4: --epochs 1 of task sst2's 64 training examples at batch 32 end after 2 step(s)"
+            in res.stderr)
+    res = cli_in_process(*args, "--max-steps", "4", "--epochs", "2", env=cli_env)
+    assert res.returncode == 0 and "--max-steps" not in res.stderr, res.stderr
