@@ -166,3 +166,17 @@ def test_check_defaults_to_every_family():
     from peftbench.testing import ALL_FAMILIES
 
     assert CHECK_FAMILIES.split(",") == list(ALL_FAMILIES)
+
+
+def test_a_check_that_applies_in_its_other_form_says_so(plugin_manager):
+    """A method without a knob, or one that does not merge, passes those checks in their other form (the count
+    stays the same; merge returns the model unchanged): the result says which, not a bare pass."""
+    from peftbench.plugins import get_methods
+    from peftbench.testing import FAMILIES, run_checks
+
+    results = {r.check: r for r in run_checks([get_methods()["bitfit"]], FAMILIES[:1])}
+    assert results["count grows with the knob"].status == "pass"
+    assert results["count grows with the knob"].detail == "no knob: the count stays the same"
+    assert results["merge keeps the outputs"].detail == "not mergeable: merge returns the model unchanged"
+    lora = {r.check: r for r in run_checks([get_methods()["lora"]], FAMILIES[:1])}
+    assert lora["count grows with the knob"].detail == "" and lora["merge keeps the outputs"].detail == ""
