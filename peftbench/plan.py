@@ -356,8 +356,12 @@ def _epoch_caps(s: SweepSettings, tasks, task_data) -> list[str]:
     for task, data in zip(tasks, task_data):
         if not s.max_steps or not hasattr(data, "train"):
             continue
+        from .train import TrainConfig, total_steps
+
         n = min(len(data.train), s.train_samples) if s.train_samples else len(data.train)
-        steps = max(1, math.ceil(math.ceil(n / s.batch_size) * s.epochs))
+        # as the trainer counts them (a DDP run drops the last partial batch)
+        steps = total_steps(n, TrainConfig(lr=0.0, epochs=s.epochs, batch_size=s.batch_size),
+                            drop_last=s.nproc > 1 and n >= s.batch_size)
         if s.max_steps > steps:
             out.append(f"--max-steps {s.max_steps}: --epochs {s.epochs:g} of task {task.name}'s {n:,} training "
                        f"examples at batch {s.batch_size} end after {steps} step(s), where its runs stop; raise "

@@ -158,21 +158,23 @@ def test_a_set_run_at_several_rates_gets_a_column_per_rate():
 
 def test_each_seed_is_read_under_its_own_tasks_metric():
     """A study over two tasks of different metrics (accuracy, mcc): a row's seeds are its task's metric for
-    its configuration and rank, finished runs only (a first version read the first run's metric)."""
-    import pandas as pd
+    its configuration and rank, finished runs only (a first version read the first run's metric); runs of
+    the same configuration under other settings (more epochs) are another row's."""
+    from test_report import fake_record
 
+    from peftbench.report import records_frame, summarize
     from peftbench.studies import lora_paper
 
-    cols = ["task", "metric", "config", "knob_value", "status", "seed", "m_accuracy", "m_mcc"]
-    runs = pd.DataFrame([("trec", "accuracy", "lora", 8, "ok", 0, 0.9, None),
-                         ("cola", "mcc", "lora", 8, "ok", 1, 0.6, 0.1),
-                         ("cola", "mcc", "lora", 8, "ok", 0, 0.7, 0.2),
-                         ("cola", "mcc", "lora", 8, "failed", 2, 0.5, 0.0),
-                         ("cola", "mcc", "lora", 4, "ok", 0, 0.4, 0.3)], columns=cols)
-    row = pd.Series({"task": "cola", "config": "lora", "knob_value": 8, "metric": "mcc"})
-    assert lora_paper._seed_values(runs, row) == [0.2, 0.1]
-    assert lora_paper._seed_values(runs, row.copy().replace({"cola": "trec", "mcc": "accuracy"})) == [0.9]
-    assert lora_paper._seed_values(None, row) == []
+    recs = [fake_record("trec", "lora", 0, 0.9)]
+    recs += [fake_record("cola", "lora", seed, v, metric="mcc") for seed, v in ((1, 0.1), (0, 0.2))]
+    recs += [{**fake_record("cola", "lora", 2, 0.0, metric="mcc"), "status": "failed", "metrics": {}}]
+    longer = fake_record("cola", "lora", 0, 0.5, metric="mcc")
+    longer["spec"]["epochs"], longer["run_id"] = 3, "longer"
+    summary = summarize(records_frame(recs + [longer]))
+    cola = [r for _, r in summary[(summary.method == "lora") & (summary.task == "cola")].iterrows()]
+    assert sorted(tuple(lora_paper._seed_values(r).items()) for r in cola) == [((0, 0.2), (1, 0.1)), ((0, 0.5),)]
+    trec = summary[(summary.method == "lora") & (summary.task == "trec")].iloc[0]
+    assert lora_paper._seed_values(trec) == {0: 0.9}
 
 
 def test_the_table_marks_the_best_and_what_is_within_noise_and_shows_each_seed():
@@ -186,11 +188,12 @@ def test_the_table_marks_the_best_and_what_is_within_noise_and_shows_each_seed()
     summary = pd.DataFrame([{"method": "lora", "config": c, "task": "trec", "metric": "accuracy", "metric_mean": m,
                              "metric_std": 0.01, "knob_value": 8, "trainable_params": 100, "best": b,
                              "within_noise": n} for c, m, b, n in rows])
-    runs = pd.DataFrame([{"task": "trec", "config": "lora[target_modules=v]", "knob_value": 8, "status": "ok",
-                          "seed": seed, "m_accuracy": v} for seed, v in ((2, 0.964), (0, 0.646), (1, 0.21))])
-    lines = lora_paper.table(summary, "targets", runs).splitlines()
+    summary["_seeds"] = [{0: 0.95, 2: 0.96}, {2: 0.964, 0: 0.646, 1: 0.21}, {}]
+    lines = lora_paper.table(summary, "targets", seeds=True).splitlines()
     assert lines[2] == ("| trec | **0.9500 ± 0.0100** (r=8, 100) | 0.6100 ± 0.0100 (r=8, 100) ≈ | "
                         "0.9000 ± 0.0100 (r=8, 100) |")
-    assert lines[3] == "| each seed (0, 1, 2) |  | 0.646, 0.210, 0.964 |  |"
+    assert lines[3] == "| each seed (0, 1, 2) | 0.950, –, 0.960 | 0.646, 0.210, 0.964 | –, –, – |"
     assert "bold: the best of the task; ≈: within noise of it" in lora_paper.table(summary, "targets")
-    assert "each seed" not in lora_paper.table(summary, "targets") + lora_paper.table(summary, "rank", runs)
+    assert "each seed" not in lora_paper.table(summary, "targets") + lora_paper.table(summary, "rank", seeds=True)
+    assert [lora_paper._flag(v) for v in (np.float32("nan"), pd.NA, None, np.True_, 0.0, 1.0)] == [
+        False, False, False, True, False, True]

@@ -51,7 +51,7 @@ def _show(records, name: str, plot=None, lead: str = "") -> None:
     runs = records_frame(records)
     summary = summarize(runs)
     click.echo(f"{lead}The paper's shape ({name}):\n")
-    click.echo(lora_paper.table(summary, name, runs), nl=False)
+    click.echo(lora_paper.table(summary, name, seeds=True), nl=False)
     if plot:
         lora_paper.plot(summary, name, plot, runs)
         click.echo(f"figure: {plot}", err=True)

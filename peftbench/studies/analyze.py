@@ -28,12 +28,16 @@ def _checkpoint_of(record_path: Path, rec: dict) -> Path:
 
     if found := checkpoint_file(record_path, rec):
         return found
+    # an ok record is never rerun on its own, and keeping a checkpoint does not change a run's id: the way to
+    # a checkpoint is a new --out, or --force
+    rerun = ("run it again with checkpoints kept into another --out (`peftbench run --keep-checkpoints`, "
+             "`peftbench study targets --keep-checkpoints`), or set keep_checkpoints = true in its sweep file and "
+             "rerun that with --force")
     if rec["spec"].get("keep_checkpoint") is False:
         raise PeftbenchError(f"{record_path}: this run kept no checkpoint (its sweep said keep_checkpoints = false; "
-                             "`study targets` keeps none without --keep-checkpoints); rerun it with --keep-checkpoints")
+                             f"`study targets` keeps none unless asked); {rerun}")
     beside = record_path.parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
-    raise PeftbenchError(f"{record_path}: its checkpoint is gone (looked for {beside}); rerun it with "
-                         "--keep-checkpoints (the default)")
+    raise PeftbenchError(f"{record_path}: its checkpoint is gone (looked for {beside}); {rerun}")
 
 
 def read_record(path) -> dict:

@@ -75,13 +75,13 @@ def _lora_rows(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def _flag(value) -> bool:
     """A summary's yes/no cell (numpy bool, None or NaN where it does not apply) as a bool."""
-    return value is not None and not (isinstance(value, float) and pd.isna(value)) and bool(value)
+    return not pd.isna(value) and bool(value) if pd.api.types.is_scalar(value) else False
 
 
-def table(summary: pd.DataFrame, study: str, runs: pd.DataFrame | None = None) -> str:
+def table(summary: pd.DataFrame, study: str, seeds: bool = False) -> str:
     """Rows: task (targets) or task x rank (rank); columns: target sets; cells: metric ± std, bold for the best
-    of the task and ≈ within noise of it, and the rank each set got (targets). With ``runs`` (the records'
-    frame), a targets study adds a row per task with each seed's value (a mean ± std hides a diverged seed)."""
+    of the task and ≈ within noise of it, and the rank each set got (targets). With ``seeds``, a targets study
+    adds a row per task with each seed's value (a mean ± std hides a diverged seed; – where a seed has none)."""
     s, order = _lora_rows(summary)
     if s.empty:
         return "(no finished lora runs)\n"
@@ -92,7 +92,7 @@ def table(summary: pd.DataFrame, study: str, runs: pd.DataFrame | None = None) -
         row = {"task": key[0]}
         if study == "rank":
             row["r"] = int(key[1])
-        seeds_row, seed_ids = {"task": ""}, set()
+        per_seed = {}
         for t in order:
             hit = g[g.targets == t]
             if len(hit):
@@ -103,15 +103,15 @@ def table(summary: pd.DataFrame, study: str, runs: pd.DataFrame | None = None) -
                 if study == "targets":
                     cell += f" (r={int(h.knob_value)}, {int(h.trainable_params):,})"
                 row[t] = cell + (" ≈" if near and not best else "")
-                per_seed = _seed_values(runs, h, with_seeds=True)
-                seeds_row[t] = ", ".join(f"{v:.3f}" for _, v in per_seed)
-                seed_ids |= {seed for seed, _ in per_seed}
+                per_seed[t] = _seed_values(h)
             else:
-                row[t] = seeds_row[t] = ""
+                row[t] = ""
         rows.append(row)
-        if study == "targets" and runs is not None and seed_ids:
-            seeds_row["task"] = f"each seed ({', '.join(map(str, sorted(seed_ids)))})"
-            rows.append(seeds_row)
+        ids = sorted({seed for values in per_seed.values() for seed in values})
+        if study == "targets" and seeds and ids:
+            rows.append({"task": f"each seed ({', '.join(map(str, ids))})",
+                         **{t: ", ".join(f"{per_seed[t][i]:.3f}" if i in per_seed[t] else "–" for i in ids)
+                            if t in per_seed else "" for t in order}})
     out = pd.DataFrame(rows)
     metric = s.metric.iloc[0]
     from ..report.table import markdown_lines
@@ -120,21 +120,16 @@ def table(summary: pd.DataFrame, study: str, runs: pd.DataFrame | None = None) -
     note = (f"\nCells: {metric} mean ± std over seeds" + (" (the rank the budget gave the set, and its trainable "
             "parameters)" if study == "targets" else "") + "; bold: the best of the task; ≈: within noise of it (the "
             "95% interval of the gap over seeds contains 0); columns: LoRA's target matrices"
-            + ("; each seed: its value, seeds in order" if study == "targets" and runs is not None else "")
+            + ("; each seed: its value, seeds in order" if study == "targets" and seeds else "")
             + ". The paper's Table 5 (GPT-3, 18M trainable) / Table 6 shape.\n")
     return "\n".join([head, sep, *body]) + "\n" + note
 
 
-def _seed_values(runs: pd.DataFrame | None, row, with_seeds: bool = False) -> list:
-    """Each seed's metric of one summary row (``runs``: ``report.records_frame``; the same task, configuration
-    and rank), finished runs only, in seed order; ``with_seeds``: (seed, value) pairs."""
-    if runs is None or not len(runs):
-        return []
-    hit = runs[(runs.task == row.task) & (runs.config == row.config) & (runs.knob_value == row.knob_value)
-               & (runs.status == "ok")]
-    values = hit.get(f"m_{row.metric}", pd.Series(dtype=float))  # the task's own metric
-    pairs = sorted((int(seed), float(v)) for seed, v in zip(hit.seed, values) if pd.notna(v))
-    return pairs if with_seeds else [v for _, v in pairs]
+def _seed_values(row) -> dict[int, float]:
+    """seed -> metric of one summary row's finished runs (its group: task, configuration, rank and settings;
+    the task's own metric), in seed order."""
+    values = row.get("_seeds") if hasattr(row, "get") else None
+    return dict(sorted((int(k), float(v)) for k, v in (values or {}).items() if pd.notna(v)))
 
 
 def plot(summary: pd.DataFrame, study: str, path, runs: pd.DataFrame | None = None) -> None:
@@ -164,7 +159,7 @@ def plot(summary: pd.DataFrame, study: str, path, runs: pd.DataFrame | None = No
             for i, (name, r) in zip(pos, t.iterrows()):
                 ax.errorbar([i], [r.metric_mean], yerr=[0 if pd.isna(r.metric_std) else r.metric_std], fmt="o",
                             capsize=4, color=colors[name])
-                seeds = _seed_values(runs, r)
+                seeds = list(_seed_values(r).values()) if runs is not None else []
                 if seeds:
                     ax.scatter([i + 0.15] * len(seeds), seeds, s=18, facecolors="none", edgecolors=colors[name],
                                linewidths=1)
@@ -183,7 +178,7 @@ def plot(summary: pd.DataFrame, study: str, path, runs: pd.DataFrame | None = No
                     ax.errorbar(g[column], g.metric_mean, yerr=g.metric_std.fillna(0), marker="o", capsize=3,
                                 label=name, color=colors[name])
                     for _, r in g.iterrows():
-                        seeds = _seed_values(runs, r)
+                        seeds = list(_seed_values(r).values()) if runs is not None else []
                         ax.scatter([r[column]] * len(seeds), seeds, s=14, facecolors="none", edgecolors=colors[name],
                                    linewidths=0.8)
             ax.set_xscale("log", base=2 if x == "r" else 10)
