@@ -188,6 +188,10 @@ def _check_hooks():
         raise PluginError(f"plugin {pm.get_name(e.plugin)}: {first_line(e)}") from e
 
 
+class _Duplicate(PluginError):
+    """Two plugins registered one name (the message names both)."""
+
+
 def _collect(hook, kind: str, base_class) -> dict:
     """Call each implementation of a register-hook with its own callback, so that every
     registered object knows its plugin and a duplicate names both plugins."""
@@ -205,7 +209,7 @@ def _collect(hook, kind: str, base_class) -> dict:
                     "letters, digits, '-' or '_', starting with a letter"
                 )
             if name in found:
-                raise PluginError(
+                raise _Duplicate(
                     f"{kind} {name!r} is registered twice: by plugin {found[name].plugin} and by plugin "
                     f"{_plugin}; rename one of them"
                 )
@@ -213,6 +217,8 @@ def _collect(hook, kind: str, base_class) -> dict:
             if hasattr(obj, "validate"):
                 try:
                     obj.validate()
+                except _Duplicate:  # raised by a registry the validation read (a task's metrics): names its plugins
+                    raise
                 except PluginError as e:  # name the plugin that registered it
                     raise PluginError(f"plugin {_plugin}: {e}") from e
             found[name] = obj
@@ -274,6 +280,17 @@ def plugin_origin(name: str) -> dict:
     info["file"] = str(path) if path else None
     info["sha256"] = file_sha256(path) if path and Path(path).is_file() else None
     return info
+
+
+def run_plugins(spec: dict) -> dict | None:
+    """What a record says of the plugins its run's method and task came from (``plugin_origin`` of each), for
+    a run that failed before it said so itself too; None where they cannot be found (a plugin that failed to load)."""
+    try:
+        load_plugins(spec.get("plugins", ()))
+        return {"method": plugin_origin(get_method(spec["method"]).plugin),
+                "task": plugin_origin(get_task(spec["task"]).plugin)}
+    except Exception:
+        return None
 
 
 def code_hash(name: str) -> str | None:

@@ -516,6 +516,9 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
                           "train_subset": spec.get("train_subset", "random"),
                           "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")},
     }
+    from .plugins import run_plugins
+
+    record["plugins"] = run_plugins(spec)  # named even if the run fails before it loads them itself
     error = None
     if spec.get("placement"):  # a local job's share of the machine (--jobs N): before anything runs
         from .executors.placement import apply

@@ -61,6 +61,10 @@ def record_failure(out, spec, status, error, started, attempt=None, error_type=N
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": time.time() - started,
     }
+    if spec.get("plan_error"):  # a plugin failed while the sweep was planned: name its code as a run would
+        from .plugins import run_plugins
+
+        rec["plugins"] = run_plugins(spec)
     if tb_text:
         tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")
         write_atomic(tb, tb_text, text=True)

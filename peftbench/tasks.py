@@ -355,6 +355,10 @@ def load_task_data(task: Task, data_dir: str | None = None, split: str | None = 
             except Exception as e:  # the task's reader crashed: the plugin's failure, not bad data
                 raise PluginFailure("task", task.name, task.plugin, f"reading {path.name}", e) from e
         for df, name in zip(frames, (task.train_file, task.eval_file)):
+            if not isinstance(df, pd.DataFrame) or not {"text_a", "label"} <= set(df.columns):  # what data.py reads
+                got = f"columns {', '.join(map(str, df.columns))}" if isinstance(df, pd.DataFrame) else type(df).__name__
+                raise PluginFailure("task", task.name, task.plugin, f"reading {name}", ValueError(
+                    f"its reader returned {got}; a reader returns a pandas DataFrame with columns text_a, [text_b,] label"))
             if len(df) == 0:
                 raise PeftbenchError(f"{folder / name}: no examples; is this the right file?")
         return TaskData(frames[0], frames[1] if not train_only else None, str(folder), digest.hexdigest()[:16])

@@ -132,6 +132,7 @@ def test_apply_that_raises_is_a_failed_run_naming_method_and_plugin(tiny_model_d
     assert "cannot be applied on the meta device" not in res.stderr
     tb = (out / "records" / rec["traceback_file"]).read_text()
     assert "raise KeyError('missing_layer')" in tb and "plan_error_traceback" not in rec["spec"]
+    assert rec["plugins"]["method"]["plugin"] == str(path) and rec["plugins"]["method"]["sha256"]  # whose code
 
 
 def test_task_reader_that_raises_is_a_failed_run_naming_the_task(tiny_model_dirs, cli_env, tmp_path):
@@ -159,6 +160,35 @@ def peftbench_register_tasks(register):
     assert by_task["broken"]["status"] == "failed" and by_task["broken"]["error_type"] == "ValueError"
     assert by_task["broken"]["error"] == (f"task broken (plugin {path}): reading train.tsv raised ValueError: "
                                           "cannot parse train.tsv")
+    assert by_task["broken"]["plugins"]["task"]["plugin"] == str(path)
+
+
+def test_task_reader_returning_other_columns_is_a_failed_run_saying_what_it_returned(tiny_model_dirs, cli_env,
+                                                                                      tmp_path):
+    body = """
+import pandas as pd
+import peftbench
+from peftbench import Task
+
+
+def reader(path, task):
+    return pd.DataFrame({"sentence": ["a b"], "y": [1]})
+
+
+@peftbench.hookimpl
+def peftbench_register_tasks(register):
+    register(Task(name="wrongcols", version=1, folder="SST-2", train_file="train.tsv", eval_file="dev.tsv",
+                  text_columns=("sentence",), label_column="label", format="custom", reader=reader))
+"""
+    path = write_plugin(tmp_path, "wrong_columns", body)
+    out = tmp_path / "out"
+    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",
+                    "--tasks", "wrongcols", "--out", out, *FAST, env=cli_env)
+    assert res.returncode == 1 and "internal error" not in res.stderr, res.stderr
+    (rec,) = records(out)
+    assert rec["status"] == "failed" and rec["error"] == (
+        f"task wrongcols (plugin {path}): reading train.tsv raised ValueError: its reader returned columns sentence, "
+        "y; a reader returns a pandas DataFrame with columns text_a, [text_b,] label")
 
 
 @pytest.mark.parametrize("name,message", [

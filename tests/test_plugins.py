@@ -152,3 +152,16 @@ def test_every_package_is_in_the_distribution():
     found = {".".join((top, *init.parent.relative_to(folder).parts))
              for top, folder in folders.items() for init in folder.rglob("__init__.py")}
     assert found == set(setuptools["packages"])
+
+
+def test_a_duplicate_metric_is_blamed_on_the_two_plugins_that_registered_it(plugin_manager, tmp_path):
+    """A task's validation reads the metrics: a metric registered twice is said as such, not as an error of
+    the task's plugin (it read 'plugin peftbench_tasks.glue: metric ... registered twice')."""
+    body = ("import peftbench\n@peftbench.hookimpl\ndef peftbench_register_metrics(register):\n"
+            "    register(peftbench.Metric('accuracy', lambda p, g: 1.0))\n")
+    path = write_plugin(tmp_path, "dup_metric", body)
+    plugins.load_plugins([path])
+    with pytest.raises(PluginError) as err:
+        plugins.get_tasks()
+    assert str(err.value).startswith("metric 'accuracy' is registered twice: by plugin peftbench_tasks.metrics and "
+                                     f"by plugin {path}")

@@ -260,6 +260,9 @@ def test_a_table_of_failed_runs_only():
     md = render(summary, "md")
     assert "| sst2 | lora |" in md and "1 failed" in md
     assert overview.overview(summary).empty
+    rec["params"] = {}  # a run that failed before counting: its budget without a deviation, not "(%)"
+    md = render(summarize(records_frame([rec])), "md")
+    assert "| lora:r=8 |" in md and "(%)" not in md
 
 
 def test_the_caption_names_the_cpu_and_says_when_rows_differ():

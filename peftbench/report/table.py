@@ -435,8 +435,8 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
     mixed_flops = _mfu_counts(summary) == {"counted", "analytic"}
     for _, r in summary.iterrows():
         knob = f"{r.knob}={int(r.knob_value)}" if isinstance(r.knob, str) and pd.notna(r.knob_value) else "fixed"
-        if isinstance(r.budget, str) and r.budget:
-            budget = f"{r.budget} ({_n(r.budget_deviation_pct, '{:+.1f}')}%)"
+        if isinstance(r.budget, str) and r.budget:  # a row whose runs all failed has no deviation to show
+            budget = r.budget + (f" ({r.budget_deviation_pct:+.1f}%)" if pd.notna(r.budget_deviation_pct) else "")
         else:
             budget = "fixed" if r.fixed else ""
         metric = r.metric if isinstance(r.metric, str) else "metric"
