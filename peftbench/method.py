@@ -126,6 +126,12 @@ class Method(ABC):
             raise PluginError(f"method {self.name}: default_lr must be a positive float")
         if not isinstance(inspect.getattr_static(self, "Options"), functools.cached_property):
             self._options_class()  # one built on first use is checked there (options())
+            try:  # the defaults must parse as a user's options would (a Literal's default among its values)
+                self.options(**{f.name: f.default for f in dataclasses.fields(self.Options)
+                                if f.default is not dataclasses.MISSING})
+            except PeftbenchError as e:
+                raise PluginError(f"method {self.name}: a default of its Options is invalid ({e}); fix the "
+                                  "Options dataclass") from e
         if not isinstance(self.version, (int, str)) or isinstance(self.version, bool):
             raise PluginError(f"method {self.name}: version must be an int or a str")
 

@@ -165,3 +165,38 @@ def test_a_duplicate_metric_is_blamed_on_the_two_plugins_that_registered_it(plug
         plugins.get_tasks()
     assert str(err.value).startswith("metric 'accuracy' is registered twice: by plugin peftbench_tasks.metrics and "
                                      f"by plugin {path}")
+
+
+def test_an_options_default_outside_its_type_is_the_plugins_error_at_registration(plugin_manager, tmp_path):
+    """`check` passed such a method and `run` blamed the user's options ("option mode='c' must be one of
+    a, b"); the default is the plugin's, said when it registers, naming it."""
+    body = '''
+from dataclasses import dataclass
+from typing import Literal
+
+import peftbench
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: Literal["a", "b"] = "c"
+
+
+class M(peftbench.Method):
+    name = "bad-default"
+    Options = Options
+
+    def apply(self, model, knob_value=None, **options):
+        return model
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(M())
+'''
+    path = write_plugin(tmp_path, "bad_default", body)
+    plugins.load_plugins([path])
+    with pytest.raises(PluginError) as err:
+        plugins.get_methods()
+    assert str(err.value) == (f"plugin {path}: method bad-default: a default of its Options is invalid (method "
+                              "bad-default: option mode='c' must be one of a, b); fix the Options dataclass")
