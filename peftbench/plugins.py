@@ -140,7 +140,9 @@ def _register(module, name: str, where: str, label: str) -> None:
             f"{where} defines no peftbench hooks; decorate peftbench_register_methods"
             " (or peftbench_register_tasks) with @peftbench.hookimpl (an entry point names the module holding them)"
         )
-    if all(hasattr(pm.hook, h) for h in hooks.values()):  # a misspelled hook is left to check_pending, which names it
+    # a misspelled hook is left to check_pending, which names it (a hook without a spec is one: pluggy keeps a
+    # caller for an unknown name once a plugin used it, so hasattr alone would call it known)
+    if all(getattr(getattr(pm.hook, h, None), "spec", None) is not None for h in hooks.values()):
         registered = []
         for attr in hooks:
             _call_hook(getattr(module, attr), label, registered.append)
