@@ -180,3 +180,14 @@ def test_a_check_that_applies_in_its_other_form_says_so(plugin_manager):
     assert results["merge keeps the outputs"].detail == "not mergeable: merge returns the model unchanged"
     lora = {r.check: r for r in run_checks([get_methods()["lora"]], FAMILIES[:1])}
     assert lora["count grows with the knob"].detail == "" and lora["merge keeps the outputs"].detail == ""
+
+
+def test_check_of_a_task_plugin_or_an_unknown_name_says_what_check_covers(tmp_path):
+    body = ("import peftbench\nfrom peftbench import Task\n@peftbench.hookimpl\ndef peftbench_register_tasks(register):"
+            "\n    register(Task(name='only-a-task', version=1, folder='SST-2', train_file='train.tsv', "
+            "eval_file='dev.tsv', text_columns=('sentence',), label_column='label'))\n")
+    res = _check(write_plugin(tmp_path, "task_only", body))
+    assert res.returncode == 2 and "registers no methods; `peftbench check` runs the method contract" in res.stderr
+    res = _check("some-distribution")
+    assert res.returncode == 2 and "no plugin named some-distribution registers methods" in res.stderr
+    assert "not the distribution's" in res.stderr

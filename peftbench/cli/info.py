@@ -73,8 +73,12 @@ def check(ctx, plugin, families):
         from ..plugins import pm
 
         known = sorted({m.plugin for m in get_methods().values()})
-        hint = "" if pm.has_plugin(name) else f" (registered plugins: {', '.join(known)})"
-        raise PeftbenchError(f"plugin {plugin} registers no methods{hint}; give a plugin file or entry-point name")
+        if pm.has_plugin(name):  # loaded, but a task or metric plugin: the contract is about methods
+            raise PeftbenchError(f"plugin {plugin} registers no methods; `peftbench check` runs the method contract "
+                                 "(a task plugin is checked by `peftbench run --plugins FILE --tasks NAME`)")
+        raise PeftbenchError(f"no plugin named {plugin} registers methods (plugins with methods: {', '.join(known)}); "
+                             "give a plugin file or an entry-point name (the name in [project.entry-points.peftbench], "
+                             "not the distribution's)")
     try:
         fams = testing.parse_families(families)
     except ValueError as e:
