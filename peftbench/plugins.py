@@ -142,7 +142,7 @@ def _register(module, name: str, where: str, label: str) -> None:
         )
     # a misspelled hook is left to check_pending, which names it (a hook without a spec is one: pluggy keeps a
     # caller for an unknown name once a plugin used it, so hasattr alone would call it known)
-    if all(getattr(getattr(pm.hook, h, None), "spec", None) is not None for h in hooks.values()):
+    if all(_has_spec(h) for h in hooks.values()):
         registered = []
         for attr in hooks:
             _call_hook(getattr(module, attr), label, registered.append)
@@ -155,6 +155,11 @@ def _register(module, name: str, where: str, label: str) -> None:
         pm.register(module, name=name)
     except (pluggy.PluginValidationError, ValueError) as e:  # a hook's signature; a module registered twice
         raise PluginError(f"{where}: {first_line(e)}") from e
+
+
+def _has_spec(hook: str) -> bool:
+    """A hook peftbench declares (pluggy also keeps a caller, without a spec, for an unknown name a plugin used)."""
+    return getattr(getattr(pm.hook, hook, None), "spec", None) is not None
 
 
 def _call_hook(fn, plugin: str, register):
@@ -183,8 +188,7 @@ def _check_hooks():
 
         hook = re.search(r"unknown hook '([^']+)'", str(e))
         if hook:  # a misspelled hook: name it and the hooks there are, not the module object
-            known = [h for h in dir(pm.hook) if h.startswith("peftbench_")
-                     and getattr(getattr(pm.hook, h), "spec", None) is not None]  # hooks with a spec
+            known = [h for h in dir(pm.hook) if h.startswith("peftbench_") and _has_spec(h)]
             raise PluginError(f"plugin {pm.get_name(e.plugin)}: unknown hook {hook.group(1)!r}"
                               f"{closest(hook.group(1), known)}; the hooks: {', '.join(sorted(known))}") from e
         raise PluginError(f"plugin {pm.get_name(e.plugin)}: {first_line(e)}") from e

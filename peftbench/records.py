@@ -140,6 +140,11 @@ def checkpoint_file(record_path: Path, rec: dict) -> Path | None:
     """A run's kept checkpoint: the copy in its folder's ``checkpoints/`` (a published folder's) first, else the
     path the record names; None when neither is there."""
     stored = (rec.get("checkpoint") or {}).get("path")
-    beside = Path(record_path).parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
-    return next((c for c in [beside] + ([Path(stored)] if stored else []) if c.is_file()), None)
+    return next((c for c in [checkpoint_beside(record_path, rec)] + ([Path(stored)] if stored else []) if c.is_file()),
+                None)
+
+
+def checkpoint_beside(record_path: Path, rec: dict) -> Path:
+    """Where the folder of a record keeps the run's checkpoint (``<folder>/checkpoints/<run id>.safetensors``)."""
+    return Path(record_path).parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
 

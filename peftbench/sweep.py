@@ -16,10 +16,13 @@ from .records import load_records, read_record, record_path, records_dir, stale_
 
 
 # -- execution ---------------------------------------------------------------------------
-def check_output_dir(out: Path) -> None:
+def check_output_dir(out: Path, create: bool = True) -> None:
+    """--out must be a folder; with ``create`` (a run, not a dry run) it is made and must be writable."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PeftbenchError(f"--out {out} is a file; give a folder")
+    if not create:
+        return
     try:
         records_dir(out).mkdir(parents=True, exist_ok=True)
         probe = records_dir(out) / f".probe-{os.getpid()}"

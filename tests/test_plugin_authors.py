@@ -135,21 +135,25 @@ def test_apply_that_raises_is_a_failed_run_naming_method_and_plugin(tiny_model_d
     assert rec["plugins"]["method"]["plugin"] == str(path) and rec["plugins"]["method"]["sha256"]  # whose code
 
 
-def test_task_reader_that_raises_is_a_failed_run_naming_the_task(tiny_model_dirs, cli_env, tmp_path):
-    body = '''
+TASK_TEMPLATE = """
+import pandas as pd
 import peftbench
 from peftbench import Task
 
 
 def reader(path, task):
-    raise ValueError("cannot parse " + path.name)
+    {body}
 
 
 @peftbench.hookimpl
 def peftbench_register_tasks(register):
-    register(Task(name="broken", version=1, folder="SST-2", train_file="train.tsv", eval_file="dev.tsv",
+    register(Task(name="{name}", version=1, folder="SST-2", train_file="train.tsv", eval_file="dev.tsv",
                   text_columns=("sentence",), label_column="label", format="custom", reader=reader))
-'''
+"""
+
+
+def test_task_reader_that_raises_is_a_failed_run_naming_the_task(tiny_model_dirs, cli_env, tmp_path):
+    body = TASK_TEMPLATE.format(name="broken", body='raise ValueError("cannot parse " + path.name)')
     path = write_plugin(tmp_path, "broken_task", body)
     out = tmp_path / "out"
     res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",
@@ -165,21 +169,7 @@ def peftbench_register_tasks(register):
 
 def test_task_reader_returning_other_columns_is_a_failed_run_saying_what_it_returned(tiny_model_dirs, cli_env,
                                                                                       tmp_path):
-    body = """
-import pandas as pd
-import peftbench
-from peftbench import Task
-
-
-def reader(path, task):
-    return pd.DataFrame({"sentence": ["a b"], "y": [1]})
-
-
-@peftbench.hookimpl
-def peftbench_register_tasks(register):
-    register(Task(name="wrongcols", version=1, folder="SST-2", train_file="train.tsv", eval_file="dev.tsv",
-                  text_columns=("sentence",), label_column="label", format="custom", reader=reader))
-"""
+    body = TASK_TEMPLATE.format(name="wrongcols", body='return pd.DataFrame({"sentence": ["a b"], "y": [1]})')
     path = write_plugin(tmp_path, "wrong_columns", body)
     out = tmp_path / "out"
     res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",

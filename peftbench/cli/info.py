@@ -199,7 +199,7 @@ def score(ctx, predictions, task_name, split, data_dir, fmt, meteor, plugin_file
 def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_only):
     """Print the comparison table of the records in DIR(s) and every record folder below them."""
     from .. import report as rep
-    from ..records import load_records, write_atomic
+    from ..records import load_records
     from ..report import overview, page
 
     for d in dirs:
@@ -219,12 +219,8 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
             raise PeftbenchError(f"no run records found in or below {', '.join(dirs)}; give the --out folder of a run "
                                  "(the one holding records/)")
         _check_tasks(tasks, {r["spec"].get("task") for _, r in found}, dirs)
-        text = runs.render(runs.runs_frame([(p, r) for p, r in found if not tasks or r["spec"].get("task") in tasks]),
-                           fmt)
-        if output:
-            write_atomic(Path(output), text, text=True)
-        else:
-            click.echo(text, nl=False)
+        _emit(runs.render(runs.runs_frame([(p, r) for p, r in found if not tasks or r["spec"].get("task") in tasks]),
+                          fmt), output)
         return
     records = {}
     for d in dirs:
@@ -249,14 +245,21 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
             raise PeftbenchError(f"--summary is written as md, csv or html, not {fmt}; drop --summary or pick one")
     else:
         text = page.render_page(summary) if fmt == "html" else rep.render(summary, fmt)
-    if output:
-        write_atomic(Path(output), text, text=True)
-    else:
-        click.echo(text, nl=False)
+    _emit(text, output)
     if plot:
         rep.plot(summary, plot)
     if cost_plot:
         rep.plots.plot_costs(summary, cost_plot)
+
+
+def _emit(text: str, output) -> None:
+    """A report's text to -o (atomically) or stdout."""
+    from ..records import write_atomic
+
+    if output:
+        write_atomic(Path(output), text, text=True)
+    else:
+        click.echo(text, nl=False)
 
 
 def _check_tasks(asked, present, dirs) -> None:

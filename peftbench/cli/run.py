@@ -183,10 +183,7 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
             raise PeftbenchError(f"--model {s.model} is a built-in config without weights (for peftbench memory "
                                  "and budget); to train, give a model folder, a transformers model id, minilm or smollm2")
     the_plan = plan_all(settings)  # validates everything before any training starts
-    if not dry_run:
-        check_output_dir(out)
-    elif Path(out).exists() and not Path(out).is_dir():  # a dry run creates nothing, but says what a run would
-        raise PeftbenchError(f"--out {out} is a file; give a folder")
+    check_output_dir(out, create=not dry_run)  # a dry run creates nothing, but says what a run would
     for message in the_plan.warnings:
         click.echo(f"warning: {message}", err=True)
     if the_plan.solutions:

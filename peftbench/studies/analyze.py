@@ -24,7 +24,7 @@ from ..errors import PeftbenchError
 
 
 def _checkpoint_of(record_path: Path, rec: dict) -> Path:
-    from ..records import checkpoint_file
+    from ..records import checkpoint_beside, checkpoint_file
 
     if found := checkpoint_file(record_path, rec):
         return found
@@ -36,8 +36,8 @@ def _checkpoint_of(record_path: Path, rec: dict) -> Path:
     if rec["spec"].get("keep_checkpoint") is False:
         raise PeftbenchError(f"{record_path}: this run kept no checkpoint (its sweep said keep_checkpoints = false; "
                              f"`study targets` keeps none unless asked); {rerun}")
-    beside = record_path.parent.parent / "checkpoints" / f"{rec['run_id']}.safetensors"
-    raise PeftbenchError(f"{record_path}: its checkpoint is gone (looked for {beside}); {rerun}")
+    raise PeftbenchError(f"{record_path}: its checkpoint is gone (looked for {checkpoint_beside(record_path, rec)}); "
+                         f"{rerun}")
 
 
 def read_record(path) -> dict:
