@@ -140,7 +140,10 @@ def _progress_bar(label: str, enabled: bool):
     return update, bar.close
 
 
-def _run(spec: dict, out: Path, progress: bool) -> dict:
+PHASES = ("data", "model", "train", "eval", "checkpoint", "merge", "latency")  # a run's phases, in order
+
+
+def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> dict:
     from . import data as datamod
     from .data import fixed_length_batch
     from .measure import checkpoint_bytes
@@ -165,7 +168,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
 
     # data
     clock = [time.perf_counter()]  # wall time per phase, for the harness-overhead benchmark
-    phases = result["phases_s"] = {}
+    phases = result["phases_s"] = phases if phases is not None else {}  # the caller's: a failed run's too
     t0 = time.perf_counter()
     search = spec.get("role") == "search"  # a learning-rate search run: scored on held-out training data
     taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"), train_only=search)
@@ -208,6 +211,9 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
         "eval_split": spec.get("eval_split"), "prep_time_s": time.perf_counter() - t0,
     }
     result["model"] = {"name": spec["model"], "revision": spec.get("model_revision"), "source": model_source(spec["model"])}
+    if not generation:  # scored before training: a metric plugin that fails fails here, not after the training
+        gold = np.asarray(evaluation["labels"], dtype=np.float32 if task.is_regression else np.int64)
+        trivial = trivial_baseline(task, train_ds, gold)
     phases["data"] = _lap(clock)
 
     # model + method
@@ -247,7 +253,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
             return result  # rank 0 alone evaluates, checkpoints, times latency and writes the record
     activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device, precision)
     flops = train_flops(model, method, stats, result["env"], precision, train_ds, collate, device,  # as trained
-                        ddp.world() if distributed else 1)
+                        ddp.world() if distributed else 1, guard=lock.step if lock else None)
     method.finalize(model)
     step = max(1, len(stats.losses) // 200)
     result["train"] = {
@@ -284,7 +290,7 @@ def _run(spec: dict, out: Path, progress: bool) -> dict:
     else:
         pred, gold = predict(model, eval_ds, collate, device, precision=precision, guard=guard)
         result["metrics"] = task.score(pred, gold)
-        result["trivial"] = trivial_baseline(task, train_ds, gold)
+        result["trivial"] = trivial
     if "metric_directions" not in result:
         result["metric_directions"] = {m: d for m, d in task.directions().items() if m in result["metrics"]}
     if search:
@@ -395,9 +401,9 @@ def check_merge(method, model, batch, precision="fp32"):
     return merged, out
 
 
-def train_flops(model, method, stats, env, precision, train_ds, collate, device, world: int = 1) -> dict:
-    """Achieved training FLOP/s and its fraction of the matmul peak measured at run start at the
-    run's precision (MFU; a DDP run's peak is its devices' together). FLOPs per processed token:
+def train_flops(model, method, stats, env, precision, train_ds, collate, device, world: int = 1, guard=None) -> dict:
+    """Achieved training FLOP/s and its fraction of the matmul peak at the run's precision, the higher of
+    the readings at run start and right after training (MFU; a DDP run's peak is its devices' together). FLOPs per processed token:
     counted on a training step as autograd runs it (``measure.counted_train_flops``) on one training
     example tiled to the mean padded length of the timed batches (FLOPs depend on shapes, not on
     token values; padding costs the same), in batches of one and two rows, extrapolated to the mean
@@ -432,8 +438,14 @@ def train_flops(model, method, stats, env, precision, train_ds, collate, device,
         per_token = analytic
         out["flops_count"] = f"analytic (counting failed: {type(e).__name__}: {first_line(e)})"
     achieved = per_token * stats.timed_padded_tokens / stats.timed_time_s / 1e9
-    peak = env.get(f"matmul_gflops_{precision}", env.get("matmul_gflops"))
-    return {"flops_per_token": per_token, **out, "achieved_gflops": achieved,
+    # The peak: the higher of two short readings, at the run's start and right after training (one reading
+    # taken while something else held the core, as another run starting, read low: MFU above 100%)
+    start = env.get(f"matmul_gflops_{precision}", env.get("matmul_gflops"))
+    with guard() if guard else contextlib.nullcontext():  # not during another run's latency timing
+        after = matmul_gflops(str(device).split(":")[0], precision)
+    peak = max(start or 0, after)
+    return {"flops_per_token": per_token, **out, "achieved_gflops": achieved, "peak_gflops_start": start,
+            "peak_gflops_after_training": after, "mfu_peak_gflops": peak,
             "mfu": achieved / (peak * world) if peak else None}
 
 
@@ -519,13 +531,13 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     from .plugins import run_plugins
 
     record["plugins"] = run_plugins(spec)  # named even if the run fails before it loads them itself
-    error = None
+    error, phases = None, {}
     if spec.get("placement"):  # a local job's share of the machine (--jobs N): before anything runs
         from .executors.placement import apply
 
         record["placement"] = apply(spec["placement"])
     try:
-        record.update(_run(spec, Path(out), progress))
+        record.update(_run(spec, Path(out), progress, phases))
         record["status"] = "ok"
     except KeyboardInterrupt:
         raise
@@ -538,6 +550,9 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     if error is not None:
         record["error_type"] = getattr(error, "error_type", type(error).__name__)  # a plugin's: its exception
         record["error"] = first_line(error)
+        # how far it got: the phases it finished (seconds each) and the one it failed in
+        record["phases_s"] = phases
+        record["failed_in"] = next((p for p in PHASES if p not in phases), "after latency")
         if not isinstance(error, PeftbenchError):
             tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")
             write_atomic(tb, "".join(traceback.format_exception(error)), text=True)

@@ -181,6 +181,24 @@ def test_task_reader_returning_other_columns_is_a_failed_run_saying_what_it_retu
         "y; a reader returns a pandas DataFrame with columns text_a, [text_b,] label")
 
 
+def test_a_metric_returning_no_number_fails_the_run_before_it_trains(tiny_model_dirs, cli_env, tmp_path):
+    """The metric scores the trivial baseline's predictions before training: its failure costs no training."""
+    body = ("import peftbench\nfrom peftbench import Task\n@peftbench.hookimpl\ndef peftbench_register_metrics(register):\n"
+            "    register(peftbench.Metric('dictscore', lambda p, g: {'acc': 1.0}))\n"
+            "@peftbench.hookimpl\ndef peftbench_register_tasks(register):\n"
+            "    register(Task(name='dictsst', version=1, folder='SST-2', train_file='train.tsv', eval_file='dev.tsv',\n"
+            "                  text_columns=('sentence',), label_column='label', metrics=('dictscore',)))\n")
+    path = write_plugin(tmp_path, "dict_metric", body)
+    out = tmp_path / "out"
+    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",
+                    "--tasks", "dictsst", "--out", out, *FAST, env=cli_env)
+    assert res.returncode == 1 and "internal error" not in res.stderr, res.stderr
+    (rec,) = records(out)
+    assert rec["status"] == "failed" and rec["error_type"] == "TypeError", rec.get("error")
+    assert rec["error"].startswith(f"metric dictscore (plugin {path}): scoring raised TypeError"), rec["error"]
+    assert rec["failed_in"] == "data" and set(rec["phases_s"]) == set(), (rec["failed_in"], rec["phases_s"])
+
+
 @pytest.mark.parametrize("name,message", [
     ("probe-by-accident", "leaves no trainable parameter of its own: it would train the task head only"),
     ("no-return", "apply() returned NoneType, not the model; end apply with `return model`"),

@@ -103,9 +103,11 @@ def test_a_bf16_run_records_its_precision_everywhere(cli_env, tiny_model_dirs, t
     (rec,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     assert rec["precision"]["train"] == rec["precision"]["eval"] == rec["precision"]["latency"] == "bf16"
     assert rec["latency"]["precision"] == "bf16" and rec["env"]["matmul_gflops_bf16"] > 0
-    train = rec["train"]  # MFU is measured against the bf16 matmul rate measured at the run's start
+    train = rec["train"]  # MFU: against the higher of the bf16 matmul rates read at the run's start and after training
+    assert train["peak_gflops_start"] == rec["env"]["matmul_gflops_bf16"] and train["peak_gflops_after_training"] > 0
+    assert train["mfu_peak_gflops"] == max(train["peak_gflops_start"], train["peak_gflops_after_training"])
     assert train["achieved_gflops"] > 0 and train["mfu"] == pytest.approx(train["achieved_gflops"]
-                                                                          / rec["env"]["matmul_gflops_bf16"], rel=0.01)
+                                                                          / train["mfu_peak_gflops"], rel=0.01)
     # FLOPs counted on a training step as autograd runs it, below the analytic count (input gradients before
     # the first LoRA layer are not computed), at the mean padded length of the timed batches
     assert train["flops_count"].startswith("counted") and 0 < train["flops_per_token"] < train["flops_per_token_analytic"]

@@ -404,6 +404,40 @@ def test_the_mfu_caption_says_which_flops_count_and_marks_rows_of_the_other():
     assert "values marked (a): analytic" in mixed
 
 
+def test_a_tasks_further_metric_columns_carry_their_direction():
+    """Generation: NIST, METEOR, ... beside BLEU; each column says which way is better, as the metric's does
+    (a metric a plugin declares lower-is-better gets ↓; one no record gives a direction for, none)."""
+    recs = []
+    for s in (0, 1):
+        rec = fake_record("e2e", "lora", s, 0.6, metric="bleu")
+        rec["metrics"].update({"nist": 7.0 + s, "ter": 0.5})
+        rec["metric_directions"].update({"nist": "higher", "ter": "lower"})
+        recs.append(rec)
+    header = render(summarize(records_frame(recs)), "md").splitlines()[0]
+    assert "| nist ↑ |" in header and "| ter ↓ |" in header, header
+    for rec in recs:
+        rec["metric_directions"] = {"bleu": "higher"}
+    header = render(summarize(records_frame(recs)), "md").splitlines()[0]
+    assert "| nist |" in header and "| ter |" in header, header
+
+
+def test_the_mfu_caption_says_which_peak_readings_the_mfu_divides_by():
+    def with_peak(rec, two):
+        rec["train"].update({"mfu": 0.2, "flops_count": "counted: torch FlopCounterMode ...",
+                             **({"mfu_peak_gflops": 90.0} if two else {})})
+        return rec
+
+    def md(recs):
+        return render(summarize(records_frame(recs)), "md")
+
+    two = md([with_peak(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)])
+    assert "the higher of two short readings" in two and "the start's alone" not in two
+    start = md([with_peak(fake_record("sst2", "lora", s, 0.8), False) for s in (0, 1)])
+    assert "the peak is one short reading" in start and "higher of" not in start
+    mixed = md([with_peak(fake_record("sst2", "lora", s, 0.8), s == 0) for s in (0, 1)])
+    assert "the start's alone for the others" in mixed
+
+
 def test_rows_of_a_fixed_size_method_run_under_different_settings_are_told_apart():
     """Two learning rates of full fine-tuning (a search folder's candidates): their labels say which
     is which, as a sized method's do (a fixed-size method's knob is NaN, which never equals itself)."""

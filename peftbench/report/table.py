@@ -123,11 +123,15 @@ def record_row(rec: dict) -> dict:
         # which FLOPs count the MFU divides: counted on a training step, or analytic (records before it existed)
         "mfu_flops": None if _get(rec, "train", "mfu") is None else (
             "counted" if str(_get(rec, "train", "flops_count") or "").startswith("counted") else "analytic"),
+        # the peak it divides by: the higher of readings at start and after training, or (before) the start one
+        "_mfu_peak": None if _get(rec, "train", "mfu") is None else (
+            "two" if _get(rec, "train", "mfu_peak_gflops") is not None else "start"),
         "train_subset": spec.get("train_subset") if spec.get("train_samples") else None,  # None: all examples
     }
     for name, value in metrics.items():
         row[f"m_{name}"] = value
     row["_trivial"] = rec.get("trivial")  # what predicting the majority class / mean target scores
+    row["_directions"] = rec.get("metric_directions") or {}  # each metric's better direction (a column's ↑/↓)
     if metrics:
         row["metric"] = next(iter(metrics))
         row["metric_direction"] = (rec.get("metric_directions") or {}).get(row["metric"], "higher")
@@ -240,6 +244,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         row = {c: first.get(c) for c in CSV_COLUMNS if c in g}
         row["_setup"] = first.get("_setup") or {}
+        row["_directions"] = next((d for d in g.get("_directions", []) if d), {})
         row["n_seeds"] = len(ok)
         row["status"] = _status(g.status)
         metric_cols = [c for c in g.columns if c.startswith("m_")]
@@ -278,9 +283,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["shared_machine"] = bool(ok.shared_machine.any()) if "shared_machine" in ok and len(ok) else False
         waits = ok["_eval_waits"].dropna() if "_eval_waits" in ok else ok[:0]
         row["_eval_waits"] = bool(waits.all()) if len(waits) else None
-        if "mfu_flops" in ok and ok.mfu_flops.notna().any():
-            kinds = set(ok.mfu_flops.dropna())
-            row["mfu_flops"] = kinds.pop() if len(kinds) == 1 else "mixed"
+        for col in ("mfu_flops", "_mfu_peak"):
+            if col in ok and ok[col].notna().any():
+                kinds = set(ok[col].dropna())
+                row[col] = kinds.pop() if len(kinds) == 1 else "mixed"
         if "merged_max_abs_diff" in ok and ok.merged_max_abs_diff.notna().any():  # the worst seed
             row["merged_max_abs_diff"] = float(ok.merged_max_abs_diff.astype(float).max())
         rows.append(row)
@@ -335,7 +341,8 @@ def baseline_rows(df: pd.DataFrame, rows: list[dict]) -> list[dict]:
                "metric": metric, "metric_mean": trivial["metrics"][metric], "metric_std": np.nan, "n_seeds": 0,
                "status": "ok" if len(counts) == 1 else f"{len(counts)} different baselines; most common shown",
                "metric_direction": next((r.get("metric_direction") for r in rows if r["task"] == task), "higher"),
-               "fixed": True, "_seeds": {}, "_setup": {}, "trainable_params": np.nan}
+               "fixed": True, "_seeds": {}, "_setup": {}, "trainable_params": np.nan,
+               "_directions": next((r.get("_directions") for r in rows if r["task"] == task and r.get("_directions")), {})}
         row.update({f"{name}_mean": v for name, v in trivial["metrics"].items() if name != metric})
         out.append(row)
     return out
@@ -420,9 +427,27 @@ def _mfu_caption(summary: pd.DataFrame) -> str:
                 "PEFT methods against full fine-tuning by 2-9% on MiniLM (results/flops_check.md)")
     what = (counted if counts == {"counted"} else analytic if counts <= {"analytic"} else
             f"{counted}; values marked (a): {analytic}, (m): some seeds one count, some the other")
-    return (f"MFU: achieved training FLOP/s ({what}) over the matmul peak measured at the run's start at its "
-            "precision; the peak is one short reading (0.1-0.3 s), taken while another run trained where † is "
-            "shown: compare MFU across rows only where the gaps are larger than that.")
+    peaks = set(summary._mfu_peak.dropna()) if "_mfu_peak" in summary else set()
+    peaks = {"two", "start"} if "mixed" in peaks else peaks  # a row whose seeds recorded one or the other
+    if peaks == {"two"}:
+        peak = ("over the matmul peak at its precision, the higher of two short readings (0.1-0.3 s each: at the "
+                "run's start and right after training), taken while another run trained where † is shown (a run "
+                "whose readings were both low shows above 100%)")
+    elif "two" in peaks:
+        peak = ("over the matmul peak at its precision: short readings (0.1-0.3 s), the higher of the run's start "
+                "and after training for runs that recorded both, the start's alone for the others, taken while "
+                "another run trained where † is shown (a low reading shows MFU above 100%)")
+    else:
+        peak = ("over the matmul peak measured at the run's start at its precision; the peak is one short reading "
+                "(0.1-0.3 s), taken while another run trained where † is shown")
+    return (f"MFU: achieved training FLOP/s ({what}) {peak}: compare MFU across rows only where the gaps are "
+            "larger than that.")
+
+
+def _headed(name: str, directions: dict) -> str:
+    """A further metric's column header with its ↑/↓ where the records say which way is better."""
+    how = directions.get(name)
+    return f"{name} {'↓' if how == 'lower' else '↑'}" if how in ("lower", "higher") else name
 
 
 def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
@@ -433,6 +458,10 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
     extra = [c[: -len("_mean")] for c in summary.columns
              if c.endswith("_mean") and c != "metric_mean" and f"m_{c[: -len('_mean')]}" not in summary.columns]
     mixed_flops = _mfu_counts(summary) == {"counted", "analytic"}
+    directions: dict = {}  # a further metric's better direction, from any row's records that name it
+    for d in (summary["_directions"] if "_directions" in summary else []):
+        for name, how in (d if isinstance(d, dict) else {}).items():
+            directions.setdefault(name, how)
     for _, r in summary.iterrows():
         knob = f"{r.knob}={int(r.knob_value)}" if isinstance(r.knob, str) and pd.notna(r.knob_value) else "fixed"
         if isinstance(r.budget, str) and r.budget:  # a row whose runs all failed has no deviation to show
@@ -450,7 +479,7 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
             "metric": f"{metric} {arrow} {_n(r.metric_mean, '{:.4f}')}" if pd.notna(r.metric_mean) else "",
             "±": _n(r.metric_std, "{:.4f}"),
             "vs best (95% CI)": _gap(r),
-            **{name: _n(r.get(f"{name}_mean"), "{:.4f}") for name in extra},
+            **{_headed(name, directions): _n(r.get(f"{name}_mean"), "{:.4f}") for name in extra},
             "seeds": int(r.n_seeds) if r.n_seeds or r.method != "trivial" else "–",
             "samples/s ↑": _n(r.train_samples_per_s, "{:.1f}") + (" †" if r.get("shared_machine") is True
                                                                  and pd.notna(r.train_samples_per_s) else ""),
@@ -490,7 +519,7 @@ def display_frame(summary: pd.DataFrame, mark=None) -> pd.DataFrame:
         out = out.drop(columns="vs best (95% CI)")  # one contender per task: nothing to compare
     if not any(isinstance(v, str) for v in summary.get("lr_selection", [])):  # no search: lr in the caption
         out = out.drop(columns=["lr"])
-    for col in (*extra, "search s", "merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
+    for col in (*(_headed(name, directions) for name in extra), "search s", "merge Δ", "commit", "MFU", "TTFT b1 ms (vs base)", "per token b1 ms (vs base)", "per token b1 merged",
                 "per token bN ms (vs base)", "gen tok/s ↑", "b1 ms ↓ (vs base)", "b1 merged", "bN ms ↓ (vs base)",
                 "bN merged"):  # empty for every row (not measured, or records from before they were kept)
         if col in out and (out[col] == "").all():
