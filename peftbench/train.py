@@ -120,7 +120,9 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
 
         from .ddp import shard
 
-        forward = DistributedDataParallel(model, find_unused_parameters=True)
+        # static_graph: the same parameters take part in every step; DDP finds any unused ones on the first
+        # step and skips the per-step graph traversal find_unused_parameters=True costs (torch warned of it)
+        forward = DistributedDataParallel(model, static_graph=True)
     model.train()  # from_pretrained returns eval mode; dropout is part of training cost
     batches = iter(loader)
     with PeakMemory(device) as memory:
