@@ -1,9 +1,10 @@
-"""Reports from run records alone: per-task tables (``table``), the gap to the best row with a
+"""Reports from run records alone: records as rows and one summary row per configuration (``frame``),
+per-task tables (``table``), the gap to the best row with a
 confidence interval (``stats``), the summary across tasks (``overview``), plots (``plots``) and one
 self-contained HTML page (``page``)."""
 
-from .table import (CSV_COLUMNS, display_frame, duplicate_seeds, records_frame, record_row,  # noqa: F401
-                    render, summarize, to_html, to_latex, to_markdown)
+from .frame import CSV_COLUMNS, duplicate_seeds, records_frame, record_row, summarize  # noqa: F401
+from .table import display_frame, render, to_html, to_latex, to_markdown  # noqa: F401
 from . import overview, page, plots  # noqa: F401
 from .plots import plot  # noqa: F401
 

@@ -1,5 +1,5 @@
 """The summary across tasks: rows = method configurations, columns = each task's primary metric,
-the mean rank and the costs. Built from the per-task summary (``table.summarize``).
+the mean rank and the costs. Built from the per-task summary (``frame.summarize``).
 
 A configuration at its task's main budget (the budget most of that task's rows were run at) is
 one row across tasks, by its label; at another budget it is a row of its own (``lora @ 0.1%``).
