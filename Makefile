@@ -61,7 +61,7 @@ tables: install
 	@for s in $$(find results -name summary.md | sort); do f=$$(dirname $$s); \
 	  $(BIN)/peftbench report $$f --summary -o $$f/summary.md --plot $$f/plot.png --cost-plot $$f/costs.png; \
 	  $(BIN)/peftbench report $$f --format html -o $$f/index.html; done
-	@$(BIN)/python benchmarks/readme_summary.py  # the README's copy of results/benchmark-v1/summary.md
+	@$(BIN)/python benchmarks/readme_summary.py  # the README's copies: benchmark-v1/summary.md, the marked tables
 
 # The published benchmark (results/benchmark-v1): every task's sweep file in turn (each resumes from
 # its records; hours on a CPU), then its tables.

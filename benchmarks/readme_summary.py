@@ -16,7 +16,7 @@ from pathlib import Path
 BEGIN = "<!-- summary: results/benchmark-v1/summary.md (make tables copies it here) -->"
 END = "<!-- end of summary -->"
 # <!-- table: results/sst2-minilm/table.md (make tables copies its rows here) --> ... <!-- end of table -->
-TABLE = re.compile(r"(<!-- table: (\S+) [^>]*-->\n)(.*?)(<!-- end of table -->)", re.S)
+TABLE = re.compile(r"(<!-- table: (\S+) [^>]*-->\n)((?:(?!<!--).)*?)(<!-- end of table -->)", re.S)
 
 
 def block(readme: str) -> str:
@@ -34,7 +34,11 @@ def main(readme="README.md", summary="results/benchmark-v1/summary.md") -> None:
     text = Path(readme).read_text()
     new = text[: text.index(BEGIN) + len(BEGIN)] + "\n" + Path(summary).read_text().strip("\n") + "\n" + text[text.index(END):]
     root = Path(readme).resolve().parent
-    new = TABLE.sub(lambda m: m.group(1) + table_rows(root / m.group(2)) + "\n\n" + m.group(4), new)
+    new, copied = TABLE.subn(lambda m: m.group(1) + table_rows(root / m.group(2)) + "\n\n" + m.group(4), new)
+    if copied != text.count("<!-- table: ") or copied != text.count("<!-- end of table -->"):
+        sys.exit(f"{readme}: {text.count('<!-- table: ')} table marker(s), {text.count('<!-- end of table -->')} end "
+                 f"marker(s), {copied} block(s) copied: give each '<!-- table: PATH ... -->' line its own "
+                 "'<!-- end of table -->' after the table")
     if new != text:
         Path(readme).write_text(new)
 

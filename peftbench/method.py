@@ -47,6 +47,10 @@ class Method(ABC):
     version: ClassVar[int | str] = 1
     #: True for a method meant to train nothing of its own (a linear probe: the head only).
     probe: ClassVar[bool] = False
+    #: Under ``--nproc N`` (DDP): the same parameters take part in every training step (DDP's
+    #: ``static_graph``). False for a method whose used parameters change between steps (layer drop,
+    #: routing, parameters frozen mid-training): DDP then searches each step's graph for unused ones.
+    static_graph: ClassVar[bool] = True
     #: A frozen dataclass of options; unknown keys are rejected. May be a ``functools.cached_property``
     #: returning one (built on first use, e.g. from a library's config class that is slow to import).
     Options: ClassVar[type] = NoOptions

@@ -118,7 +118,7 @@ def cpu_warning(precision: str, device: str) -> str | None:
     if not flags or any(f in flags for f in CPU_BF16_FLAGS):
         return None
     return (f"--precision bf16 on a CPU with neither {' nor '.join(CPU_BF16_FLAGS)}: torch emulates bf16 matmuls "
-            "there (35-95x slower than fp32 measured on two AVX2-only AMD EPYCs, results/precision.md), so runs take "
+            "there (35-95x slower than fp32 at one thread on two AVX2-only AMD EPYCs, results/precision.md), so runs take "
             "many times longer; use --precision fp32 (what auto picks here) unless bf16 itself is what you measure")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import PeftbenchError, first_line
+from .errors import PeftbenchError, PluginFailure, first_line
 from .records import record_path, write_atomic
 from .train import Diverged
 
@@ -89,10 +89,10 @@ def environment(device: str, precision: str = "fp32") -> dict:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "pid": os.getpid(),
     }
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
+    if torch.device(device).type == "cuda":  # "cuda", or one rank's "cuda:N"
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     env["matmul_gflops"] = matmul_gflops(device)
-    if precision != "fp32":  # the peak the run's MFU is measured against
+    if precision != "fp32":  # the run's precision: the first of the two readings its MFU divides by
         env[f"matmul_gflops_{precision}"] = matmul_gflops(device, precision)
     return env
 
@@ -103,22 +103,24 @@ def matmul_gflops(device: str, precision: str = "fp32", n: int | None = None, se
     less than a synchronisation), 10 products queued between synchronisations."""
     from .precision import DTYPES
 
-    cuda = device == "cuda"
+    cuda = torch.device(device).type == "cuda"
     n = n or (4096 if cuda else 1024)
     burst = 10 if cuda else 1
-    a = torch.randn(n, n, device=device, dtype=DTYPES[precision])
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):  # the run's random state untouched
+        a = torch.randn(n, n, device=device, dtype=DTYPES[precision])
 
     def run():
         for _ in range(burst):
             out = a @ a
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         else:
             out.sum().item()
 
     run()  # warm-up
     reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or reps < 3:  # at least 3 products on a slow or busy machine
+    # at least 3 products on a slow or busy machine, unless one takes over a second (bf16 emulated on a CPU)
+    while time.perf_counter() - start < seconds or (reps < 3 and time.perf_counter() - start < 1.0):
         run()
         reps += burst
     return round(2 * n**3 * reps / (time.perf_counter() - start) / 1e9, 1)
@@ -140,7 +142,7 @@ def _progress_bar(label: str, enabled: bool):
     return update, bar.close
 
 
-PHASES = ("data", "model", "train", "eval", "checkpoint", "merge", "latency")  # a run's phases, in order
+PHASES = ("data", "model", "train", "eval", "checkpoint", "merge", "latency")  # a run's timed phases, in order
 
 
 def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> dict:
@@ -169,6 +171,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     # data
     clock = [time.perf_counter()]  # wall time per phase, for the harness-overhead benchmark
     phases = result["phases_s"] = phases if phases is not None else {}  # the caller's: a failed run's too
+    phases.setdefault("_setup_done", True)  # plugins, device and environment readings: before the phases (popped)
     t0 = time.perf_counter()
     search = spec.get("role") == "search"  # a learning-rate search run: scored on held-out training data
     taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"), train_only=search)
@@ -242,9 +245,16 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     try:
         stats = train(model, train_ds, collate, cfg, device, progress=update,
                       on_start=lambda total: method.on_train_start(model, total), guard=lock.step if lock else None,
-                      distributed=distributed)
+                      distributed=distributed, static_graph=method.static_graph)
+    except RuntimeError as e:
+        if distributed and method.static_graph and "static_graph" in str(e):  # DDP: the method's graph changed
+            raise PluginFailure("method", method.name, method.plugin, "training under --nproc (DDP with a static "
+                                "graph; a method whose used parameters change between steps sets static_graph = "
+                                "False)", e) from e
+        raise
     finally:
         close()
+    waited_in_training = lock.waited_s if lock else None  # the side measurements' waits below are not training's
     if distributed:  # counters summed over ranks, the memory of the rank with the largest peak; every rank's parameters
         result["ddp"] = {"world_size": ddp.world(), "backend": "nccl" if str(device).startswith("cuda") else "gloo",
                          "global_batch": spec["batch_size"], "per_rank_batch": spec["batch_size"] // ddp.world(),
@@ -281,7 +291,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     # evaluate (with other jobs on the machine, batch by batch: none runs while another job times latency)
     t0 = time.perf_counter()
     guard = lock.step if lock else None
-    waited_in_training = lock.waited_s if lock else None
+    waited_before_eval = lock.waited_s if lock else None
     if search and generation:  # generating for every candidate costs more than training: the loss
         result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision, guard=guard)}
         result["metric_directions"] = {"val_loss": "lower"}
@@ -299,7 +309,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
                                       "on": f"{len(eval_ds)} held-out training examples"}
     result["eval_time_s"] = time.perf_counter() - t0
     if lock:
-        result["eval_waited_for_latency_s"] = lock.waited_s - waited_in_training  # part of eval_time_s
+        result["eval_waited_for_latency_s"] = lock.waited_s - waited_before_eval  # part of eval_time_s
     phases["eval"] = _lap(clock)
 
     # checkpoint: what restores the tuned model (method + head; everything for full)
@@ -441,9 +451,12 @@ def train_flops(model, method, stats, env, precision, train_ds, collate, device,
     # The peak: the higher of two short readings, at the run's start and right after training (one reading
     # taken while something else held the core, as another run starting, read low: MFU above 100%)
     start = env.get(f"matmul_gflops_{precision}", env.get("matmul_gflops"))
-    with guard() if guard else contextlib.nullcontext():  # not during another run's latency timing
-        after = matmul_gflops(str(device).split(":")[0], precision)
-    peak = max(start or 0, after)
+    try:  # a side measurement: its failure leaves the start's reading
+        with guard() if guard else contextlib.nullcontext():  # not during another run's latency timing
+            after = matmul_gflops(device, precision)
+    except Exception as e:
+        after, out["peak_after_training_error"] = None, f"{type(e).__name__}: {first_line(e)}"
+    peak = max(start or 0, after or 0)
     return {"flops_per_token": per_token, **out, "achieved_gflops": achieved, "peak_gflops_start": start,
             "peak_gflops_after_training": after, "mfu_peak_gflops": peak,
             "mfu": achieved / (peak * world) if peak else None}
@@ -538,6 +551,7 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
         record["placement"] = apply(spec["placement"])
     try:
         record.update(_run(spec, Path(out), progress, phases))
+        phases.pop("_setup_done", None)
         record["status"] = "ok"
     except KeyboardInterrupt:
         raise
@@ -550,9 +564,11 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     if error is not None:
         record["error_type"] = getattr(error, "error_type", type(error).__name__)  # a plugin's: its exception
         record["error"] = first_line(error)
-        # how far it got: the phases it finished (seconds each) and the one it failed in
+        # how far it got: the phases it finished (seconds each) and the one it failed in ("setup": loading its
+        # plugins, the device, the environment's readings)
+        setup_done = phases.pop("_setup_done", False)
         record["phases_s"] = phases
-        record["failed_in"] = next((p for p in PHASES if p not in phases), "after latency")
+        record["failed_in"] = next((p for p in PHASES if p not in phases), "after latency") if setup_done else "setup"
         if not isinstance(error, PeftbenchError):
             tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")
             write_atomic(tb, "".join(traceback.format_exception(error)), text=True)

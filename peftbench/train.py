@@ -86,13 +86,14 @@ def to_device(batch, device):
 
 
 def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_start=None, guard=None,
-          distributed=False) -> TrainStats:
+          distributed=False, static_graph=True) -> TrainStats:
     """Train in place. ``progress(step, total, loss, samples_per_s)`` is called after each step;
     ``on_start(total_steps)`` once before training, and may return ``after_step(step)``, called
     after each optimizer step, before the gradients are cleared. ``guard()`` (a context manager)
     wraps each step, outside its timing (parallel jobs: wait while another job times latency).
     ``distributed``: this process is one rank of a DDP run: it trains a DistributedDataParallel
-    wrapper on its share of every global batch (the same data order on every rank)."""
+    wrapper on its share of every global batch (the same data order on every rank); ``static_graph``:
+    the same parameters take part in every step (``Method.static_graph``)."""
     import contextlib
 
     guard = guard or contextlib.nullcontext
@@ -120,9 +121,11 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
 
         from .ddp import shard
 
-        # static_graph: the same parameters take part in every step; DDP finds any unused ones on the first
-        # step and skips the per-step graph traversal find_unused_parameters=True costs (torch warned of it)
-        forward = DistributedDataParallel(model, static_graph=True)
+        # static graph: DDP finds any unused parameters on the first step and skips the per-step graph
+        # traversal find_unused_parameters=True costs (torch warned of it); a method whose used parameters
+        # change between steps says so (Method.static_graph = False) and gets that search every step
+        forward = (DistributedDataParallel(model, static_graph=True) if static_graph
+                   else DistributedDataParallel(model, find_unused_parameters=True))
     model.train()  # from_pretrained returns eval mode; dropout is part of training cost
     batches = iter(loader)
     with PeakMemory(device) as memory:

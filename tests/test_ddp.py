@@ -63,3 +63,61 @@ def test_nproc_beyond_the_cores(cli_env, tmp_path):
     n = len(os.sched_getaffinity(0)) * 2
     res = run(*ARGS[:-4], "--batch-size", n * 4, "--nproc", n, "--out", tmp_path, "--dry-run", env=cli_env)
     assert res.returncode == 2 and f"--nproc {n}: this machine gives this process" in res.stderr
+
+
+ALTERNATING = '''
+import torch
+import peftbench
+from peftbench.method import freeze
+
+
+class Alternating(peftbench.Method):
+    """Biases, plus a layer on the classifier's output used on every other training step only."""
+    name = "alternating"
+    static_graph = True
+
+    def apply(self, model, knob_value=None, **options):
+        freeze(model)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.endswith(".bias"))
+        model.extra = torch.nn.Linear(model.config.num_labels, model.config.num_labels)
+        calls = [0]
+
+        def hook(module, args, out):
+            calls[0] += model.training
+            return out + model.extra(out) if model.training and calls[0] % 2 else out
+
+        model.classifier.register_forward_hook(hook)
+        return model
+
+
+class Dynamic(Alternating):
+    name = "alternating-dynamic"
+    static_graph = False
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(Alternating())
+    register(Dynamic())
+'''
+
+
+@two_cpus
+def test_a_method_whose_used_parameters_change_between_steps_says_so(tiny_model_dirs, cli_env, tmp_path):
+    """DDP with a static graph needs the same parameters in every step; a method that uses some on every
+    other step sets static_graph = False and trains (DDP then searches each step for unused ones)."""
+    plugin = tmp_path / "alternating.py"
+    plugin.write_text(ALTERNATING)
+    out = tmp_path / "o"
+    res = run("--plugins", plugin, "--model", tiny_model_dirs["bert"], *ARGS[4:], "--methods",
+              "alternating,alternating-dynamic", "--out", out, "--nproc", 2, env=cli_env)
+    assert res.returncode == 1, res.stderr
+    recs = {r["spec"]["method"]: r for r in map(json.loads, (p.read_text() for p in (out / "records").glob("*.json")))}
+    assert recs["alternating-dynamic"]["status"] == "ok", recs["alternating-dynamic"].get("error")
+    checks = recs["alternating-dynamic"]["ddp"]["trainable_checksum_per_rank"]
+    assert checks[0] == checks[1]
+    assert recs["alternating"]["status"] == "failed"  # DDP's static graph refuses it, and the error says the fix
+    assert recs["alternating"]["error"].startswith(f"method alternating (plugin {plugin}): training under --nproc"), \
+        recs["alternating"]["error"]
+    assert "sets static_graph = False" in recs["alternating"]["error"]

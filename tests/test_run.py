@@ -178,3 +178,15 @@ def test_max_steps_beyond_the_epochs_is_said_when_planned(tiny_model_dirs, cli_e
             in res.stderr)
     res = cli_in_process(*args, "--max-steps", "4", "--epochs", "2", env=cli_env)
     assert res.returncode == 0 and "--max-steps" not in res.stderr, res.stderr
+
+
+def test_a_run_failing_before_its_phases_says_it_failed_in_setup(tmp_path):
+    """A failed record says how far the run got: a failure while loading its method (before the data
+    phase's clock starts) is "setup", with no phase finished; the record is written atomically."""
+    from peftbench import runner
+
+    spec = {"run_id": "x1", "seed": 0, "data_seed": 0, "method": "nosuchmethod", "task": "sst2", "device": "cpu",
+            "plugins": []}
+    rec = runner.execute(spec, tmp_path, progress=False)
+    assert rec["status"] == "failed" and rec["failed_in"] == "setup" and rec["phases_s"] == {}, rec
+    assert json.loads((tmp_path / "records" / "x1.json").read_text())["failed_in"] == "setup"

@@ -349,7 +349,6 @@ def baseline_rows(df: pd.DataFrame, rows: list[dict]) -> list[dict]:
     return out
 
 
-# -- rendering ---------------------------------------------------------------------------
 def _cpu(rec: dict) -> str | None:
     """The CPU a run ran on with its bf16 units, e.g. "Intel(R) Xeon(R) Processor (avx512_bf16)"
     (records name it from commit 9aabbf3 on; None before)."""
