@@ -138,6 +138,9 @@ class Method(ABC):
                                   "Options dataclass") from e
         if not isinstance(self.version, (int, str)) or isinstance(self.version, bool):
             raise PluginError(f"method {self.name}: version must be an int or a str")
+        for flag in ("mergeable", "probe", "static_graph"):
+            if not isinstance(getattr(self, flag), bool):
+                raise PluginError(f"method {self.name}: {flag} must be True or False, got {getattr(self, flag)!r}")
 
 
 # -- options ------------------------------------------------------------------------------

@@ -282,6 +282,15 @@ def test_load_plugins_names_are_normalised_like_packaging(monkeypatch, plugin_ma
     plugin_manager.unregister(name="hp")
 
 
+@pytest.mark.parametrize("flag", ["mergeable", "probe", "static_graph"])
+def test_method_flags_must_be_booleans(plugin_manager, tmp_path, flag):
+    body = METHOD_TEMPLATE.format(name="flagged", knob=None, default_knob=None, body="return model")
+    load_plugin_file(write_plugin(tmp_path, "flagged", body.replace(
+        'name = "flagged"', f'name = "flagged"\n    {flag} = "no"')))
+    with pytest.raises(PluginError, match=f"method flagged: {flag} must be True or False, got 'no'"):
+        get_methods()
+
+
 def test_method_version_must_be_int_or_str(plugin_manager, tmp_path):
     body = METHOD_TEMPLATE.format(name="versioned", knob=None, default_knob=None, body="return model")
     load_plugin_file(write_plugin(tmp_path, "versioned", body.replace(
