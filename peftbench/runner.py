@@ -214,7 +214,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
         "eval_split": spec.get("eval_split"), "prep_time_s": time.perf_counter() - t0,
     }
     result["model"] = {"name": spec["model"], "revision": spec.get("model_revision"), "source": model_source(spec["model"])}
-    if not generation:  # scored before training: a metric plugin that fails fails here, not after the training
+    if not generation:  # scored before training: a metric plugin that fails, fails here, not after training
         gold = np.asarray(evaluation["labels"], dtype=np.float32 if task.is_regression else np.int64)
         trivial = trivial_baseline(task, train_ds, gold)
     phases["data"] = _lap(clock)
@@ -413,12 +413,12 @@ def check_merge(method, model, batch, precision="fp32"):
 
 def train_flops(model, method, stats, env, precision, train_ds, collate, device, world: int = 1, guard=None) -> dict:
     """Achieved training FLOP/s and its fraction of the matmul peak at the run's precision, the higher of
-    the readings at run start and right after training (MFU; a DDP run's peak is its devices' together). FLOPs per processed token:
-    counted on a training step as autograd runs it (``measure.counted_train_flops``) on one training
-    example tiled to the mean padded length of the timed batches (FLOPs depend on shapes, not on
-    token values; padding costs the same), in batches of one and two rows, extrapolated to the mean
-    rows per step of each device (what runs once per forward, as a prefix reparametrisation, is
-    charged once per batch, not per example). Attention is charged at the mean length: where lengths
+    the readings at run start and right after training (MFU; a DDP run's peak is its devices' together).
+    FLOPs per processed token: counted on a training step as autograd runs it
+    (``measure.counted_train_flops``) on one training example tiled to the mean padded length of the
+    timed batches (FLOPs depend on shapes, not on token values; padding costs the same), in batches
+    of one and two rows, extrapolated to the mean rows per step of each device (what runs once per
+    forward, as a prefix reparametrisation, is charged once per batch, not per example). Attention is charged at the mean length: where lengths
     vary, a little below its mean cost. The analytic count is kept beside it, and used, named in the
     record, if counting fails."""
     from .measure import counted_train_flops, train_flops_per_token
