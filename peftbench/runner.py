@@ -418,9 +418,9 @@ def train_flops(model, method, stats, env, precision, train_ds, collate, device,
     (``measure.counted_train_flops``) on one training example tiled to the mean padded length of the
     timed batches (FLOPs depend on shapes, not on token values; padding costs the same), in batches
     of one and two rows, extrapolated to the mean rows per step of each device (what runs once per
-    forward, as a prefix reparametrisation, is charged once per batch, not per example). Attention is charged at the mean length: where lengths
-    vary, a little below its mean cost. The analytic count is kept beside it, and used, named in the
-    record, if counting fails."""
+    forward, as a prefix reparametrisation, is charged once per batch, not per example). Attention is
+    charged at the mean length: where lengths vary, a little below its mean cost. The analytic count
+    is kept beside it, and used, named in the record, if counting fails."""
     from .measure import counted_train_flops, train_flops_per_token
     from .train import autocast, to_device
 
