@@ -93,12 +93,12 @@ def _mfu_caption(summary: pd.DataFrame) -> str:
     peaks = set(summary._mfu_peak.dropna()) if "_mfu_peak" in summary else set()
     peaks = {"two", "start"} if "mixed" in peaks else peaks  # a row whose seeds recorded one or the other
     if peaks == {"two"}:
-        peak = ("over the matmul peak at its precision, the higher of two short readings (0.1-0.3 s each: at the "
-                "run's start and right after training), taken while another run trained where † is shown (a run "
+        peak = ("over the matmul peak at its precision, the higher of two short readings (0.1 s or more each: at "
+                "the run's start and right after training), taken while another run trained where † is shown (a run "
                 "whose readings were both low shows above 100%)")
     elif "two" in peaks:
-        peak = ("over the matmul peak at its precision: short readings (0.1-0.3 s), the higher of the run's start "
-                "and after training for runs that recorded both, the start's alone for the others, taken while "
+        peak = ("over the matmul peak at its precision: short readings (0.1 s or more), the higher of the run's "
+                "start and after training for runs that recorded both, the start's alone for the others, taken while "
                 "another run trained where † is shown (a low reading shows MFU above 100%)")
     else:
         peak = ("over the matmul peak measured at the run's start at its precision; the peak is one short reading "
