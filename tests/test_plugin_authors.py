@@ -167,15 +167,22 @@ def test_task_reader_that_raises_is_a_failed_run_naming_the_task(tiny_model_dirs
     assert by_task["broken"]["plugins"]["task"]["plugin"] == str(path)
 
 
+def _one_failed_run(path, task, tiny_model_dirs, cli_env, tmp_path) -> dict:
+    """BitFit on plugin ``path``'s task ``task``: the sweep exits 1 with the plugin's failure recorded (never
+    peftbench's internal error); its one record."""
+    out = tmp_path / "out"
+    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",
+                    "--tasks", task, "--out", out, *FAST, env=cli_env)
+    assert res.returncode == 1 and "internal error" not in res.stderr, res.stderr
+    (rec,) = records(out)
+    return rec
+
+
 def test_task_reader_returning_other_columns_is_a_failed_run_saying_what_it_returned(tiny_model_dirs, cli_env,
                                                                                       tmp_path):
     body = TASK_TEMPLATE.format(name="wrongcols", body='return pd.DataFrame({"sentence": ["a b"], "y": [1]})')
     path = write_plugin(tmp_path, "wrong_columns", body)
-    out = tmp_path / "out"
-    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",
-                    "--tasks", "wrongcols", "--out", out, *FAST, env=cli_env)
-    assert res.returncode == 1 and "internal error" not in res.stderr, res.stderr
-    (rec,) = records(out)
+    rec = _one_failed_run(path, "wrongcols", tiny_model_dirs, cli_env, tmp_path)
     assert rec["status"] == "failed" and rec["error"] == (
         f"task wrongcols (plugin {path}): reading train.tsv raised ValueError: its reader returned columns sentence, "
         "y; a reader returns a pandas DataFrame with columns text_a, [text_b,] label")
@@ -189,11 +196,7 @@ def test_a_metric_returning_no_number_fails_the_run_before_it_trains(tiny_model_
             "    register(Task(name='dictsst', version=1, folder='SST-2', train_file='train.tsv', eval_file='dev.tsv',\n"
             "                  text_columns=('sentence',), label_column='label', metrics=('dictscore',)))\n")
     path = write_plugin(tmp_path, "dict_metric", body)
-    out = tmp_path / "out"
-    res = peftbench("run", "--plugins", path, "--model", tiny_model_dirs["bert"], "--methods", "bitfit",
-                    "--tasks", "dictsst", "--out", out, *FAST, env=cli_env)
-    assert res.returncode == 1 and "internal error" not in res.stderr, res.stderr
-    (rec,) = records(out)
+    rec = _one_failed_run(path, "dictsst", tiny_model_dirs, cli_env, tmp_path)
     assert rec["status"] == "failed" and rec["error_type"] == "TypeError", rec.get("error")
     assert rec["error"].startswith(f"metric dictscore (plugin {path}): scoring raised TypeError"), rec["error"]
     assert rec["failed_in"] == "data" and set(rec["phases_s"]) == set(), (rec["failed_in"], rec["phases_s"])

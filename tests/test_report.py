@@ -383,19 +383,21 @@ def test_a_search_whose_rates_all_scored_the_same_is_called_flat_not_an_edge():
     assert "0.003 (searched)" in inside and "(searched, " not in inside
 
 
+def markdown(recs) -> str:
+    """The Markdown table of these records, as `peftbench report` writes it."""
+    return render(summarize(records_frame(recs)), "md")
+
+
 def test_the_mfu_caption_says_which_flops_count_and_marks_rows_of_the_other():
     def with_mfu(rec, counted):
         rec["train"].update({"mfu": 0.2, **({"flops_count": "counted: torch FlopCounterMode ..."} if counted else {})})
         return rec
 
-    def md(recs):
-        return render(summarize(records_frame(recs)), "md")
-
-    counted = md([with_mfu(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)])
+    counted = markdown([with_mfu(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)])
     assert "counted by torch's FlopCounterMode" in counted and "analytic" not in counted
-    analytic = md([with_mfu(fake_record("sst2", "lora", s, 0.8), False) for s in (0, 1)])
+    analytic = markdown([with_mfu(fake_record("sst2", "lora", s, 0.8), False) for s in (0, 1)])
     assert "analytic FLOPs per token" in analytic and "FlopCounterMode" not in analytic
-    mixed = md([with_mfu(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)]
+    mixed = markdown([with_mfu(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)]
                + [with_mfu(fake_record("sst2", "adapter", 0, 0.8, knob="bottleneck"), False)]
                + [with_mfu(fake_record("sst2", "prefix", s, 0.8, knob="prefix_len"), s == 0) for s in (0, 1)])
     col = mixed.splitlines()[0].split("|").index(" MFU ")
@@ -413,11 +415,11 @@ def test_a_tasks_further_metric_columns_carry_their_direction():
         rec["metrics"].update({"nist": 7.0 + s, "ter": 0.5})
         rec["metric_directions"].update({"nist": "higher", "ter": "lower"})
         recs.append(rec)
-    header = render(summarize(records_frame(recs)), "md").splitlines()[0]
+    header = markdown(recs).splitlines()[0]
     assert "| nist ↑ |" in header and "| ter ↓ |" in header, header
     for rec in recs:
         rec["metric_directions"] = {"bleu": "higher"}
-    header = render(summarize(records_frame(recs)), "md").splitlines()[0]
+    header = markdown(recs).splitlines()[0]
     assert "| nist |" in header and "| ter |" in header, header
 
 
@@ -427,14 +429,11 @@ def test_the_mfu_caption_says_which_peak_readings_the_mfu_divides_by():
                              **({"mfu_peak_gflops": 90.0} if two else {})})
         return rec
 
-    def md(recs):
-        return render(summarize(records_frame(recs)), "md")
-
-    two = md([with_peak(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)])
+    two = markdown([with_peak(fake_record("sst2", "lora", s, 0.8), True) for s in (0, 1)])
     assert "the higher of two short readings" in two and "the start's alone" not in two
-    start = md([with_peak(fake_record("sst2", "lora", s, 0.8), False) for s in (0, 1)])
+    start = markdown([with_peak(fake_record("sst2", "lora", s, 0.8), False) for s in (0, 1)])
     assert "the peak is one short reading" in start and "higher of" not in start
-    mixed = md([with_peak(fake_record("sst2", "lora", s, 0.8), s == 0) for s in (0, 1)])
+    mixed = markdown([with_peak(fake_record("sst2", "lora", s, 0.8), s == 0) for s in (0, 1)])
     assert "the start's alone for the others" in mixed
 
 
