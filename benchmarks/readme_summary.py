@@ -36,9 +36,10 @@ def main(readme="README.md", summary="results/benchmark-v1/summary.md") -> None:
     root = Path(readme).resolve().parent
     new, copied = TABLE.subn(lambda m: m.group(1) + table_rows(root / m.group(2)) + "\n\n" + m.group(4), new)
     if copied != text.count("<!-- table: ") or copied != text.count("<!-- end of table -->"):
-        sys.exit(f"{readme}: {text.count('<!-- table: ')} table marker(s), {text.count('<!-- end of table -->')} end "
-                 f"marker(s), {copied} block(s) copied: give each '<!-- table: PATH ... -->' line its own "
-                 "'<!-- end of table -->' after the table")
+        print(f"{readme}: {text.count('<!-- table: ')} table marker(s), {text.count('<!-- end of table -->')} end "
+              f"marker(s), {copied} block(s) copied: give each '<!-- table: PATH ... -->' line its own "
+              "'<!-- end of table -->' after the table", file=sys.stderr)
+        sys.exit(2)  # bad input: one line, exit code 2, the README untouched
     if new != text:
         Path(readme).write_text(new)
 

@@ -73,3 +73,26 @@ def test_readme_copies_of_published_tables_are_the_folders_tables(folder):
     import readme_summary
 
     assert readme_summary.table_rows(ROOT / "results" / folder / "table.md") in README, f"README's copy of results/{folder}/table.md differs: run `make tables`"
+
+
+def test_an_unmatched_table_marker_is_refused_and_the_readme_left_as_it_was(tmp_path, capsys):
+    """make tables copies rows between a table marker and its end marker; one without its end would have
+    swallowed the text up to the next block's end: the copy stops with one line and exit code 2 instead."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_summary
+
+    (tmp_path / "results" / "x").mkdir(parents=True)
+    (tmp_path / "results" / "x" / "table.md").write_text("| a |\n|---|\n| 1 |\n\ncaption\n")
+    (tmp_path / "summary.md").write_text("S\n")
+    text = (f"{readme_summary.BEGIN}\nS\n{readme_summary.END}\n"
+            "<!-- table: results/x/table.md (make tables copies its rows here) -->\nold\n\nPROSE\n"
+            "<!-- table: results/x/table.md (make tables copies its rows here) -->\nold\n<!-- end of table -->\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        readme_summary.main(str(readme), str(tmp_path / "summary.md"))
+    assert exit_.value.code == 2 and readme.read_text() == text
+    assert "2 table marker(s), 1 end marker(s)" in capsys.readouterr().err
+    readme.write_text(text.replace("old\n\nPROSE\n", "old\n<!-- end of table -->\nPROSE\n"))
+    readme_summary.main(str(readme), str(tmp_path / "summary.md"))
+    assert readme.read_text().count("| a |\n|---|\n| 1 |\n\n<!-- end of table -->") == 2 and "PROSE" in readme.read_text()
