@@ -109,7 +109,7 @@ def resolve(requested: str, device: str) -> tuple[str, str]:
             return "bf16", f"auto: {measured}"
         return "fp32", (f"auto: {measured}, under the {MEASURED_SPEEDUP:g}x auto asks for "
                         "(--precision bf16 to use it anyway)")
-    return "fp32", f"auto: the CPU has no {FAST_CPU_BF16}"
+    return "fp32", f"auto: the CPU has neither {' nor '.join(CPU_BF16_FLAGS)} (bf16 matmuls emulated)"
 
 
 def cpu_warning(precision: str, device: str) -> str | None:
