@@ -5,8 +5,8 @@ runs after the install), decomposed from the records' own phase timings.
 
 Prints a Markdown table: the sweep process (start, imports, planning, fork server, report)
 as the total wall time minus the runs' durations; per run the time before the first phase
-(process start from the fork server, plugins, the machine-speed reading), then data, model
-load + method, training, evaluation, checkpoint, merge check and latency.
+(process start from the fork server), setup (plugins, device, the machine-speed reading), data,
+model load + method, training, evaluation, checkpoint, merge check and latency.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PHASES = ("data", "model", "train", "eval", "checkpoint", "merge", "latency")
+from peftbench.runner import PHASES
+
 MEASURED = ("train", "eval", "latency")  # what the job is for; the rest is harness overhead
 
 
@@ -35,7 +36,7 @@ def main():
     rows = {"sweep process (start, imports, plan, fork server, report)": total - sum(r["duration_s"] for r in records)}
     for r in records:
         phases = r["phases_s"]
-        rows[f"{r['spec']['label']}: run start (process, plugins, machine speed)"] = r["duration_s"] - sum(phases.values())
+        rows[f"{r['spec']['label']}: run start (process)"] = r["duration_s"] - sum(phases.values())
         for name in PHASES:
             rows[f"{r['spec']['label']}: {name}"] = phases.get(name, 0.0)
     overhead = sum(v for k, v in rows.items() if k.split(": ")[-1] not in MEASURED)

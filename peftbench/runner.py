@@ -142,7 +142,8 @@ def _progress_bar(label: str, enabled: bool):
     return update, bar.close
 
 
-PHASES = ("data", "model", "train", "eval", "checkpoint", "merge", "latency")  # a run's timed phases, in order
+# a run's timed phases, in order ("setup": its plugins, the device and the environment's readings)
+PHASES = ("setup", "data", "model", "train", "eval", "checkpoint", "merge", "latency")
 
 
 def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> dict:
@@ -155,6 +156,8 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     from .tasks import load_task_data
     from .train import TrainConfig, predict, train
 
+    clock = [time.perf_counter()]  # wall time per phase, for the harness-overhead benchmark
+    phases = phases if phases is not None else {}  # the caller's: a failed run's too
     load_plugins(spec.get("plugins", ()))
     method = get_method(spec["method"])
     task = get_task(spec["task"])
@@ -168,10 +171,10 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     result: dict = {"env": environment(device, precision),
                     "plugins": {"method": plugin_origin(method.plugin), "task": plugin_origin(task.plugin)}}
 
+    result["phases_s"] = phases
+    phases["setup"] = _lap(clock)
+
     # data
-    clock = [time.perf_counter()]  # wall time per phase, for the harness-overhead benchmark
-    phases = result["phases_s"] = phases if phases is not None else {}  # the caller's: a failed run's too
-    phases.setdefault("_setup_done", True)  # plugins, device and environment readings: before the phases (popped)
     t0 = time.perf_counter()
     search = spec.get("role") == "search"  # a learning-rate search run: scored on held-out training data
     taskdata = load_task_data(task, spec.get("data_dir"), spec.get("eval_split"), train_only=search)
@@ -551,7 +554,6 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
         record["placement"] = apply(spec["placement"])
     try:
         record.update(_run(spec, Path(out), progress, phases))
-        phases.pop("_setup_done", None)
         record["status"] = "ok"
     except KeyboardInterrupt:
         raise
@@ -564,11 +566,9 @@ def execute(spec: dict, out: Path, progress: bool = True) -> dict:
     if error is not None:
         record["error_type"] = getattr(error, "error_type", type(error).__name__)  # a plugin's: its exception
         record["error"] = first_line(error)
-        # how far it got: the phases it finished (seconds each) and the one it failed in ("setup": loading its
-        # plugins, the device, the environment's readings)
-        setup_done = phases.pop("_setup_done", False)
+        # how far it got: the phases it finished (seconds each) and the one it failed in
         record["phases_s"] = phases
-        record["failed_in"] = next((p for p in PHASES if p not in phases), "after latency") if setup_done else "setup"
+        record["failed_in"] = next((p for p in PHASES if p not in phases), "after latency")
         if not isinstance(error, PeftbenchError):
             tb = record_path(out, spec["run_id"]).with_suffix(".traceback.txt")
             write_atomic(tb, "".join(traceback.format_exception(error)), text=True)

@@ -199,7 +199,7 @@ def test_a_metric_returning_no_number_fails_the_run_before_it_trains(tiny_model_
     rec = _one_failed_run(path, "dictsst", tiny_model_dirs, cli_env, tmp_path)
     assert rec["status"] == "failed" and rec["error_type"] == "TypeError", rec.get("error")
     assert rec["error"].startswith(f"metric dictscore (plugin {path}): scoring raised TypeError"), rec["error"]
-    assert rec["failed_in"] == "data" and set(rec["phases_s"]) == set(), (rec["failed_in"], rec["phases_s"])
+    assert rec["failed_in"] == "data" and set(rec["phases_s"]) == {"setup"}, (rec["failed_in"], rec["phases_s"])
 
 
 @pytest.mark.parametrize("name,message", [

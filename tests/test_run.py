@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from peftbench.report import CSV_COLUMNS
+from peftbench.runner import PHASES
 
 from conftest import cli_in_process
 
@@ -65,6 +66,7 @@ def test_run_records_everything(sweep):
     assert {"base_b1", "unmerged_b1", "merged_b1", "base_bN", "unmerged_bN", "merged_bN"} == set(lat["timings"])
     assert lat["merged_is_plain"] and lora["merge"]["max_abs_diff"] < 1e-4 <= lora["merge"]["tolerance"]
     assert lora["checkpoint"]["bytes"] > 0
+    assert list(lora["phases_s"]) == list(PHASES) and "failed_in" not in lora  # every phase timed, in order
     env = lora["env"]
     assert {"peftbench", "torch", "transformers", "device", "torch_threads"} <= set(env)
     adapter = next(r for r in recs if r["spec"]["label"] == "adapter")
