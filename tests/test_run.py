@@ -67,6 +67,7 @@ def test_run_records_everything(sweep):
     assert lat["merged_is_plain"] and lora["merge"]["max_abs_diff"] < 1e-4 <= lora["merge"]["tolerance"]
     assert lora["checkpoint"]["bytes"] > 0
     assert list(lora["phases_s"]) == list(PHASES) and "failed_in" not in lora  # every phase timed, in order
+    assert PHASES[0] == "setup" and lora["phases_s"]["setup"] > 0
     env = lora["env"]
     assert {"peftbench", "torch", "transformers", "device", "torch_threads"} <= set(env)
     adapter = next(r for r in recs if r["spec"]["label"] == "adapter")
