@@ -54,7 +54,7 @@ def load_config(model: str, num_labels: int = 2):
     if model in CONFIGS:  # a built-in config without weights (gpt3-175b, ...)
         return config(model, num_labels)
     path = resolve_model(model)
-    if os.path.sep in model and not Path(path).exists():
+    if _is_path(model) and not Path(path).exists():
         raise PeftbenchError(f"--model {model}: no such folder; give a model folder, a transformers model id, "
                              "minilm or smollm2")
     try:
@@ -65,6 +65,11 @@ def load_config(model: str, num_labels: int = 2):
             f"a transformers model id, minilm or smollm2{_configs_hint(model)}"
         ) from None
     return config
+
+
+def _is_path(model: str) -> bool:
+    """Whether --model names a folder rather than a hub id ("org/name" is an id unless such a folder exists)."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or (os.path.sep != "/" and os.path.sep in model)
 
 
 def _configs_hint(model: str) -> str:

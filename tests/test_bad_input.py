@@ -8,6 +8,7 @@ import pytest
 
 from conftest import write_plugin
 from peftbench.cli import main
+from peftbench.errors import PeftbenchError
 
 BROKEN_DUP = '''
 import peftbench
@@ -172,3 +173,20 @@ def test_a_start_given_up_leaves_no_traceback():
 def test_report_on_empty_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no run records found" in capsys.readouterr().err
+
+
+def test_a_hub_id_with_an_owner_goes_to_the_hub_not_to_a_folder_check(monkeypatch, tmp_path):
+    """"org/name" is a transformers model id (loaded from the hub or its cache) unless such a folder
+    exists; a path that looks like one (./x, /x, a/b/c) and is missing is refused as a folder."""
+    import transformers
+
+    from peftbench.models import load_config
+
+    asked = []
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda name, **kw: asked.append(name) or "config")
+    assert load_config("someorg/tiny") == "config" and asked == ["someorg/tiny"]
+    monkeypatch.chdir(tmp_path)
+    for path in ("./someorg/tiny", str(tmp_path / "someorg" / "tiny"), "a/b/c"):
+        with pytest.raises(PeftbenchError, match="no such folder"):
+            load_config(path)
+    assert asked == ["someorg/tiny"]
