@@ -174,6 +174,10 @@ def budget_params(budget: Budget, counter: Counter, resolve_ref) -> int:
     return max(1, n)
 
 
+class OutOfReach(PeftbenchError):
+    """No knob value of the method trains the budget within MAX_DEVIATION_PCT."""
+
+
 def solve(method, options: dict, target: int, counter: Counter, label: str | None = None) -> Solution:
     label = label or method.name
     if method.knob is None:
@@ -194,7 +198,7 @@ def solve(method, options: dict, target: int, counter: Counter, label: str | Non
         k_max = _largest_knob_within(count, counter.base)
         largest = f"{count(k_max):,} at {method.knob}={k_max}" if k_max else "none within the model's size"
         closest = "" if best in (1, k_max) else f"; the closest is {solution.params:,} at {method.knob}={best}"
-        raise PeftbenchError(
+        raise OutOfReach(
             f"budget {target:,} is out of reach for {label} (within {MAX_DEVIATION_PCT:.0f}%): its counts run from "
             f"{count(1):,} at {method.knob}=1 to {largest}{closest} ({solution.deviation_pct:+.1f}%); "
             "choose a budget in that range"

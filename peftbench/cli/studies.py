@@ -67,14 +67,22 @@ def _study(ctx, name, file_text, out, progress, plot=None):
         raise PeftbenchError(f"{path} exists and plans another study than these options write; resume it with "
                              f"`peftbench run --config {path}` (`peftbench study show {out}` prints the paper's "
                              "shape), or give another --out")
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders written here, innermost first
+    new = not path.is_file()
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, file_text, text=True)
-    click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
     code = 0
     try:
         ctx.invoke(run, config=str(path), progress=progress)
     except click.exceptions.Exit as e:
         code = e.exit_code
+    except PeftbenchError:  # refused while planning: leave no file behind that plans what was refused
+        if new and list(out.iterdir()) == [path]:
+            path.unlink()
+            for folder in made:
+                folder.rmdir()
+        raise
+    click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
     _show(load_records(out).values(), name, plot, lead="\n")
     ctx.exit(code)
 
@@ -126,7 +134,7 @@ def study_targets(ctx, sets, budget, keep_checkpoints, tasks_, seeds, model, tra
 def _reachable(sets: list[str], budget: str, model: str) -> list[str]:
     """The target sets whose rank can meet the budget on this model; the others are left out with a
     line saying so (SmolLM2's feed-forward matrices train more than W_q at r=8 already at r=1)."""
-    from ..budget import budget_params, parse_budgets, solve
+    from ..budget import OutOfReach, budget_params, parse_budgets, solve
     from ..models import counter as make_counter
     from ..models import load_config
     from ..plan import parse_methods, reference_resolver
@@ -146,7 +154,7 @@ def _reachable(sets: list[str], budget: str, model: str) -> list[str]:
         try:
             solve(choice.method, choice.options, target, counter, choice.label)
             kept.append(targets)
-        except PeftbenchError as e:
+        except OutOfReach as e:  # another error (a set naming no layers) is the user's to fix: it ends the command
             why.append(f"{targets}: {e}")
     if not kept:
         raise PeftbenchError(f"--budget {budget}: no target set reaches it on {model} ({why[0]})")
