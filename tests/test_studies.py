@@ -130,10 +130,14 @@ def test_lr_extend_enters_the_study_sweep_file(tiny_model_dirs, cli_env, tmp_pat
     out = tmp_path / "r"
     res = cli_in_process("study", "rank", "--model", tiny_model_dirs["bert"], "--sets", "q", "--ranks", "1",
                          "--lr-extend", "2", "--out", out, *TINY, env=cli_env)
-    assert "lr_extend = 2" in (out / "sweep.toml").read_text()
-    # TINY has --no-lr-search: a grid to grow is missing, which the sweep says in one line
+    # TINY has --no-lr-search: a grid to grow is missing, which the sweep says in one line (and writes no file)
     assert res.returncode == 2 and "--lr-extend 2 grows a learning-rate search's grid" in res.stderr, res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+    from peftbench.cli.studies import _study_settings
+    from peftbench.studies.lora_paper import sweep_file
+
+    settings = _study_settings("trec", "0", "minilm", "2000", 2.0, None, 32, "fp32", False, True, 2)
+    assert "lr_extend = 2" in sweep_file("rank", settings, ["q"], ranks=[1]).splitlines()
 
 
 def test_the_study_file_pins_what_auto_precision_resolved_to(tiny_model_dirs, cli_env, tmp_path, monkeypatch):
