@@ -222,6 +222,18 @@ def test_executor_bad_input(tmp_path, cli_env):
     assert res.returncode == 2 and "--jobs 0: give a positive number" in res.stderr
     res = cli_in_process("run", "--methods", "lora", "--jobs", "999", "--dry-run", env=cli_env)
     assert res.returncode == 2 and "--jobs 999: this process may use" in res.stderr
+    pytest.importorskip("submitit")
+    nosrun = dict(cli_env, PATH=str(fake))  # no srun: not a SLURM machine (was an internal error from submitit)
+    for flags, message in ((["--executor", "slurm"], "--executor slurm: no srun on this machine's PATH"),
+                           (["--executor", "slurm", "--slurm-cluster", "local", "--slurm-time", "0"],
+                            "--slurm-time 0: give a positive number"),
+                           (["--executor", "slurm", "--slurm-cluster", "local", "--slurm-array-parallelism", "0"],
+                            "--slurm-array-parallelism 0: give a positive number"),
+                           (["--executor", "ray", "--ray-cpus-per-run", "0"], "--ray-cpus-per-run 0: give a positive")):
+        if "ray" in flags:
+            pytest.importorskip("ray")
+        res = cli_in_process("run", "--methods", "lora", *flags, "--dry-run", env=nosrun)
+        assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and message in res.stderr, res.stderr
 
 
 def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):

@@ -13,6 +13,7 @@ Records stay the single source of truth, so a sweep started on one executor resu
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
 from ..errors import PeftbenchError
@@ -54,6 +55,16 @@ class ExecutorOptions:
             cluster = self.slurm.get("cluster", "slurm")
             if cluster not in ("slurm", "local", "debug"):
                 raise PeftbenchError(f"--slurm-cluster {cluster}: choose slurm, local or debug")
+            if cluster == "slurm" and not shutil.which("srun"):
+                raise PeftbenchError("--executor slurm: no srun on this machine's PATH; run it on a SLURM login node "
+                                     "(or --slurm-cluster local to try the sweep through submitit here)")
+            for flag, key in (("--slurm-time", "time_min"), ("--slurm-array-parallelism", "array_parallelism"),
+                              ("--slurm-gpus-per-run", "gpus_per_run")):
+                value = self.slurm.get(key)
+                if value is not None and value < (0 if key == "gpus_per_run" else 1):
+                    raise PeftbenchError(f"{flag} {value}: give a positive number")
+        if self.name == "ray" and self.ray.get("cpus_per_run") is not None and self.ray["cpus_per_run"] <= 0:
+            raise PeftbenchError(f"--ray-cpus-per-run {self.ray['cpus_per_run']}: give a positive number of CPUs")
         return self
 
 
