@@ -252,7 +252,7 @@ def test_trivial_baseline_majority_and_mean():
     assert np.std(constant) > 0 and pearson(constant, gold) == 0.0 and spearman(constant, gold) == 0.0
 
 
-def test_a_table_of_failed_runs_only():
+def test_a_table_of_failed_runs_only(tmp_path):
     rec = fake_record("sst2", "lora", 0, 0.5)
     rec.update(status="failed", error="boom", metrics={})
     del rec["trivial"]
@@ -263,6 +263,17 @@ def test_a_table_of_failed_runs_only():
     rec["params"] = {}  # a run that failed before counting: its budget without a deviation, not "(%)"
     md = render(summarize(records_frame([rec])), "md")
     assert "| lora:r=8 |" in md and "(%)" not in md
+    # nothing to plot: one line, no file (was an IndexError); the HTML page has the table and no plot
+    from peftbench.errors import PeftbenchError
+    from peftbench.report import page, plots
+
+    unmeasured = summary.assign(train_samples_per_s=np.nan)  # failed before training
+    for draw in (plots.plot, plots.plot_costs):
+        with pytest.raises(PeftbenchError, match="nothing to plot: no run in these records has"):
+            draw(unmeasured, tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
+    html = page.render_page(unmeasured)
+    assert "1 failed" in html and "plot-metric" not in html and "plot-costs" not in html
 
 
 def test_the_caption_names_the_cpu_and_says_when_rows_differ():

@@ -245,11 +245,11 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
             raise PeftbenchError(f"--summary is written as md, csv or html, not {fmt}; drop --summary or pick one")
     else:
         text = page.render_page(summary) if fmt == "html" else rep.render(summary, fmt)
-    _emit(text, output)
-    if plot:
+    if plot:  # before the text: a plot refused (no run has a metric) leaves no half-done output
         rep.plot(summary, plot)
     if cost_plot:
         rep.plots.plot_costs(summary, cost_plot)
+    _emit(text, output)
 
 
 def _emit(text: str, output) -> None:

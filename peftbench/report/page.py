@@ -86,9 +86,10 @@ def render_page(summary: pd.DataFrame, title: str = "peftbench results") -> str:
         buf.write(table.to_html(t, table_id=f"table-{task}").replace('class="dataframe"', 'class="dataframe sortable"'))
         buf.write(_notes(table.to_markdown(t)))
     parts.append(buf.getvalue())
-    parts += ["<h2>Metric vs trainable parameters</h2>",
-              f'<img id="plot-metric" alt="metric vs trainable parameters per task" '
-              f'src="data:image/png;base64,{_png(plots.plot, summary)}">']
+    if summary.metric_mean.notna().any():  # else no run has a metric to plot (all failed)
+        parts += ["<h2>Metric vs trainable parameters</h2>",
+                  f'<img id="plot-metric" alt="metric vs trainable parameters per task" '
+                  f'src="data:image/png;base64,{_png(plots.plot, summary)}">']
     if summary.train_samples_per_s.notna().any():
         parts += ["<h2>Costs: latency, throughput, memory</h2>",
                   f'<img id="plot-costs" alt="latency ratios, throughput and peak memory per method" '

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..errors import PeftbenchError
+
 
 def _plt():
     import matplotlib
@@ -68,13 +70,19 @@ def _baselines(ax, methods: pd.DataFrame, baselines: pd.DataFrame) -> None:
                     va="bottom" if below else "top")
 
 
+_NOTHING = ("nothing to plot: no run in these records has {what} (each failed: the table's status column and "
+            "the records' errors say why); plot a folder with ok runs")
+
+
 def plot(summary: pd.DataFrame, path) -> None:
     """Per task: the primary metric (mean ± std over seeds) against the method's own trainable
     parameters (log x), one curve per method configuration across budgets, the Pareto front
     dashed and the trivial baseline dotted."""
     plt = _plt()
     ok = summary[summary.metric_mean.notna()]
-    tasks = list(ok.task.unique()) or ["-"]
+    if ok.empty:
+        raise PeftbenchError(_NOTHING.format(what="a metric"))
+    tasks = list(ok.task.unique())
     rows, cols = _grid(len(tasks))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.6 * rows), squeeze=False)
     colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(dict.fromkeys(ok.config))}
@@ -111,7 +119,9 @@ def plot_costs(summary: pd.DataFrame, path) -> None:
     batch 1 and batch N; same-process ratios), training samples per second and peak memory."""
     plt = _plt()
     rows = summary[(summary.get("role", "method") != "baseline") & summary.train_samples_per_s.notna()]
-    tasks = list(rows.task.unique()) or ["-"]
+    if rows.empty:
+        raise PeftbenchError(_NOTHING.format(what="measured costs"))
+    tasks = list(rows.task.unique())
     widest = max((int((rows.task == t).sum()) for t in tasks), default=1)
     # one column: latency, throughput and memory of a task one above the other, wide enough for the labels
     fig, grid = plt.subplots(3 * len(tasks), 1, figsize=(max(10, 0.75 * widest), 4.6 * 3 * len(tasks)), squeeze=False)
