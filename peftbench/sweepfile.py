@@ -47,6 +47,7 @@ KEYS = (*_LISTS, *_TABLES, *_SCALARS)
 TASK_KEYS = ("epochs", "max_steps", "train_samples", "batch_size", "max_seq_len", "lr", "warmup_ratio",
              "weight_decay", "max_grad_norm", "data_seed", "train_subset")
 FILE_KEYS = ("out", "sweep", "task")
+DEVICES = ("auto", "cpu", "cuda")  # what --device takes
 
 
 def _check_keys(table: dict, allowed, where: str, path) -> None:
@@ -61,6 +62,10 @@ def _text(key, value, path) -> str | None:
         return None
     if key in _TABLES:
         if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                    grid = " (a grid of rates to search: lr_grid)" if key == "lr" else ""
+                    raise PeftbenchError(f"{path}: {key}.{k} = {v!r}: give one value per method{grid}")
             return ",".join(f"{k}={v}" for k, v in value.items())
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
@@ -82,6 +87,8 @@ def settings_from(values: dict, path):
     for key in ("model", "data_dir", "train_subset", "device", "precision", "eval_split"):
         if key in values:
             kw[key] = str(values[key])
+    if kw.get("device", "auto") not in DEVICES:
+        raise PeftbenchError(f"{path}: device = {kw['device']!r}: give one of {', '.join(DEVICES)}")
     for key, cast in (("epochs", float), ("max_steps", int), ("data_seed", int), ("batch_size", int),
                       ("max_seq_len", int), ("warmup_ratio", float), ("weight_decay", float), ("max_grad_norm", float),
                       ("eval_samples", int), ("num_beams", int), ("length_penalty", float),
@@ -168,6 +175,8 @@ def load(path) -> tuple[list, Path | None]:
     for name, table in per_task.items():
         _check_keys(table, TASK_KEYS, f"[task.{name}]", path)
     out = data.get("out")
+    if out is not None and not isinstance(out, str):
+        raise PeftbenchError(f"{path}: out = {out!r} must be a folder's path in quotes (relative to the file's folder)")
     all_tasks = set()
     settings = []
     searching = any(_searches({**defaults, **e}) for e in entries)

@@ -66,6 +66,10 @@ def test_lr_extend_a_sweep_sets_itself_still_needs_a_search(tmp_path, cli_env, t
     ('methods = ["lora"]\ntasks = ["sst2", "trec"]\n[task.trecc]\nepochs = 2\n',
      "[task.trecc] names a task that no sweep runs (did you mean trec?)"),
     ('methods = ["lora"]\n[task.sst2]\nmethods = ["full"]\n', "unknown key 'methods' in [task.sst2]"),
+    ('out = 5\nmethods = ["lora"]\n', "out = 5 must be a folder's path in quotes"),
+    ('methods = ["lora"]\ndevice = "tpu"\n', "device = 'tpu': give one of auto, cpu, cuda"),
+    ('methods = ["lora"]\nlr = { lora = [1e-3, 2e-3] }\n',
+     "lr.lora = [0.001, 0.002]: give one value per method (a grid of rates to search: lr_grid)"),
 ])
 def test_bad_files_are_one_line(tmp_path, cli_env, text, message):
     path = write(tmp_path, text)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import PeftbenchError, first_line
+from ..sweepfile import DEVICES
 from . import cli, given_plugins, plugin_option
 from .output import budget_rows, format_rows
 
@@ -60,7 +61,7 @@ def run_spec(spec_file, out, timeout_per_run, progress):
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--warmup-ratio", type=float, default=0.06, show_default=True)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm; 0 = none.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", default="auto", show_default=True,
               help="auto|fp32|bf16|fp16: auto = bf16 autocast on CUDA with bf16, on CPUs with AMX-BF16, and on CPUs "
                    "with AVX512-BF16 where a bf16 matmul measures >= 1.5x fp32; else fp32.")
