@@ -270,7 +270,8 @@ def plan(s: SweepSettings) -> Plan:
                         *(("the default max length of task " + t.name, t.max_seq_len) for t in tasks
                           if not s.max_seq_len)):
         if value and max_pos and value > max_pos:
-            raise PeftbenchError(f"{flag} = {value} exceeds the model's {max_pos} positions; give --max-seq-len <= {max_pos}")
+            fix = "--latency-seq-len" if flag == "--latency-seq-len" else "--max-seq-len"
+            raise PeftbenchError(f"{flag} = {value} exceeds the model's {max_pos} positions; give {fix} <= {max_pos}")
 
     # knobs: explicit --knob, else the budget(s), else each method's default; counted on the model
     # the task kind loads (a causal LM for generation, a classifier otherwise)

@@ -75,6 +75,9 @@ def _case(tmp_path, small_data, tiny_model_dirs):
                                   "lora: found no linear layers for target 'nope' in BertForSequenceClassification"),
         "negative seed": (["--seeds", "0,-1"], "--seeds -1: a seed must be an integer in [0, 2**32)"),
         "length over positions": (["--max-seq-len", "512"], "--max-seq-len = 512 exceeds the model's 128 positions"),
+        "latency length over positions": (["--latency-seq-len", "512"],
+                                          "--latency-seq-len = 512 exceeds the model's 128 positions; give "
+                                          "--latency-seq-len <= 128"),
         "bad seeds": (["--seeds", "a,b"], "--seeds 'a,b': expected comma-separated integers"),
         "bad train samples": (["--train-samples", "many"], "--train-samples 'many': give a positive integer or 'all'"),
         "zero epochs": (["--epochs", "0"], "--epochs must be positive"),
@@ -112,7 +115,7 @@ NAMES = [
     "unknown method", "unknown task", "unknown option", "bad option value", "bad placement", "malformed lr",
     "lr for absent method", "negative lr", "malformed knob", "knob out of range", "knob on fixed method",
     "malformed budget", "negative reference budget", "impossible budget", "budget over model", "unknown target module", "negative seed",
-    "length over positions", "bad seeds", "bad train samples", "zero epochs", "negative clipping norm",
+    "length over positions", "latency length over positions", "bad seeds", "bad train samples", "zero epochs", "negative clipping norm",
     "nan weight decay", "warmup ratio over 1",
     "missing data folder", "malformed data", "data not utf-8", "not a model", "missing model path", "broken plugin", "empty plugin",
     "plugin registers nothing", "plugin hook raises", "duplicate plugin", "out is a file", "out is a file, dry run", "out under a file", "unknown flag", "bad device choice",
