@@ -21,7 +21,12 @@ def check_output_dir(out: Path, create: bool = True) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PeftbenchError(f"--out {out} is a file; give a folder")
-    if not create:
+    if not create:  # a dry run creates nothing: the folder it would make must be makeable
+        above = next(p for p in (out, *out.absolute().parents) if p.exists())
+        if not above.is_dir():
+            raise PeftbenchError(f"--out {out}: {above} is a file, so the folder cannot be made; choose another")
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise PeftbenchError(f"--out {out} is not writable ({above}: permission denied); choose another folder")
         return
     try:
         records_dir(out).mkdir(parents=True, exist_ok=True)

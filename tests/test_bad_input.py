@@ -101,6 +101,8 @@ def _case(tmp_path, small_data, tiny_model_dirs):
         "out is a file": (["--out", str(a_file)], "is a file; give a folder"),
         "out is a file, dry run": (["--out", str(a_file), "--dry-run"], "is a file; give a folder"),
         "out under a file": (["--out", str(a_file / "sub")], "is not writable"),
+        "out under a file, dry run": (["--out", str(a_file / "sub"), "--dry-run"],
+                                      "is a file, so the folder cannot be made"),
         "unknown flag": (["--epoch", "2"], "No such option '--epoch'. (Did you mean one of: '--epochs'"),
         "bad device choice": (["--device", "tpu"], "'tpu' is not one of"),
     }
@@ -118,7 +120,7 @@ NAMES = [
     "length over positions", "latency length over positions", "bad seeds", "bad train samples", "zero epochs", "negative clipping norm",
     "nan weight decay", "warmup ratio over 1",
     "missing data folder", "malformed data", "data not utf-8", "not a model", "missing model path", "broken plugin", "empty plugin",
-    "plugin registers nothing", "plugin hook raises", "duplicate plugin", "out is a file", "out is a file, dry run", "out under a file", "unknown flag", "bad device choice",
+    "plugin registers nothing", "plugin hook raises", "duplicate plugin", "out is a file", "out is a file, dry run", "out under a file", "out under a file, dry run", "unknown flag", "bad device choice",
 ]
 
 
