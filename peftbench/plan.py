@@ -324,6 +324,11 @@ def plan(s: SweepSettings) -> Plan:
                     seen.add(spec["run_id"])
                     specs.append(spec)
     searches, waiting = _lr_search(s, specs, {c.method.name: c.method for c in choices}, lrs)
+    searching = {x["task"] for x in searches}
+    for task, data in zip(tasks, task_data):  # each search run would fail on it: said once, now
+        if task.name in searching and hasattr(data, "train") and s.val_samples >= len(data.train):
+            raise PeftbenchError(f"--val-samples {s.val_samples}: task {task.name}'s training file has "
+                                 f"{len(data.train):,} examples; hold out fewer")
     searched = {w.template["run_id"] for w in waiting}  # a waiting final still has its default-rate spec's id
     return Plan([x for x in specs if x["run_id"] not in searched], solutions, warnings, searches, waiting)
 

@@ -75,6 +75,8 @@ def _case(tmp_path, small_data, tiny_model_dirs):
                                   "lora: found no linear layers for target 'nope' in BertForSequenceClassification"),
         "negative seed": (["--seeds", "0,-1"], "--seeds -1: a seed must be an integer in [0, 2**32)"),
         "length over positions": (["--max-seq-len", "512"], "--max-seq-len = 512 exceeds the model's 128 positions"),
+        "val samples over the training file": (["--lr-grid", "lora=1e-4,1e-3", "--val-samples", "100000000"],
+                                               "--val-samples 100000000: task sst2's training file has"),
         "latency length over positions": (["--latency-seq-len", "512"],
                                           "--latency-seq-len = 512 exceeds the model's 128 positions; give "
                                           "--latency-seq-len <= 128"),
@@ -117,7 +119,7 @@ NAMES = [
     "unknown method", "unknown task", "unknown option", "bad option value", "bad placement", "malformed lr",
     "lr for absent method", "negative lr", "malformed knob", "knob out of range", "knob on fixed method",
     "malformed budget", "negative reference budget", "impossible budget", "budget over model", "unknown target module", "negative seed",
-    "length over positions", "latency length over positions", "bad seeds", "bad train samples", "zero epochs", "negative clipping norm",
+    "length over positions", "latency length over positions", "val samples over the training file", "bad seeds", "bad train samples", "zero epochs", "negative clipping norm",
     "nan weight decay", "warmup ratio over 1",
     "missing data folder", "malformed data", "data not utf-8", "not a model", "missing model path", "broken plugin", "empty plugin",
     "plugin registers nothing", "plugin hook raises", "duplicate plugin", "out is a file", "out is a file, dry run", "out under a file", "out under a file, dry run", "unknown flag", "bad device choice",
