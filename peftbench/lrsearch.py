@@ -237,6 +237,10 @@ def finals(searches: list[Search], records: dict) -> tuple[list[dict], list[str]
             continue
         seen.add(spec["run_id"])
         specs.append(spec)
+        if outcome["chosen"] is None:
+            lines.append(f"{spec['label']} on {spec['task']}: none, {outcome['error']}; its final runs are recorded "
+                         "failed")
+            continue
         lines.append(f"{spec['label']} on {spec['task']}: lr {outcome.get('chosen')} "
                      f"({outcome.get('metric')} on held-out training data: {outcome.get('scores')})"
                      + ("; a flat grid: every rate scored the same, so the search told them apart in nothing "

@@ -239,8 +239,10 @@ def test_a_rate_that_failed_on_any_search_seed_is_not_chosen():
     assert spec["lr_search"]["failed_runs"] == 3
     for r in records.values():
         r["metrics"]["accuracy"] = float("nan")
-    (spec,), _ = finals(searches, records)
+    (spec,), (line,) = finals(searches, records)
     assert spec["lr"] is None and "no rate ran ok to a finite score on every search seed" in spec["plan_error"]
+    assert line.endswith(": none, no rate ran ok to a finite score on every search seed (9 of 9 search runs did "
+                         "not); its final runs are recorded failed"), line  # not "lr None (None ...: None)"
 
 
 def test_a_final_planned_by_two_sweep_entries_runs_once(tiny_model_dirs, small_data):
