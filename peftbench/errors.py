@@ -36,3 +36,12 @@ def closest(name, choices, n=3):
 
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" (did you mean {', '.join(matches)}?)" if matches else ""
+
+
+def check_file(path, give: str, error=PeftbenchError) -> None:
+    """Raise ``error`` "PATH: no such file; give GIVE" (or "PATH is a folder; ...") unless PATH is a file."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise error(f"{path} is a folder; give {give}" if p.is_dir() else f"{path}: no such file; give {give}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, closest, first_line
+from .errors import PluginError, check_file, closest, first_line
 
 DEFAULT_PLUGINS = (
     "peftbench_plugins.full",
@@ -110,8 +110,7 @@ def load_plugin_file(path) -> str:
     p = Path(path).expanduser().resolve()
     if p in _loaded_files:
         return _loaded_files[p]
-    if not p.is_file():
-        raise PluginError(f"plugin file {path} does not exist; pass the path of a .py file to --plugins")
+    check_file(p, "the path of a .py plugin file", PluginError)
     module_name = "peftbench_local_" + re.sub(r"\W", "_", p.stem) + "_" + hashlib.sha1(str(p).encode()).hexdigest()[:8]
     spec = importlib.util.spec_from_file_location(module_name, p)
     if spec is None or spec.loader is None:

@@ -88,6 +88,8 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     assert bad.returncode == 2 and "analyze reads native lora runs" in bad.stderr
     bad = analyze("delta", tmp_path / "nope.json", env=env)
     assert bad.returncode == 2 and "nope.json: no such file" in bad.stderr
+    bad = analyze("delta", tmp_path, env=env)
+    assert bad.returncode == 2 and f"{tmp_path} is a folder; give a records/<run id>.json file" in bad.stderr
     (tmp_path / "nope.json").write_text("{}")
     bad = analyze("delta", tmp_path / "nope.json", env=env)
     assert bad.returncode == 2 and "not a run record" in bad.stderr

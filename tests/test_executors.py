@@ -246,6 +246,9 @@ def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):
     again = load_records(out)[rec["run_id"]]
     assert again["metrics"] == pytest.approx(rec["metrics"]) and again["spec"]["run_id"] == rec["run_id"]
     bad = cli_in_process("run-spec", tmp_path / "nope.json", "--out", out, env=env)
+    assert bad.returncode == 2 and "nope.json: no such file; give a run's JSON spec or record" in bad.stderr
+    (tmp_path / "nope.json").write_text("{")
+    bad = cli_in_process("run-spec", tmp_path / "nope.json", "--out", out, env=env)
     assert bad.returncode == 2 and "not a JSON spec" in bad.stderr
 
 

@@ -75,6 +75,8 @@ def test_e2e_report_and_score_agree(e2e_run, small_data):
                        lora["generation"]["predictions"], env=env)
     # the predictions file covers the first 6 MRs only: one line per MR of the split is required
     assert scored.returncode == 2 and "has 6 lines but the e2e test split has 10 distinct inputs" in scored.stderr
+    scored = peftbench("score", "--task", "e2e", "--no-meteor", out / "nope.txt", env=env)
+    assert scored.returncode == 2 and "nope.txt: no such file; give a text file of predictions" in scored.stderr
     task = get_task("e2e")
     from peftbench.tasks import load_task_data
 

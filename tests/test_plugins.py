@@ -84,8 +84,10 @@ def test_broken_and_empty_plugin_files(plugin_manager, tmp_path):
         load_plugin_file(write_plugin(tmp_path, "missing", "import nope\n"))
     with pytest.raises(PluginError, match="defines no peftbench hooks"):
         load_plugin_file(write_plugin(tmp_path, "empty", "x = 1\n"))
-    with pytest.raises(PluginError, match="does not exist"):
+    with pytest.raises(PluginError, match="absent.py: no such file; give the path of a .py plugin file"):
         load_plugin_file(tmp_path / "absent.py")
+    with pytest.raises(PluginError, match="is a folder; give the path of a .py plugin file"):
+        load_plugin_file(tmp_path)
 
 
 def test_misspelled_hook_is_reported(plugin_manager, tmp_path):

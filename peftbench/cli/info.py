@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import PeftbenchError, closest
+from ..errors import PeftbenchError, check_file, closest
 from . import cli, given_plugins, load_plugin_files, plugin_option
 from .output import budget_rows, check_file_targets, echo_csv, print_rows
 
@@ -166,6 +166,7 @@ def score(ctx, predictions, task_name, split, data_dir, fmt, meteor, plugin_file
         raise PeftbenchError(f"--task {task_name} is not a generation task; score scores generated text (e.g. e2e)")
     split = task.split(split)
     data = load_task_data(task, data_dir, split)
+    check_file(predictions, "a text file of predictions, one a line")
     try:
         lines = Path(predictions).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import PeftbenchError, first_line
+from ..errors import PeftbenchError, check_file, first_line
 from ..sweepfile import DEVICES
 from . import cli, given_plugins, plugin_option
 from .output import budget_rows, format_rows
@@ -25,6 +25,7 @@ def run_spec(spec_file, out, timeout_per_run, progress):
     its record into OUT; what every executor runs, so a run behaves the same wherever it runs."""
     from ..sweep import check_output_dir, execute_one
 
+    check_file(spec_file, "a run's JSON spec or record")
     try:
         data = json.loads(Path(spec_file).read_text())
     except (OSError, ValueError) as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PeftbenchError
+from ..errors import PeftbenchError, check_file
 
 
 def _checkpoint_of(record_path: Path, rec: dict) -> Path:
@@ -42,9 +42,7 @@ def _checkpoint_of(record_path: Path, rec: dict) -> Path:
 
 def read_record(path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise PeftbenchError(f"{path}: no such file; give a records/<run id>.json file (`peftbench report DIR --runs` "
-                             "lists them)")
+    check_file(path, "a records/<run id>.json file (`peftbench report DIR --runs` lists them)")
     try:
         rec = json.loads(path.read_text())
         rec["spec"]["task"]
