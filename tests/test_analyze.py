@@ -93,6 +93,12 @@ def test_analyze_commands_on_real_checkpoints(lora_runs, tmp_path):
     (tmp_path / "nope.json").write_text("{}")
     bad = analyze("delta", tmp_path / "nope.json", env=env)
     assert bad.returncode == 2 and "not a run record" in bad.stderr
+    gone = json.loads(r8.read_text())
+    gone["spec"]["model"] = str(tmp_path / "moved-model")  # the base model's folder is not here any more
+    (tmp_path / "gone.json").write_text(json.dumps(gone))
+    bad = analyze("delta", tmp_path / "gone.json", env=env)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "gone.json: its base model cannot be loaded here (--model" in bad.stderr and "moved-model" in bad.stderr
     other = json.loads(r2.read_text())
     other["spec"]["task"] = "trec"
     (tmp_path / "other.json").write_text(json.dumps(other))

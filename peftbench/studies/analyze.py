@@ -82,7 +82,11 @@ def load_run(path) -> tuple[dict, torch.nn.Module]:
     load_plugins(spec.get("plugins", ()))
     method, task = get_method("lora"), get_task(spec["task"])
     _same_weights(path, spec)
-    model = load_model(spec["model"], task, load_tokenizer(spec["model"]), "cpu")
+    try:
+        model = load_model(spec["model"], task, load_tokenizer(spec["model"]), "cpu")
+    except PeftbenchError as e:  # its message names --model, which analyze has not: say it is the record's
+        raise PeftbenchError(f"{path}: its base model cannot be loaded here ({e}); analyze needs the weights "
+                             "the run adapted, where the record says they are") from None
     model, _ = apply_method(method, model, spec["knob_value"], spec["options"])
     checkpoint = _checkpoint_of(path, rec)
     try:
