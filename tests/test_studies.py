@@ -116,10 +116,11 @@ def test_targets_with_a_budget_no_set_reaches(tiny_model_dirs, cli_env, tmp_path
 def test_a_study_refused_leaves_no_sweep_file_and_a_set_naming_no_layers_is_refused(tiny_model_dirs, cli_env, tmp_path):
     out = tmp_path / "new" / "study"
     for bad, message in ((["--sets", "q", "--batch-size", "0"], "--batch-size must be positive"),
-                         (["--sets", "q;zz"], "found no linear layers for target 'zz'")):
+                         (["--sets", "q;zz"], "--sets: target set zz: lora: found no linear layers for target 'zz'")):
         res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--out", out, *TINY, *bad,
                              env=cli_env)
-        assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and message in res.stderr, res.stderr
+        assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+        assert res.stderr.startswith(f"Error: {message}"), res.stderr  # not naming the file it did not keep
         assert not (tmp_path / "new").exists()  # nothing written: the corrected command can use the folder
     res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--sets", "q", "--out", out, *TINY,
                          env=cli_env)

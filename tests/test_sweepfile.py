@@ -86,6 +86,10 @@ def test_a_file_and_sweep_flags_are_bad_input(tmp_path, cli_env):
     assert res.returncode == 2 and "defines the sweep; drop --methods, --epochs" in res.stderr, res.stderr
     res = cli_in_process("run", "--config", tmp_path / "missing.toml", env=cli_env)
     assert res.returncode == 2 and "missing.toml: no such file" in res.stderr
+    # a value refused while planning: the flag's message (the key has its name), prefixed with the file
+    path = write(tmp_path, 'methods = ["lora"]\n[task.sst2]\nepochs = -2\n')
+    res = cli_in_process("run", "--config", path, "--dry-run", env=cli_env)
+    assert res.returncode == 2 and f"Error: {path}: --epochs must be positive, got -2.0" in res.stderr, res.stderr
 
 
 def test_lr_extend_in_a_file_that_searches_nothing(tmp_path, cli_env, tiny_model_dirs):

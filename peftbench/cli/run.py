@@ -184,7 +184,13 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         if s.model in CONFIGS:
             raise PeftbenchError(f"--model {s.model} is a built-in config without weights (for peftbench memory "
                                  "and budget); to train, give a model folder, a transformers model id, minilm or smollm2")
-    the_plan = plan_all(settings)  # validates everything before any training starts
+    try:
+        the_plan = plan_all(settings)  # validates everything before any training starts
+    except PeftbenchError as e:
+        if not config:
+            raise
+        # the file's keys are the flags' names (epochs for --epochs): the message names a flag, this the file
+        raise PeftbenchError(f"{config}: {e}") from None
     check_output_dir(out, create=not dry_run)  # a dry run creates nothing, but says what a run would
     for message in the_plan.warnings:
         click.echo(f"warning: {message}", err=True)

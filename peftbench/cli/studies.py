@@ -76,11 +76,12 @@ def _study(ctx, name, file_text, out, progress, plot=None):
         ctx.invoke(run, config=str(path), progress=progress)
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except PeftbenchError:  # refused while planning: leave no file behind that plans what was refused
+    except PeftbenchError as e:  # refused while planning: leave no file behind that plans what was refused
         if new and list(out.iterdir()) == [path]:
             path.unlink()
             for folder in made:
                 folder.rmdir()
+            raise PeftbenchError(str(e).removeprefix(f"{path}: ")) from None  # the options', not the file's
         raise
     click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
     _show(load_records(out).values(), name, plot, lead="\n")
@@ -154,8 +155,10 @@ def _reachable(sets: list[str], budget: str, model: str) -> list[str]:
         try:
             solve(choice.method, choice.options, target, counter, choice.label)
             kept.append(targets)
-        except OutOfReach as e:  # another error (a set naming no layers) is the user's to fix: it ends the command
+        except OutOfReach as e:
             why.append(f"{targets}: {e}")
+        except PeftbenchError as e:  # a set naming no layers (a typo): the user's to fix, it ends the command
+            raise PeftbenchError(f"--sets: target set {targets}: {e}") from None
     if not kept:
         raise PeftbenchError(f"--budget {budget}: no target set reaches it on {model} ({why[0]})")
     for line in why:
