@@ -49,12 +49,15 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_identity() -> dict:
-    """The CPU a run ran on, for its record: its model name and bf16 features (None where unknown)."""
+    """The CPU a run ran on, for its record: its model name, family/model/stepping numbers and bf16
+    features (None where unknown)."""
     import platform
 
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
+    numbers = [info.get(k) for k in ("cpu family", "model", "stepping")]  # the name alone says "AMD EPYC"
     return {"cpu": info.get("model name") or platform.processor() or None,
+            "cpu_id": "family {} model {} stepping {}".format(*numbers) if all(numbers) else None,
             "cpu_bf16": sorted(f for f in CPU_BF16_FLAGS if f in flags) if flags else None}
 
 

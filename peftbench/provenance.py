@@ -16,7 +16,10 @@ from pathlib import Path
 
 # The libraries whose versions every record carries (those installed).
 LIBRARIES = ("torch", "transformers", "peft", "datasets", "tokenizers", "safetensors", "accelerate",
-             "numpy", "gguf", "pluggy")
+             "numpy", "gguf", "pluggy",
+             # what metrics and splits are computed with: f1/mcc and the stratified validation split
+             # (scikit-learn), pearson/spearman (scipy), the data files' parsing (pandas), METEOR's jar
+             "scikit-learn", "scipy", "pandas", "pycocoevalcap")
 
 
 def library_versions() -> dict[str, str]:

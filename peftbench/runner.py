@@ -88,6 +88,7 @@ def environment(device: str, precision: str = "fp32") -> dict:
         # the CPUs this process may run on (taskset, cgroups, a scheduler's slot), not the machine's count
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "pid": os.getpid(),
+        "loadavg": _loadavg(),  # 1, 5, 15 minutes: what else ran on the machine (a --jobs sweep's other runs too)
     }
     if torch.device(device).type == "cuda":  # "cuda", or one rank's "cuda:N"
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -95,6 +96,13 @@ def environment(device: str, precision: str = "fp32") -> dict:
     if precision != "fp32":  # the run's precision: the first of the two readings its MFU divides by
         env[f"matmul_gflops_{precision}"] = matmul_gflops(device, precision)
     return env
+
+
+def _loadavg() -> list | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not on this platform
+        return None
 
 
 def matmul_gflops(device: str, precision: str = "fp32", n: int | None = None, seconds: float = 0.1) -> float:
@@ -225,6 +233,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     # model + method
     seed_everything(spec["seed"])
     model = load_model(spec["model"], task, tokenizer, device)
+    result["model"]["attn_implementation"] = getattr(model.config, "_attn_implementation", None)  # sdpa/eager
     model, counts = apply_method(method, model, spec["knob_value"], spec["options"])
     model.to(device)
     result["params"] = {
@@ -278,6 +287,8 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
         "loss_last10": float(np.mean(stats.losses[-10:])) if stats.losses else None, "loss_curve_every": step,
         "loss_curve": stats.losses[::step],
         "padded_tokens_per_s": stats.timed_padded_tokens / stats.timed_time_s if stats.timed_time_s else None,
+        "loadavg_after": _loadavg(),  # beside env.loadavg (its start): the machine's load over training
+        **stats.optimization,
     }
     if stats.timed_target_tokens:  # a causal LM: the tokens it learns and the prompt tokens it reads
         result["train"]["target_tokens_per_s"] = stats.timed_target_tokens / stats.timed_time_s

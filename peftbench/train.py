@@ -50,6 +50,7 @@ class TrainStats:
     timed_target_tokens: int = 0  # tokens with a loss (a causal LM's targets; 0 for classification)
     step_times: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)
+    optimization: dict = field(default_factory=dict)  # what the record says of the optimizer and schedule
 
     @property
     def samples_per_s(self):
@@ -106,12 +107,22 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
     # batch of fewer rows than ranks left one rank nothing; unequal shares weighted examples unequally)
     drop_last = distributed and len(dataset) >= cfg.batch_size
     steps = total_steps(len(dataset), cfg, drop_last)
-    scheduler = linear_schedule(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
+    warmup = math.ceil(cfg.warmup_ratio * steps)
+    scheduler = linear_schedule(optimizer, warmup, steps)
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collate,
                         drop_last=drop_last)
     warm = min(cfg.timing_warmup_steps, steps - 1)
     stats = TrainStats()
+    stats.optimization = {
+        "optimizer": {"name": "AdamW", **{k: optimizer.defaults[k] for k in ("betas", "eps", "weight_decay")},
+                      "decayed": "every trainable parameter (biases, norms and the head too)"},
+        "schedule": (f"linear warmup over {warmup} step(s) from lr/{warmup}, " if warmup else "")
+        + f"then linear decay to 0 at step {steps}",
+        "data_order_seed": cfg.seed,  # the shuffling of batches: the run's seed
+        "clipping": f"global L2 norm of the trainable parameters' gradients at {cfg.max_grad_norm:g}"
+        if cfg.max_grad_norm else None}
+    norms = []  # each step's gradient norm before clipping, read after training (no sync inside a step)
     after_step = on_start(steps) if on_start else None
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
@@ -151,7 +162,7 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
             else:
                 loss.backward()
             if cfg.max_grad_norm:  # 0: no clipping
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).detach())
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -193,6 +204,13 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
         raise Diverged(f"weights became non-finite in the last of {steps} steps")
     stats.steps = steps
     stats.epochs_done = steps * cfg.batch_size / max(1, len(dataset))
+    if norms:
+        values = torch.stack(norms).float().cpu()
+        finite = values[torch.isfinite(values)]  # fp16: a step the gradient scaler skipped has an infinite norm
+        stats.optimization.update(
+            grad_norm_median=float(finite.median()) if len(finite) else None,
+            grad_norm_max=float(finite.max()) if len(finite) else None,
+            clipped_steps=int((finite > cfg.max_grad_norm).sum()), nonfinite_grad_steps=len(values) - len(finite))
     stats.memory = memory.result()
     stats.memory.update(static_memory(model, optimizer))
     return stats

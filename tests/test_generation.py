@@ -263,7 +263,7 @@ def test_generated_tokens_count_an_eos_only_where_one_was_generated(minilm_token
 
     tok.eos_token = tok.sep_token
     out = generate_all(Fixed(), tok, ["a b c", "d e f"], Decoding(max_new_tokens=3), "cpu")
-    assert out["new_tokens"] == (1 + 1) + 3
+    assert out["new_tokens"] == (1 + 1) + 3 and out["unstopped"] == 1  # the second row cut at max_new_tokens
 
 
 def test_generation_waits_batch_by_batch_outside_its_timing(minilm_tokenizer):

@@ -46,10 +46,12 @@ def test_the_matmul_measurement_is_real_and_taken_once():
 
 def test_the_record_names_the_cpu(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Some Xeon(R) 9999\nflags\t\t: fpu avx2 avx512_bf16 sse\n")
+    info.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Some Xeon(R) 9999\n"
+                    "stepping\t: 8\nflags\t\t: fpu avx2 avx512_bf16 sse\n")
     real = precision.Path
     monkeypatch.setattr(precision, "Path", lambda p: info if p == "/proc/cpuinfo" else real(p))
-    assert precision.cpu_identity() == {"cpu": "Some Xeon(R) 9999", "cpu_bf16": ["avx512_bf16"]}
+    assert precision.cpu_identity() == {"cpu": "Some Xeon(R) 9999", "cpu_id": "family 6 model 143 stepping 8",
+                                        "cpu_bf16": ["avx512_bf16"]}
     monkeypatch.setattr(precision, "cpu_matmul_rates", lambda: SLOW_BF16)
     assert precision.resolve("auto", "cpu")[0] == "fp32"
 

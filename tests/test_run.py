@@ -68,6 +68,15 @@ def test_run_records_everything(sweep):
     assert lora["checkpoint"]["bytes"] > 0
     assert list(lora["phases_s"]) == list(PHASES) and "failed_in" not in lora  # every phase timed, in order
     assert PHASES[0] == "setup" and lora["phases_s"]["setup"] > 0
+    # what determined the training besides the spec: optimizer, schedule, data order, clipping, the machine's load
+    train = lora["train"]
+    assert train["optimizer"] == {"name": "AdamW", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
+                                  "decayed": "every trainable parameter (biases, norms and the head too)"}
+    assert train["schedule"] == "linear warmup over 1 step(s) from lr/1, then linear decay to 0 at step 3"
+    assert train["data_order_seed"] == spec["seed"] and train["clipping"].endswith("at 1")
+    assert train["grad_norm_max"] >= train["grad_norm_median"] > 0 and 0 <= train["clipped_steps"] <= 3
+    assert len(lora["env"]["loadavg"]) == 3 and len(train["loadavg_after"]) == 3
+    assert lora["model"]["attn_implementation"] in ("sdpa", "eager")
     env = lora["env"]
     assert {"peftbench", "torch", "transformers", "device", "torch_threads"} <= set(env)
     adapter = next(r for r in recs if r["spec"]["label"] == "adapter")

@@ -57,7 +57,7 @@ def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, devic
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: -len(tokenizer(prompts[i])["input_ids"]))
     texts: list[str | None] = [None] * len(prompts)
-    new_tokens = 0
+    new_tokens = unstopped = 0
     waited = 0.0
     start = time.perf_counter()
     for b in range(0, len(order), decoding.batch_size):
@@ -75,9 +75,10 @@ def generate_all(model, tokenizer, prompts: list[str], decoding: Decoding, devic
             if stopped:
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
             new_tokens += len(ids) + stopped  # the EOS, where one was generated (not at max_new_tokens)
+            unstopped += not stopped
             texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return {"texts": texts, "new_tokens": new_tokens, "seconds": time.perf_counter() - start - waited,
-            "waited_s": waited}
+            "waited_s": waited, "unstopped": unstopped}
 
 
 def generation_latency(models: dict, tokenizer, prompts: list[str], device, precision, lat: dict) -> dict:

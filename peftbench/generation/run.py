@@ -39,6 +39,7 @@ def evaluate(task, model, tokenizer, evaluation, spec, out: Path, device, precis
     write_atomic(path, "".join(" ".join(o.splitlines()) + "\n" for o in outputs), text=True)
     return {"metrics": metrics, "generation": {
         "inputs": len(prompts), "new_tokens": gen["new_tokens"], "seconds": gen["seconds"],
+        "cut_at_max_new_tokens": gen["unstopped"],  # outputs that ended without an EOS
         "waited_for_latency_s": gen["waited_s"],
         "tokens_per_s": gen["new_tokens"] / gen["seconds"] if gen["seconds"] else None,
         "decoding": decoding(spec, task).as_dict(), "predictions": str(path),
