@@ -32,10 +32,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def cached(key_parts: dict, build):
     """A ``datasets.Dataset`` of the columns ``build()`` returns, cached on disk under a key built
-    from ``key_parts`` (task, data, tokenizer, max length, split): built once, then loaded."""
+    from ``key_parts`` (task and its code, data, tokenizer, max length, split) and the code that
+    tokenises (this package's, transformers', tokenizers'; the cache is shared by checkouts): built
+    once, then loaded."""
     import datasets
 
+    from .provenance import host_code_hash, library_versions
+
     datasets.disable_progress_bars()
+    versions = library_versions()
+    key_parts = {**key_parts, "host_code": host_code_hash(),
+                 **{lib: versions.get(lib) for lib in ("transformers", "tokenizers")}}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / key
     if path.exists():

@@ -191,7 +191,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
                              f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
     tokenizer = load_tokenizer(spec["model"])
     key = {
-        "task": task.name, "version": task.version, "data": taskdata.fingerprint,
+        "task": task.name, "version": task.version, "task_code": spec.get("task_code"), "data": taskdata.fingerprint,
         "tokenizer": datamod.tokenizer_fingerprint(tokenizer), "max_len": spec["max_seq_len"],
     }
     generation = task.kind == "generation"

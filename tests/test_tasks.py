@@ -251,3 +251,27 @@ def test_hub_data_is_fingerprinted_by_its_content(monkeypatch):
     assert list(first.train["label"]) == [0, 1] and load_task_data(get_task("sst2")).fingerprint == first.fingerprint
     rows["label"] = [1, 1]
     assert load_task_data(get_task("sst2")).fingerprint != first.fingerprint
+
+
+def test_the_tokenisation_cache_is_keyed_by_the_code_that_tokenises(monkeypatch):
+    """The cache (shared by checkouts) is rebuilt when the host code or the tokenising libraries
+    change, not only the data or the tokenizer: a run never trains on tokens of other code."""
+    from peftbench import data, provenance
+
+    built = []
+
+    def build():
+        built.append(1)
+        return {"input_ids": [[1, 2]], "labels": [0]}
+
+    parts = {"task": "cache-key-test", "data": "x", "split": "train"}
+    data.cached(parts, build)
+    data.cached(parts, build)
+    assert len(built) == 1  # the second call loads
+    monkeypatch.setattr(provenance, "host_code_hash", lambda: "other-code")
+    data.cached(parts, build)
+    assert len(built) == 2
+    real = provenance.library_versions
+    monkeypatch.setattr(provenance, "library_versions", lambda: {**real(), "tokenizers": "0.0.0"})
+    data.cached(parts, build)
+    assert len(built) == 3
