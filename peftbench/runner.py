@@ -159,7 +159,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     from .data import fixed_length_batch
     from .measure import checkpoint_bytes
     from .method import apply_method
-    from .models import load_model, load_tokenizer, model_source
+    from .models import load_model, load_tokenizer, model_revision, model_source
     from .plugins import get_method, get_task, load_plugins, plugin_origin
     from .tasks import load_task_data
     from .train import TrainConfig, predict, train
@@ -189,6 +189,10 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
         raise PeftbenchError(f"task {task.name}: its data files changed since the sweep was planned "
                              f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
+    planned = spec.get("model_revision")
+    if planned and planned.startswith("local:") and (now := model_revision(spec["model"])) != planned:
+        raise PeftbenchError(f"--model {spec['model']}: its files changed since the sweep was planned "
+                             f"({planned} -> {now}); run the command again")
     tokenizer = load_tokenizer(spec["model"])
     key = {
         "task": task.name, "version": task.version, "task_code": spec.get("task_code"), "data": taskdata.fingerprint,
@@ -234,6 +238,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     seed_everything(spec["seed"])
     model = load_model(spec["model"], task, tokenizer, device)
     result["model"]["attn_implementation"] = getattr(model.config, "_attn_implementation", None)  # sdpa/eager
+    result["model"]["pad_is_eos"] = tokenizer.pad_token_id == tokenizer.eos_token_id  # a tokenizer without pad
     model, counts = apply_method(method, model, spec["knob_value"], spec["options"])
     model.to(device)
     result["params"] = {

@@ -3,6 +3,7 @@ submitit's local cluster give the same runs and results as one run at a time."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -250,6 +251,15 @@ def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):
     (tmp_path / "nope.json").write_text("{")
     bad = cli_in_process("run-spec", tmp_path / "nope.json", "--out", out, env=env)
     assert bad.returncode == 2 and "not a JSON spec" in bad.stderr
+    # the model folder's files changed since planning (its revision is their hash): the run refuses to train
+    model = tmp_path / "model"
+    shutil.copytree(rec["spec"]["model"], model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.5}))
+    (tmp_path / "moved.json").write_text(json.dumps({**rec, "spec": {**rec["spec"], "model": str(model)}}))
+    res = cli_in_process("run-spec", tmp_path / "moved.json", "--out", tmp_path / "moved", "--no-progress", env=env)
+    failed = load_records(tmp_path / "moved")[rec["run_id"]]
+    assert res.returncode == 1 and "its files changed since the sweep was planned" in failed["error"], failed
 
 
 # -- Ray: one local cluster (2 CPUs, 2 fake GPUs) shared by the tests below --------------------
