@@ -47,7 +47,8 @@ def test_e2e_runs_every_method_on_a_causal_lm(e2e_run):
     assert spec["eval_split"] == "test" and spec["eval_samples"] == 6 and spec["generation"]["max_new_tokens"] == 8
     gen = lora["generation"]
     assert gen["inputs"] == 6 and gen["new_tokens"] > 0 and gen["tokens_per_s"] > 0
-    lines = open(gen["predictions"], encoding="utf-8").read().splitlines()
+    assert gen["predictions"] == f"predictions/{lora['run_id']}.txt"  # relative to the folder: it moves with it
+    lines = open(out / gen["predictions"], encoding="utf-8").read().splitlines()
     assert len(lines) == 6
     train = lora["train"]
     assert train["target_tokens_per_s"] > 0 and train["prompt_tokens_per_s"] > 0
@@ -72,7 +73,7 @@ def test_e2e_report_and_score_agree(e2e_run, small_data):
     assert "bleu" in rep.stdout.splitlines()[1]
     lora = records(out)["lora"]
     scored = peftbench("score", "--task", "e2e", "--split", "test", "--no-meteor", "--format", "json",
-                       lora["generation"]["predictions"], env=env)
+                       out / lora["generation"]["predictions"], env=env)
     # the predictions file covers the first 6 MRs only: one line per MR of the split is required
     assert scored.returncode == 2 and "has 6 lines but the e2e test split has 10 distinct inputs" in scored.stderr
     scored = peftbench("score", "--task", "e2e", "--no-meteor", out / "nope.txt", env=env)

@@ -42,7 +42,7 @@ def evaluate(task, model, tokenizer, evaluation, spec, out: Path, device, precis
         "cut_at_max_new_tokens": gen["unstopped"],  # outputs that ended without an EOS
         "waited_for_latency_s": gen["waited_s"],
         "tokens_per_s": gen["new_tokens"] / gen["seconds"] if gen["seconds"] else None,
-        "decoding": decoding(spec, task).as_dict(), "predictions": str(path),
+        "decoding": decoding(spec, task).as_dict(), "predictions": path.relative_to(out).as_posix(),  # beside records/: moves with the folder
         "examples": [{"source": s, "output": o} for s, o in list(zip(evaluation["source"], outputs))[:3]],
     }}
 
