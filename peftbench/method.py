@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import re
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -307,6 +308,14 @@ def apply_method(method: Method, model: nn.Module, knob_value, options: Mapping 
             "the task head only; make its parameters trainable in apply(), or set probe = True if it is a linear probe"
         )
     return model, counts
+
+
+def trainable_where(model: nn.Module, head: set[str]) -> list[str]:
+    """Where a method's trainable parameters are, for the record: their names with layer numbers as *
+    (``bert.encoder.layer.*.attention.self.query.lora_A``), the head's left out: what a method adapted
+    on this model (peft's default targets, a role resolved to module names), not only how much."""
+    return sorted({re.sub(r"\.\d+(?=\.)", ".*", n) for n, p in model.named_parameters()
+                   if p.requires_grad and n not in head})
 
 
 def count_parameters(model: nn.Module, base: int, head: set[str]) -> ParamCounts:

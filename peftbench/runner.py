@@ -158,7 +158,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     from . import data as datamod
     from .data import fixed_length_batch
     from .measure import checkpoint_bytes
-    from .method import apply_method
+    from .method import apply_method, trainable_where
     from .models import load_model, load_tokenizer, model_revision, model_source
     from .plugins import get_method, get_task, load_plugins, plugin_origin
     from .tasks import load_task_data
@@ -243,7 +243,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     model.to(device)
     result["params"] = {
         "method": counts.method, "head": counts.head, "total": counts.total, "base": counts.base,
-        "method_pct": counts.pct,
+        "method_pct": counts.pct, "where": trainable_where(model, method.head_parameter_names(model)),
     }
     phases["model"] = _lap(clock)
 

@@ -45,6 +45,8 @@ def test_run_records_everything(sweep):
     assert spec["budget_deviation_pct"] == pytest.approx(100 * (lora["params"]["method"] - 1000) / 1000)
     assert spec["task"] == "sst2" and spec["task_version"] == 1 and spec["lr"] == 5e-4
     assert lora["params"]["method"] == 2 * 2 * spec["knob_value"] * 64 and lora["params"]["head"] == 66
+    assert lora["params"]["where"] == [f"bert.encoder.layer.*.attention.self.{m}.lora_{ab}" for m in ("query", "value")
+                                       for ab in "AB"], lora["params"]["where"]  # what "lora" adapted here
     assert set(lora["metrics"]) == {"accuracy"}
     for key in ("steps", "samples_per_s", "tokens_per_s", "train_time_s", "loss_curve"):
         assert lora["train"][key] is not None
