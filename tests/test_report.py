@@ -260,6 +260,7 @@ def test_a_table_of_failed_runs_only(tmp_path):
     md = render(summary, "md")
     assert "| sst2 | lora |" in md and "1 failed" in md
     assert overview.overview(summary).empty
+    assert overview.to_markdown(overview.overview(summary)).startswith("(no run finished with a metric: the table")
     rec["params"] = {}  # a run that failed before counting: its budget without a deviation, not "(%)"
     md = render(summarize(records_frame([rec])), "md")
     assert "| lora:r=8 |" in md and "(%)" not in md

@@ -164,8 +164,8 @@ def _cost_cells(models):
 
 
 def to_markdown(ov: pd.DataFrame) -> str:
-    if ov.empty:
-        return "(no records)\n"
+    if ov.empty:  # the overview rows are runs that finished with a metric
+        return "(no run finished with a metric: the table without --summary shows each run's status)\n"
     disp = display(ov, mark=lambda t: f"**{t}**")
     from .table import markdown_lines
 
