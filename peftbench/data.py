@@ -1,4 +1,5 @@
-"""Tokenisation (cached on disk per task, data, tokenizer and max length) and dynamic padding."""
+"""Tokenisation (cached on disk per task and its code, data, tokenizer, max length and the tokenising
+code) and dynamic padding."""
 
 from __future__ import annotations
 
@@ -33,15 +34,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def cached(key_parts: dict, build):
     """A ``datasets.Dataset`` of the columns ``build()`` returns, cached on disk under a key built
     from ``key_parts`` (task and its code, data, tokenizer, max length, split) and the code that
-    tokenises (this package's, transformers', tokenizers'; the cache is shared by checkouts): built
-    once, then loaded."""
+    tokenises (this module's and the generation data's, transformers', tokenizers'; the cache is
+    shared by checkouts): built once, then loaded."""
     import datasets
 
-    from .provenance import host_code_hash, library_versions
+    from .provenance import library_versions
 
     datasets.disable_progress_bars()
     versions = library_versions()
-    key_parts = {**key_parts, "host_code": host_code_hash(),
+    key_parts = {**key_parts, "tokenising_code": _tokenising_code(),
                  **{lib: versions.get(lib) for lib in ("transformers", "tokenizers")}}
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / key
@@ -51,6 +52,7 @@ def cached(key_parts: dict, build):
         except Exception:
             shutil.rmtree(path, ignore_errors=True)  # a damaged cache entry is rebuilt
     ds = datasets.Dataset.from_dict(build())
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
@@ -58,8 +60,20 @@ def cached(key_parts: dict, build):
         os.replace(tmp, path)  # atomic: a concurrent or killed writer leaves no half entry
         ds = datasets.load_from_disk(str(path))
     except OSError:
-        pass  # a read-only cache folder only costs re-tokenising
+        pass  # a read-only cache folder only costs re-tokenising; a concurrent writer's entry is as good
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # what os.replace did not move (another writer was first)
     return ds
+
+
+def _tokenising_code() -> str:
+    """A hash of the modules that turn examples into tokens (this one's and the generation data's)."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for f in (here / "data.py", here / "generation" / "data.py"):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def tokenize(task, frame, tokenizer, max_len: int, key_parts: dict):

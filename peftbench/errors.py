@@ -42,6 +42,6 @@ def check_file(path, give: str, error=PeftbenchError) -> None:
     """Raise ``error`` "PATH: no such file; give GIVE" (or "PATH is a folder; ...") unless PATH is a file."""
     from pathlib import Path
 
-    p = Path(path).expanduser()
+    p = Path(path)
     if not p.is_file():
         raise error(f"{path} is a folder; give {give}" if p.is_dir() else f"{path}: no such file; give {give}")

@@ -35,7 +35,7 @@ def resolve_model(model: str) -> str:
                              "peftbench budget); train a model folder, a transformers model id, minilm or smollm2")
     if model in packaged_models.ALIASES:
         return str(packaged_models.folder(model))
-    return model
+    return os.path.expanduser(model) if model.startswith("~") else model
 
 
 def model_source(model: str) -> dict | None:

@@ -324,11 +324,18 @@ def plan(s: SweepSettings) -> Plan:
                     seen.add(spec["run_id"])
                     specs.append(spec)
     searches, waiting = _lr_search(s, specs, {c.method.name: c.method for c in choices}, lrs)
-    searching = {x["task"] for x in searches}
-    for task, data in zip(tasks, task_data):  # each search run would fail on it: said once, now
-        if task.name in searching and hasattr(data, "train") and s.val_samples >= len(data.train):
-            raise PeftbenchError(f"--val-samples {s.val_samples}: task {task.name}'s training file has "
-                                 f"{len(data.train):,} examples; hold out fewer")
+    for task, data in zip(tasks, task_data):  # a split every search run would refuse: said once, now
+        searched = next((x for x in searches if x["task"] == task.name), None)
+        if searched and hasattr(data, "train"):
+            from .data import validation_split
+
+            generation = task.kind == "generation"  # as the runner splits: stratified, or by input
+            labels = None if generation or task.is_regression else data.train["label"].to_numpy()
+            try:
+                validation_split(len(data.train), s.val_samples, searched["validation"]["seed"], labels,
+                                 data.train["source"].to_numpy() if generation else None)
+            except PeftbenchError as e:
+                raise PeftbenchError(f"task {task.name}: {e}") from None
     searched = {w.template["run_id"] for w in waiting}  # a waiting final still has its default-rate spec's id
     return Plan([x for x in specs if x["run_id"] not in searched], solutions, warnings, searches, waiting)
 

@@ -101,6 +101,8 @@ def resolve(requested: str, device: str) -> tuple[str, str]:
             return "bf16", f"auto: {torch.cuda.get_device_name()} supports bf16"
         return "fp32", f"auto: {torch.cuda.get_device_name()} has no bf16 support"
     flags = cpu_flags()
+    if not flags:  # not Linux, or a CPU whose /proc/cpuinfo lists "Features" (ARM): nothing to go by
+        return "fp32", "auto: the CPU's features are unknown here (no flags in /proc/cpuinfo)"
     if FAST_CPU_BF16 in flags:
         return "bf16", f"auto: the CPU has {FAST_CPU_BF16}"
     if "avx512_bf16" in flags:

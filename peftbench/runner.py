@@ -189,10 +189,6 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
         raise PeftbenchError(f"task {task.name}: its data files changed since the sweep was planned "
                              f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
-    planned = spec.get("model_revision")
-    if planned and planned.startswith("local:") and (now := model_revision(spec["model"])) != planned:
-        raise PeftbenchError(f"--model {spec['model']}: its files changed since the sweep was planned "
-                             f"({planned} -> {now}); run the command again")
     tokenizer = load_tokenizer(spec["model"])
     key = {
         "task": task.name, "version": task.version, "task_code": spec.get("task_code"), "data": taskdata.fingerprint,
@@ -229,6 +225,11 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
         "eval_split": spec.get("eval_split"), "prep_time_s": time.perf_counter() - t0,
     }
     result["model"] = {"name": spec["model"], "revision": spec.get("model_revision"), "source": model_source(spec["model"])}
+    planned = spec.get("model_revision") or ""
+    if planned.startswith("local:") and (here := model_revision(spec["model"])) != planned:
+        # the folder's files here differ from where the run was planned (a record rerun elsewhere: its
+        # config.json names the transformers version that wrote it, too): the record says which it trained
+        result["model"]["revision_at_run"] = here
     if not generation:  # scored before training: a metric plugin that fails, fails here, not after training
         gold = np.asarray(evaluation["labels"], dtype=np.float32 if task.is_regression else np.int64)
         trivial = trivial_baseline(task, train_ds, gold)

@@ -76,7 +76,7 @@ def _case(tmp_path, small_data, tiny_model_dirs):
         "negative seed": (["--seeds", "0,-1"], "--seeds -1: a seed must be an integer in [0, 2**32)"),
         "length over positions": (["--max-seq-len", "512"], "--max-seq-len = 512 exceeds the model's 128 positions"),
         "val samples over the training file": (["--lr-grid", "lora=1e-4,1e-3", "--val-samples", "100000000"],
-                                               "--val-samples 100000000: task sst2's training file has"),
+                                               "task sst2: --val-samples 100000000: the training file has"),
         "latency length over positions": (["--latency-seq-len", "512"],
                                           "--latency-seq-len = 512 exceeds the model's 128 positions; give "
                                           "--latency-seq-len <= 128"),

@@ -227,9 +227,9 @@ def test_executor_bad_input(tmp_path, cli_env):
     nosrun = dict(cli_env, PATH=str(fake))  # no srun: not a SLURM machine (was an internal error from submitit)
     for flags, message in ((["--executor", "slurm"], "--executor slurm: no srun on this machine's PATH"),
                            (["--executor", "slurm", "--slurm-cluster", "local", "--slurm-time", "0"],
-                            "--slurm-time 0: give a positive number"),
+                            "--slurm-time 0: give a number of 1 or more"),
                            (["--executor", "slurm", "--slurm-cluster", "local", "--slurm-array-parallelism", "0"],
-                            "--slurm-array-parallelism 0: give a positive number"),
+                            "--slurm-array-parallelism 0: give a number of 1 or more"),
                            (["--executor", "ray", "--ray-cpus-per-run", "0"], "--ray-cpus-per-run 0: give a positive")):
         if "ray" in flags:
             pytest.importorskip("ray")
@@ -251,15 +251,17 @@ def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):
     (tmp_path / "nope.json").write_text("{")
     bad = cli_in_process("run-spec", tmp_path / "nope.json", "--out", out, env=env)
     assert bad.returncode == 2 and "not a JSON spec" in bad.stderr
-    # the model folder's files changed since planning (its revision is their hash): the run refuses to train
+    # the model folder's files here differ from where the run was planned (its revision is their hash): the
+    # record says what it trained on
     model = tmp_path / "model"
     shutil.copytree(rec["spec"]["model"], model)
     config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.5}))
+    (model / "config.json").write_text(json.dumps({**config, "transformers_version": "0.0.0"}))
     (tmp_path / "moved.json").write_text(json.dumps({**rec, "spec": {**rec["spec"], "model": str(model)}}))
     res = cli_in_process("run-spec", tmp_path / "moved.json", "--out", tmp_path / "moved", "--no-progress", env=env)
-    failed = load_records(tmp_path / "moved")[rec["run_id"]]
-    assert res.returncode == 1 and "its files changed since the sweep was planned" in failed["error"], failed
+    moved = load_records(tmp_path / "moved")[rec["run_id"]]
+    assert res.returncode == 0 and moved["model"]["revision"] == rec["spec"]["model_revision"], moved["model"]
+    assert moved["model"]["revision_at_run"].startswith("local:") and "revision_at_run" not in again["model"]
 
 
 # -- Ray: one local cluster (2 CPUs, 2 fake GPUs) shared by the tests below --------------------

@@ -273,6 +273,8 @@ def test_a_table_of_failed_runs_only(tmp_path):
         with pytest.raises(PeftbenchError, match="nothing to plot: no run in these records has"):
             draw(unmeasured, tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
+    with pytest.raises(PeftbenchError, match="has measured costs"):  # both checked before either is drawn
+        plots.check_plottable(summary.assign(train_samples_per_s=np.nan), metric=False, costs=True)
     html = page.render_page(unmeasured)
     assert "1 failed" in html and "plot-metric" not in html and "plot-costs" not in html
 

@@ -122,6 +122,12 @@ def test_a_study_refused_leaves_no_sweep_file_and_a_set_naming_no_layers_is_refu
         assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
         assert res.stderr.startswith(f"Error: {message}"), res.stderr  # not naming the file it did not keep
         assert not (tmp_path / "new").exists()  # nothing written: the corrected command can use the folder
+    used = tmp_path / "used"  # a folder with other files: they stay, the refused study's file does not
+    used.mkdir()
+    (used / "notes.md").write_text("mine")
+    res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--out", used, *TINY,
+                         "--batch-size", "0", env=cli_env)
+    assert res.returncode == 2 and sorted(p.name for p in used.iterdir()) == ["notes.md"], res.stderr
     res = cli_in_process("study", "targets", "--model", tiny_model_dirs["bert"], "--sets", "q", "--out", out, *TINY,
                          env=cli_env)
     assert res.returncode == 0 and (out / "sweep.toml").is_file(), res.stderr

@@ -254,7 +254,7 @@ def test_hub_data_is_fingerprinted_by_its_content(monkeypatch):
 
 
 def test_the_tokenisation_cache_is_keyed_by_the_code_that_tokenises(monkeypatch):
-    """The cache (shared by checkouts) is rebuilt when the host code or the tokenising libraries
+    """The cache (shared by checkouts) is rebuilt when the tokenising code or libraries
     change, not only the data or the tokenizer: a run never trains on tokens of other code."""
     from peftbench import data, provenance
 
@@ -268,7 +268,7 @@ def test_the_tokenisation_cache_is_keyed_by_the_code_that_tokenises(monkeypatch)
     data.cached(parts, build)
     data.cached(parts, build)
     assert len(built) == 1  # the second call loads
-    monkeypatch.setattr(provenance, "host_code_hash", lambda: "other-code")
+    monkeypatch.setattr(data, "_tokenising_code", lambda: "other-code")
     data.cached(parts, build)
     assert len(built) == 2
     real = provenance.library_versions

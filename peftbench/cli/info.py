@@ -160,13 +160,13 @@ def score(ctx, predictions, task_name, split, data_dir, fmt, meteor, plugin_file
     from ..plugins import get_task
     from ..tasks import load_task_data
 
+    check_file(predictions, "a text file of predictions, one a line")
     load_plugin_files(given_plugins(ctx, plugin_files))
     task = get_task(task_name)
     if task.kind != "generation":
         raise PeftbenchError(f"--task {task_name} is not a generation task; score scores generated text (e.g. e2e)")
     split = task.split(split)
     data = load_task_data(task, data_dir, split)
-    check_file(predictions, "a text file of predictions, one a line")
     try:
         lines = Path(predictions).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -246,7 +246,8 @@ def report(dirs, fmt, output, summary_only, plot, cost_plot, task_filter, runs_o
             raise PeftbenchError(f"--summary is written as md, csv or html, not {fmt}; drop --summary or pick one")
     else:
         text = page.render_page(summary) if fmt == "html" else rep.render(summary, fmt)
-    if plot:  # before the text: a plot refused (no run has a metric) leaves no half-done output
+    rep.plots.check_plottable(summary, metric=bool(plot), costs=bool(cost_plot))  # before anything is written
+    if plot:
         rep.plot(summary, plot)
     if cost_plot:
         rep.plots.plot_costs(summary, cost_plot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -68,22 +69,29 @@ def _study(ctx, name, file_text, out, progress, plot=None):
                              f"`peftbench run --config {path}` (`peftbench study show {out}` prints the paper's "
                              "shape), or give another --out")
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders written here, innermost first
+    before = set(out.iterdir()) if out.is_dir() else set()
     new = not path.is_file()
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, file_text, text=True)
+    kept = f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)"
     code = 0
     try:
         ctx.invoke(run, config=str(path), progress=progress)
     except click.exceptions.Exit as e:
         code = e.exit_code
     except PeftbenchError as e:  # refused while planning: leave no file behind that plans what was refused
-        if new and list(out.iterdir()) == [path]:
+        if new and set(out.iterdir()) - before == {path}:
             path.unlink()
             for folder in made:
-                folder.rmdir()
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise PeftbenchError(str(e).removeprefix(f"{path}: ")) from None  # the options', not the file's
+        click.echo(kept, err=True)
         raise
-    click.echo(f"study {name}: {path} (rerun or resume with `peftbench run --config {path}`)", err=True)
+    except BaseException:  # Ctrl-C, a crash: where to resume
+        click.echo(kept, err=True)
+        raise
+    click.echo(kept, err=True)
     _show(load_records(out).values(), name, plot, lead="\n")
     ctx.exit(code)
 

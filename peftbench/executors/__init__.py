@@ -61,8 +61,9 @@ class ExecutorOptions:
             for flag, key in (("--slurm-time", "time_min"), ("--slurm-array-parallelism", "array_parallelism"),
                               ("--slurm-gpus-per-run", "gpus_per_run")):
                 value = self.slurm.get(key)
-                if value is not None and value < (0 if key == "gpus_per_run" else 1):
-                    raise PeftbenchError(f"{flag} {value}: give a positive number")
+                least = 0 if key == "gpus_per_run" else 1
+                if value is not None and value < least:
+                    raise PeftbenchError(f"{flag} {value}: give a number of {least} or more")
         if self.name == "ray" and self.ray.get("cpus_per_run") is not None and self.ray["cpus_per_run"] <= 0:
             raise PeftbenchError(f"--ray-cpus-per-run {self.ray['cpus_per_run']}: give a positive number of CPUs")
         return self

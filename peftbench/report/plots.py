@@ -70,8 +70,17 @@ def _baselines(ax, methods: pd.DataFrame, baselines: pd.DataFrame) -> None:
                     va="bottom" if below else "top")
 
 
-_NOTHING = ("nothing to plot: no run in these records has {what} (each failed: the table's status column and "
-            "the records' errors say why); plot a folder with ok runs")
+def check_plottable(summary: pd.DataFrame, metric: bool = True, costs: bool = False) -> None:
+    """Refuse (one line) a plot that would be empty: no run with a metric, or with measured costs."""
+    for wanted, rows, what in ((metric, summary[summary.metric_mean.notna()], "a metric"),
+                               (costs, _cost_rows(summary), "measured costs")):
+        if wanted and rows.empty:
+            raise PeftbenchError(f"nothing to plot: no run in these records has {what} (each failed: the table's "
+                                 "status column and the records' errors say why); plot a folder with ok runs")
+
+
+def _cost_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[(summary.get("role", "method") != "baseline") & summary.train_samples_per_s.notna()]
 
 
 def plot(summary: pd.DataFrame, path) -> None:
@@ -79,9 +88,8 @@ def plot(summary: pd.DataFrame, path) -> None:
     parameters (log x), one curve per method configuration across budgets, the Pareto front
     dashed and the trivial baseline dotted."""
     plt = _plt()
+    check_plottable(summary)
     ok = summary[summary.metric_mean.notna()]
-    if ok.empty:
-        raise PeftbenchError(_NOTHING.format(what="a metric"))
     tasks = list(ok.task.unique())
     rows, cols = _grid(len(tasks))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.6 * rows), squeeze=False)
@@ -118,9 +126,8 @@ def plot_costs(summary: pd.DataFrame, path) -> None:
     """Per task (one row of panels): inference latency over the base model (unmerged and merged,
     batch 1 and batch N; same-process ratios), training samples per second and peak memory."""
     plt = _plt()
-    rows = summary[(summary.get("role", "method") != "baseline") & summary.train_samples_per_s.notna()]
-    if rows.empty:
-        raise PeftbenchError(_NOTHING.format(what="measured costs"))
+    check_plottable(summary, metric=False, costs=True)
+    rows = _cost_rows(summary)
     tasks = list(rows.task.unique())
     widest = max((int((rows.task == t).sum()) for t in tasks), default=1)
     # one column: latency, throughput and memory of a task one above the other, wide enough for the labels
