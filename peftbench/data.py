@@ -3,6 +3,7 @@ code) and dynamic padding."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -67,6 +68,7 @@ def cached(key_parts: dict, build):
     return ds
 
 
+@functools.cache
 def _tokenising_code() -> str:
     """A hash of the modules that turn examples into tokens (this one's and the generation data's)."""
     here = Path(__file__).resolve().parent

@@ -272,6 +272,7 @@ class ParamCounts:
     head: int  # the task head, trained by every method
     total: int  # method + head
     base: int  # parameters of the base model before the method (head excluded)
+    where: tuple[str, ...] = ()  # the method's trainable parameters' names (see trainable_where)
 
     @property
     def pct(self) -> float:
@@ -326,4 +327,5 @@ def count_parameters(model: nn.Module, base: int, head: set[str]) -> ParamCounts
                 head_n += p.numel()
             else:
                 method_n += p.numel()
-    return ParamCounts(method=method_n, head=head_n, total=method_n + head_n, base=base)
+    return ParamCounts(method=method_n, head=head_n, total=method_n + head_n, base=base,
+                       where=tuple(trainable_where(model, head)))

@@ -158,7 +158,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     from . import data as datamod
     from .data import fixed_length_batch
     from .measure import checkpoint_bytes
-    from .method import apply_method, trainable_where
+    from .method import apply_method
     from .models import load_model, load_tokenizer, model_revision, model_source
     from .plugins import get_method, get_task, load_plugins, plugin_origin
     from .tasks import load_task_data
@@ -244,7 +244,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     model.to(device)
     result["params"] = {
         "method": counts.method, "head": counts.head, "total": counts.total, "base": counts.base,
-        "method_pct": counts.pct, "where": trainable_where(model, method.head_parameter_names(model)),
+        "method_pct": counts.pct, "where": list(counts.where),
     }
     phases["model"] = _lap(clock)
 
@@ -313,12 +313,17 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     guard = lock.step if lock else None
     waited_before_eval = lock.waited_s if lock else None
     if search and generation:  # generating for every candidate costs more than training: the loss
-        result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision, guard=guard)}
+        result["eval_batch_size"] = 32  # padded batches: a batch size can move the last digits
+        result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision,
+                                                             batch_size=result["eval_batch_size"], guard=guard)}
         result["metric_directions"] = {"val_loss": "lower"}
     elif generation:
+        result["eval_batch_size"] = gen.decoding(spec, task).batch_size
         result.update(gen.evaluate(task, model, tokenizer, evaluation, spec, out, device, precision, guard=guard))
     else:
-        pred, gold = predict(model, eval_ds, collate, device, precision=precision, guard=guard)
+        result["eval_batch_size"] = 128
+        pred, gold = predict(model, eval_ds, collate, device, batch_size=result["eval_batch_size"],
+                             precision=precision, guard=guard)
         result["metrics"] = task.score(pred, gold)
         result["trivial"] = trivial
     if "metric_directions" not in result:

@@ -137,6 +137,8 @@ def test_a_generation_search_chooses_the_lowest_validation_loss(tiny_model_dirs,
     assert all(0 < v < 20 for v in losses.values()) and losses[1e-4] != losses[1e-1]
     (final,) = records(out).values()
     assert final["spec"]["lr"] == min(losses, key=losses.get) and "bleu" in final["metrics"]
+    assert {r["eval_batch_size"] for r in search} == {32}  # the loss's batches; the final's: its decoding's
+    assert final["eval_batch_size"] == final["generation"]["decoding"]["batch_size"]
 
 
 def test_eval_groups_every_reference_of_an_mr(small_data):

@@ -79,6 +79,7 @@ def test_run_records_everything(sweep):
     assert train["grad_norm_max"] >= train["grad_norm_median"] > 0 and 0 <= train["clipped_steps"] <= 3
     assert len(lora["env"]["loadavg"]) == 3 and len(train["loadavg_after"]) == 3
     assert lora["model"]["attn_implementation"] in ("sdpa", "eager") and lora["model"]["pad_is_eos"] is False
+    assert lora["eval_batch_size"] == 128  # padded batches: the batch size can move the last digits
     env = lora["env"]
     assert {"peftbench", "torch", "transformers", "device", "torch_threads"} <= set(env)
     adapter = next(r for r in recs if r["spec"]["label"] == "adapter")

@@ -72,11 +72,15 @@ def _baselines(ax, methods: pd.DataFrame, baselines: pd.DataFrame) -> None:
 
 def check_plottable(summary: pd.DataFrame, metric: bool = True, costs: bool = False) -> None:
     """Refuse (one line) a plot that would be empty: no run with a metric, or with measured costs."""
-    for wanted, rows, what in ((metric, summary[summary.metric_mean.notna()], "a metric"),
+    for wanted, rows, what in ((metric, _metric_rows(summary), "a metric"),
                                (costs, _cost_rows(summary), "measured costs")):
         if wanted and rows.empty:
             raise PeftbenchError(f"nothing to plot: no run in these records has {what} (each failed: the table's "
                                  "status column and the records' errors say why); plot a folder with ok runs")
+
+
+def _metric_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[summary.metric_mean.notna()]
 
 
 def _cost_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -89,7 +93,7 @@ def plot(summary: pd.DataFrame, path) -> None:
     dashed and the trivial baseline dotted."""
     plt = _plt()
     check_plottable(summary)
-    ok = summary[summary.metric_mean.notna()]
+    ok = _metric_rows(summary)
     tasks = list(ok.task.unique())
     rows, cols = _grid(len(tasks))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.6 * rows), squeeze=False)
