@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from .errors import PeftbenchError, first_line
@@ -45,7 +46,19 @@ def model_source(model: str) -> dict | None:
     return packaged_models.source(resolve_model(model)) if model in packaged_models.ALIASES else None
 
 
-def load_config(model: str, num_labels: int = 2):
+def planned_revision(spec: dict) -> str | None:
+    """The hub commit a run was planned on (its spec's ``model_revision``): every run of a sweep loads
+    those weights, however long the sweep runs and whatever is pushed to the hub meanwhile. None for
+    a folder or an alias (``local:`` hashes, checked by the runner)."""
+    revision = spec.get("model_revision") or ""
+    return revision if re.fullmatch(r"[0-9a-f]{40}", revision) else None
+
+
+def _pin(revision: str | None) -> dict:
+    return {"revision": revision} if revision else {}
+
+
+def load_config(model: str, num_labels: int = 2, revision: str | None = None):
     from transformers import AutoConfig
 
     from .studies.configs import CONFIGS, config
@@ -58,7 +71,7 @@ def load_config(model: str, num_labels: int = 2):
         raise PeftbenchError(f"--model {model}: no such folder; give a model folder, a transformers model id, "
                              "minilm or smollm2")
     try:
-        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels, **_pin(revision))
     except Exception as e:
         raise PeftbenchError(
             f"--model {model} is not a loadable model ({first_line(e)}); give a folder with config.json, "
@@ -99,12 +112,12 @@ def model_revision(model: str) -> str:
         return "unknown"
 
 
-def load_tokenizer(model: str):
+def load_tokenizer(model: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     quiet_transformers()
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_model(model))
+        tok = AutoTokenizer.from_pretrained(resolve_model(model), **_pin(revision))
     except Exception as e:
         raise PeftbenchError(f"--model {model}: cannot load its tokenizer ({first_line(e)})") from None
     if tok.pad_token is None:
@@ -114,9 +127,9 @@ def load_tokenizer(model: str):
     return tok
 
 
-def load_model(model: str, task, tokenizer, device="cpu"):
+def load_model(model: str, task, tokenizer, device="cpu", revision: str | None = None):
     """A *ForSequenceClassification model with a fresh head for a classification task, or a
-    *ForCausalLM model (no new head) for a generation task."""
+    *ForCausalLM model (no new head) for a generation task; ``revision``: a hub commit to pin."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -128,13 +141,14 @@ def load_model(model: str, task, tokenizer, device="cpu"):
         kwargs = {"num_labels": task.num_labels, "ignore_mismatched_sizes": True}
         if task.is_regression:
             kwargs["problem_type"] = "regression"
-    if task.kind == "generation" and not is_causal_config(load_config(model)):
+    if task.kind == "generation" and not is_causal_config(load_config(model, revision=revision)):
         raise PeftbenchError(f"--model {model} is not a causal (decoder) language model; task {task.name} generates "
                              "text: use a decoder such as smollm2, gpt2 or a LLaMA/Qwen/BLOOM checkpoint")
     try:
         # fp32 weights whatever the checkpoint's dtype (transformers loads a config's bf16 as bf16): the
         # run's precision is autocast over fp32 weights and optimizer state, as its record says
-        m, info = auto.from_pretrained(resolve_model(model), output_loading_info=True, dtype=torch.float32, **kwargs)
+        m, info = auto.from_pretrained(resolve_model(model), output_loading_info=True, dtype=torch.float32,
+                                  **_pin(revision), **kwargs)
     except Exception as e:
         raise PeftbenchError(f"--model {model}: cannot load it as {what} ({first_line(e)})") from None
     if task.kind != "generation":

@@ -159,7 +159,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     from .data import fixed_length_batch
     from .measure import checkpoint_bytes
     from .method import apply_method
-    from .models import load_model, load_tokenizer, model_revision, model_source
+    from .models import load_model, load_tokenizer, model_revision, model_source, planned_revision
     from .plugins import get_method, get_task, load_plugins, plugin_origin
     from .tasks import load_task_data
     from .train import TrainConfig, predict, train
@@ -189,7 +189,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     if spec.get("data_sha") and taskdata.fingerprint != spec["data_sha"]:
         raise PeftbenchError(f"task {task.name}: its data files changed since the sweep was planned "
                              f"({spec['data_sha']} -> {taskdata.fingerprint}); run the command again")
-    tokenizer = load_tokenizer(spec["model"])
+    tokenizer = load_tokenizer(spec["model"], planned_revision(spec))
     key = {
         "task": task.name, "version": task.version, "task_code": spec.get("task_code"), "data": taskdata.fingerprint,
         "tokenizer": datamod.tokenizer_fingerprint(tokenizer), "max_len": spec["max_seq_len"],
@@ -237,7 +237,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
 
     # model + method
     seed_everything(spec["seed"])
-    model = load_model(spec["model"], task, tokenizer, device)
+    model = load_model(spec["model"], task, tokenizer, device, planned_revision(spec))
     result["model"]["attn_implementation"] = getattr(model.config, "_attn_implementation", None)  # sdpa/eager
     result["model"]["pad_is_eos"] = tokenizer.pad_token_id == tokenizer.eos_token_id  # a tokenizer without pad
     model, counts = apply_method(method, model, spec["knob_value"], spec["options"])
@@ -368,12 +368,13 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
 
 def _latency(result, method, model, merged, spec, task, tokenizer, eval_ds, evaluation, device, precision, lat,
              generation):
-    from .models import load_model
+    from .models import load_model, planned_revision
 
     if lat and generation:
         from .generation import run as gen
 
-        models = {"base": load_model(spec["model"], task, tokenizer, device), "unmerged": model}
+        base = load_model(spec["model"], task, tokenizer, device, planned_revision(spec))
+        models = {"base": base, "unmerged": model}
         if merged is not None:
             models["merged"] = merged
         result["latency"] = gen.latency(models, tokenizer, task, evaluation, spec, device, precision)
@@ -509,7 +510,7 @@ def measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, devic
     """Base, unmerged and merged timed interleaved, each call under the run's precision."""
     from .data import fixed_length_batch
     from .measure import time_interleaved
-    from .models import load_model
+    from .models import load_model, planned_revision
     from .train import autocast
 
     precision = spec.get("precision", "fp32")
@@ -521,7 +522,7 @@ def measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, devic
     seq_len = lat["seq_len"] or spec["max_seq_len"]
     sizes = {"b1": 1, "bN": lat["batch"]}
     batches = {k: fixed_length_batch(eval_ds, tokenizer.pad_token_id, n, seq_len, device) for k, n in sizes.items()}
-    base = load_model(spec["model"], task, tokenizer, device).eval()
+    base = load_model(spec["model"], task, tokenizer, device, planned_revision(spec)).eval()
     model.eval()
     models = {"base": base, "unmerged": model}
     out = {"seq_len": seq_len, "batch_N": lat["batch"], "extra_seq_len": method.extra_sequence_length(model),

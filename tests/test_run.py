@@ -205,3 +205,30 @@ def test_a_run_failing_before_its_phases_says_it_failed_in_setup(tmp_path):
     rec = runner.execute(spec, tmp_path, progress=False)
     assert rec["status"] == "failed" and rec["failed_in"] == "setup" and rec["phases_s"] == {}, rec
     assert json.loads((tmp_path / "records" / "x1.json").read_text())["failed_in"] == "setup"
+
+
+def test_a_hub_model_loads_at_the_commit_its_plan_recorded(monkeypatch, tiny_model_dirs):
+    """A sweep can run for days: weights pushed to the hub meanwhile must not enter it. Each run (and
+    ``analyze``) loads config, tokenizer and weights at the hub commit its spec names."""
+    import transformers
+
+    from peftbench import models
+    from peftbench.plugins import get_task
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert models.planned_revision({"model_revision": sha}) == sha
+    assert models.planned_revision({"model_revision": "local:0123456789abcdef"}) is None  # a folder: its hash
+    assert models.planned_revision({"model_revision": "unknown"}) is None and models.planned_revision({}) is None
+    seen = []
+    for auto in (transformers.AutoConfig, transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        def spy(*args, _real=auto.from_pretrained, **kwargs):
+            seen.append(kwargs.get("revision"))
+            return _real(*args, **kwargs)  # a local folder: transformers reads it whatever the revision
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    folder = str(tiny_model_dirs["llama-lm"])
+    tokenizer = models.load_tokenizer(folder, sha)
+    models.load_model(folder, get_task("e2e"), tokenizer, revision=sha)
+    assert len(seen) >= 3 and set(seen) == {sha}, seen  # tokenizer, config (is it causal?), weights (and theirs)
+    seen.clear()
+    models.load_model(folder, get_task("e2e"), tokenizer)
+    assert set(seen) == {None}  # nothing pinned: transformers' default

@@ -69,7 +69,7 @@ def load_run(path) -> tuple[dict, torch.nn.Module]:
     from safetensors.torch import load_file
 
     from ..method import apply_method
-    from ..models import load_model, load_tokenizer
+    from ..models import load_model, load_tokenizer, planned_revision
     from ..plugins import get_method, get_task, load_plugins
 
     path = Path(path)
@@ -83,7 +83,8 @@ def load_run(path) -> tuple[dict, torch.nn.Module]:
     method, task = get_method("lora"), get_task(spec["task"])
     _same_weights(path, spec)
     try:
-        model = load_model(spec["model"], task, load_tokenizer(spec["model"]), "cpu")
+        revision = planned_revision(spec)  # the hub commit it trained on
+        model = load_model(spec["model"], task, load_tokenizer(spec["model"], revision), "cpu", revision)
     except PeftbenchError as e:  # its message names --model, which analyze has not: say it is the record's
         raise PeftbenchError(f"{path}: its base model cannot be loaded here ({e}); analyze needs the weights "
                              "the run adapted, where the record says they are") from None
