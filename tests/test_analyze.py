@@ -29,6 +29,8 @@ def test_similarity_of_random_subspaces_matches_the_expectation():
     j = torch.arange(1, 33)[None, :].double()
     expected = torch.maximum(i, j) / d
     assert torch.allclose(phis, expected, rtol=0.25, atol=0.004)
+    # the random baseline `analyze subspace` prints beside the mean φ(i, i), i <= 8: (8 + 1) / (2d)
+    assert float(torch.diagonal(phis).mean()) == pytest.approx(9 / (2 * d), rel=0.15)
 
 
 def test_delta_on_a_known_update():
@@ -45,6 +47,27 @@ def test_delta_on_a_known_update():
     low = delta_stats(a=vh[-1:], b=c * u[:, -1:], scaling=2.0, w=w)
     assert low["proj_delta"] == pytest.approx(float(s[-1])) and low["amplification"] == pytest.approx(2 * c / float(s[-1]))
     assert low["proj_random"] < top["proj_w"]
+
+
+def test_delta_random_baseline_is_the_expectation_of_its_draws():
+    """One seeded random draw scatters; the rms over draws is r‖W‖_F / √(d_out·d_in), printed beside it."""
+    g = torch.Generator().manual_seed(3)
+    w, a, b = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((24, 40), (2, 40), (24, 2)))
+    draws = torch.tensor([delta_stats(a, b, 1.0, w, seed=s)["proj_random"] for s in range(400)])
+    rms = delta_stats(a, b, 1.0, w)["proj_random_rms"]
+    assert rms == pytest.approx(2 * float(torch.linalg.norm(w)) / (24 * 40) ** 0.5)
+    assert float(draws.pow(2).mean().sqrt()) == pytest.approx(rms, rel=0.05)
+    assert float(draws.std()) > 0.1 * rms  # why one draw is not the baseline
+
+
+def test_the_heatmap_shows_every_matrix_of_the_last_layer():
+    """Names that keep their whole path (BERT's attention.output.dense and output.dense) are in their layer."""
+    from peftbench.studies.analyze import last_layer
+
+    rows = [{"matrix": m} for m in ("layer.4.query", "layer.5.query", "layer.5.attention.output.dense",
+                                    "layer.5.intermediate.dense", "layer.5.output.dense")]
+    assert [r["matrix"] for r in last_layer(rows)] == [r["matrix"] for r in rows[1:]]
+    assert last_layer([{"matrix": "layers.29.q_proj"}, {"matrix": "layers.3.q_proj"}]) == [{"matrix": "layers.3.q_proj"}]
 
 
 @pytest.fixture(scope="module")

@@ -237,16 +237,16 @@ def analyze_subspace(record_a, record_b, plot, fmt):
     rec_a, model_a = an.load_run(record_a)
     rec_b, model_b = an.load_run(record_b)
     rows = an.subspace_table(an.factors(model_a), an.factors(model_b))
-    cols = ("matrix", "r_a", "r_b", "phi_1_1", "phi_diag_mean", "random_1_1")
+    cols = ("matrix", "r_a", "r_b", "phi_1_1", "phi_diag_mean", "random_1_1", "random_diag_mean")
     if fmt == "csv":
         echo_csv(cols, [[r[c] for c in cols] for r in rows])
     else:
         click.echo(f"A: {record_a} (r={rows[0]['r_a']}, seed {rec_a['spec']['seed']}); "
                    f"B: {record_b} (r={rows[0]['r_b']}, seed {rec_b['spec']['seed']})")
         print_rows([("matrix", "r A", "r B", "φ(1,1) top direction shared", "mean φ(i,i), i<=min r",
-                      "random φ(1,1) ~ 1/d"),
+                      "random φ(1,1) ~ 1/d", "random mean φ(i,i)"),
                      *((r["matrix"], r["r_a"], r["r_b"], f"{r['phi_1_1']:.3f}", f"{r['phi_diag_mean']:.3f}",
-                        f"{r['random_1_1']:.4f}") for r in rows)])
+                        f"{r['random_1_1']:.4f}", f"{r['random_diag_mean']:.4f}") for r in rows)])
         if specs[0].get("seed") == specs[1].get("seed"):
             click.echo(f"Both runs are seed {specs[0].get('seed')}: besides the task they share the data order, the "
                        "head's initialisation and the random draws of A (the first adapted matrix starts from the "
@@ -266,14 +266,15 @@ def analyze_delta(record, fmt):
     fs = an.factors(model)
     names = an.short_names(fs)
     rows = [{"matrix": names[name], **an.delta_stats(f["A"], f["B"], f["scaling"], f["W"])} for name, f in fs.items()]
-    cols = ("matrix", "r", "delta_norm", "w_norm", "proj_delta", "proj_w", "proj_random", "amplification")
+    cols = ("matrix", "r", "delta_norm", "w_norm", "proj_delta", "proj_w", "proj_random", "proj_random_rms",
+            "amplification")
     if fmt == "csv":
         echo_csv(cols, [[r[c] for c in cols] for r in rows])
         return
     click.echo(f"{record}: lora r={rec['spec']['knob_value']} on {rec['spec']['task']}, seed {rec['spec']['seed']}")
-    print_rows([("matrix", "r", "‖ΔW‖", "‖W‖", "‖UᵀWV‖ ΔW dirs", "‖UᵀWV‖ W dirs", "‖UᵀWV‖ random",
-                  "amplification ‖ΔW‖/‖UᵀWV‖"),
-                 *((r["matrix"], r["r"], *(f"{r[c]:.3f}" for c in cols[2:7]), f"{r['amplification']:.1f}")
+    print_rows([("matrix", "r", "‖ΔW‖", "‖W‖", "‖UᵀWV‖ ΔW dirs", "‖UᵀWV‖ W dirs", "‖UᵀWV‖ random (1 draw)",
+                  "random rms r‖W‖/√(d_out·d_in)", "amplification ‖ΔW‖/‖UᵀWV‖"),
+                 *((r["matrix"], r["r"], *(f"{r[c]:.3f}" for c in cols[2:8]), f"{r['amplification']:.1f}")
                    for r in rows)])
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -147,8 +148,10 @@ def similarity(a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
 
 
 def delta_stats(a, b, scaling, w, r: int | None = None, seed: int = 0) -> dict:
-    """Table 7 of the paper for one matrix: ‖ΔW‖_F, ‖W‖_F, ‖UᵀWV‖_F for U, V from ΔW / W / random,
-    and the amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F (ΔW's directions)."""
+    """Table 7 of the paper for one matrix: ‖ΔW‖_F, ‖W‖_F, ‖UᵀWV‖_F for U, V from ΔW / W / one seeded
+    random draw (and its expectation over all draws: for independent uniformly random r-frames,
+    E‖UᵀWV‖²_F = r²‖W‖²_F / (d_out·d_in), a single draw scatters around it), and the amplification
+    factor ‖ΔW‖_F / ‖UᵀWV‖_F (ΔW's directions)."""
     dw = (b.double() @ a.double()) * scaling
     w = w.double()
     r = r or a.shape[0]
@@ -165,6 +168,7 @@ def delta_stats(a, b, scaling, w, r: int | None = None, seed: int = 0) -> dict:
     norm = float(torch.linalg.norm(dw))
     return {"r": r, "delta_norm": norm, "w_norm": float(torch.linalg.norm(w)), "proj_delta": on_delta,
             "proj_w": proj(uw[:, :r], vhw[:r].T), "proj_random": proj(ur, vr),
+            "proj_random_rms": r * float(torch.linalg.norm(w)) / (w.shape[0] * w.shape[1]) ** 0.5,
             "amplification": norm / on_delta if on_delta > 0 else float("inf")}
 
 
@@ -196,10 +200,20 @@ def subspace_table(fa: dict, fb: dict) -> list[dict]:
         k = min(phi.shape)
         rows.append({"matrix": names[name], "r_a": fa[name]["A"].shape[0], "r_b": fb[name]["A"].shape[0],
                      "phi_1_1": float(phi[0, 0]), "phi_diag_mean": float(torch.diagonal(phi[:k, :k]).mean()),
-                     "random_1_1": 1.0 / fa[name]["A"].shape[1], "_phi": phi})
+                     "random_1_1": 1.0 / fa[name]["A"].shape[1],  # E φ(i, j) = max(i, j) / d for random subspaces
+                     "random_diag_mean": (k + 1) / (2 * fa[name]["A"].shape[1]), "_phi": phi})
     if not rows:
         raise PeftbenchError("the two runs adapt no matrix in common; give two lora runs of the same model and targets")
     return rows
+
+
+def last_layer(rows: list[dict]) -> list[dict]:
+    """The rows of the last row's layer (``layer.5.query``, ``layer.5.attention.output.dense``: ``layer.5``)."""
+    def layer(row):
+        m = re.match(r"(.*?\.\d+)(\.|$)", row["matrix"])
+        return m.group(1) if m else row["matrix"]
+
+    return [r for r in rows if layer(r) == layer(rows[-1])]
 
 
 def plot_subspace(rows: list[dict], path, title: str) -> None:
@@ -209,8 +223,7 @@ def plot_subspace(rows: list[dict], path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layer = rows[-1]["matrix"].rsplit(".", 1)[0]
-    shown = [r for r in rows if r["matrix"].rsplit(".", 1)[0] == layer]
+    shown = last_layer(rows)
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
     for ax, r in zip(axes[0], shown):
         im = ax.imshow(r["_phi"].numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="upper",

@@ -138,11 +138,12 @@ def human(n: float) -> str:
     return f"{n:.0f} B"
 
 
-# The paper's GPT-3 claims (Hu et al. 2021, Section 4.2 and Table 4), to print beside the projection.
+# The paper's GPT-3 claims (Hu et al. 2021, Section 4.2, Table 4 and Section 7.1), to print beside the projection.
 PAPER_GPT3 = (
     "The LoRA paper on GPT-3 175B: training memory (VRAM) 1.2 TB -> 350 GB with r=4 on q,v; checkpoint "
-    "350 GB -> 35 MB; 10,000x fewer trainable parameters; Table 4 counts 4.7M (r=1), 18.9M (r=4), 37.7M (r=8) "
-    "trainable on q,v (its Table 5 holds 18.9M fixed: r=8 on one matrix type = r=4 on q,v = r=2 on q,k,v,o)."
+    "350 GB -> 35 MB; 10,000x fewer trainable parameters; Table 4 counts 175,255.8M for full fine-tuning and "
+    "4.7M (r=1) and 37.7M (r=8) for LoRA on q,v; Section 7.1 and Table 5 hold 18M fixed ('roughly 35MB if "
+    "stored in FP16'): r=8 on one matrix type = r=4 on q,v (18.9M) = r=2 on q,k,v,o."
 )
 
 
@@ -158,17 +159,17 @@ def paper_notes(base: int, table: list[dict]) -> list[str]:
     if full16 and lora16:
         lines.append(
             f"Reproduced: {lora16['trainable']:,} trainable for LoRA ({base / lora16['trainable']:,.0f}x fewer than "
-            f"the {base:,} of the model: the paper's '10,000x' rounds this); LoRA's training memory is the frozen "
-            f"16-bit weights, {human(lora16['training'])} (the paper's 350 GB: 2 B per parameter, decimal GB); its "
-            f"16-bit checkpoint {lora16['checkpoint']:,} B = {lora16['checkpoint'] / 2**20:.1f} MiB (the paper's "
-            f"'35 MB'); full fine-tuning's 16-bit checkpoint {human(full16['checkpoint'])} (the paper's 350 GB).")
+            f"this config's {base:,}; the paper's '10,000x' rounds this, and its own full count, 175,255.8M, gives "
+            f"{175_255.8e6 / lora16['trainable']:,.0f}x); LoRA's training memory is the frozen 16-bit weights, "
+            f"{human(lora16['training'])} (the paper's 350 GB: 2 B per parameter); its 16-bit checkpoint "
+            f"{human(lora16['checkpoint'])} (the paper's 'roughly 35 MB', from its rounded 18M x 2 B = 36 MB); full "
+            f"fine-tuning's 16-bit checkpoint {human(full16['checkpoint'])} (the paper's 350 GB).")
         lines.append(
             f"Full fine-tuning's training memory depends on the regime: {human(full16['training'])} with every "
-            f"state 16-bit (8 B per parameter, = {full16['training'] / 2**40:.2f} TiB, the nearest to the paper's "
-            f"'1.2 TB')" + (f", {human(fullmix['training'])} in classic fp16 mixed precision (16 B per parameter)"
-                            if fullmix else "") + "; no single per-parameter accounting gives exactly 1.2 TB "
-            "in the units the paper's 350 GB uses, so its 1.2 TB is not reproduced exactly (activations excluded "
-            "on both sides).")
+            f"state 16-bit (8 B per parameter; {full16['training'] / 2**40:.2f} TiB in binary units)"
+            + (f", {human(fullmix['training'])} in classic fp16 mixed precision (16 B per parameter)"
+               if fullmix else "") + "; no per-parameter accounting gives 1.2 TB in the decimal units of the "
+            "paper's 350 GB, so its 1.2 TB is not reproduced (activations excluded on both sides).")
     if loramix:
         lines.append(f"LoRA in classic fp16 mixed precision: {human(loramix['training'])} (frozen fp16 weights "
                      "plus 16 B per trainable parameter).")
