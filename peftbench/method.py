@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -272,7 +272,8 @@ class ParamCounts:
     head: int  # the task head, trained by every method
     total: int  # method + head
     base: int  # parameters of the base model before the method (head excluded)
-    where: tuple[str, ...] = ()  # the method's trainable parameters' names (see trainable_where)
+    # the method's trainable parameters' names (see trainable_where); counts compare equal without it
+    where: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def pct(self) -> float:

@@ -172,6 +172,8 @@ class SweepSettings:
     val_samples: int = 500
     search_seeds: str = "0"
     lr_extend: int = 0  # grow a grid by up to this many rates where its best rate is at an edge
+    # not a setting of the runs: the executor's workers are other machines (remote slurm, a ray cluster)
+    runs_elsewhere: bool = False
 
 
 GENERATION_FLAGS = {"eval_split": None, "eval_samples": None, "num_beams": 1, "length_penalty": 1.0,
@@ -244,7 +246,15 @@ def plan(s: SweepSettings) -> Plan:
     for flag, value in (("--max-steps", s.max_steps), ("--train-samples", s.train_samples), ("--max-seq-len", s.max_seq_len)):
         if value is not None and value < 1:
             raise PeftbenchError(f"{flag} must be a positive integer, got {value}")
-    device = resolve_device(s.device)
+    if s.runs_elsewhere:  # auto would be resolved here, on the machine that plans, not on the workers
+        for flag, value, given in (("--device", s.device, "cuda or cpu"),
+                                   ("--precision", s.precision, "bf16, fp16 or fp32")):
+            if value == "auto":
+                raise PeftbenchError(f"{flag} auto is resolved on the machine that plans the sweep (this one), not on "
+                                     f"the executor's workers; give {flag} {given} for the machines the runs run on")
+        device = s.device  # checked where each run runs (no CUDA there: the run fails, saying so)
+    else:
+        device = resolve_device(s.device)
     precision, precision_why = resolve_precision(s.precision, device)
 
     kinds = {t.kind for t in tasks}

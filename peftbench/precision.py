@@ -97,9 +97,9 @@ def resolve(requested: str, device: str) -> tuple[str, str]:
     if requested != "auto":
         return requested, "asked for"
     if device == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):  # a V100 or T4 only emulates it
             return "bf16", f"auto: {torch.cuda.get_device_name()} supports bf16"
-        return "fp32", f"auto: {torch.cuda.get_device_name()} has no bf16 support"
+        return "fp32", f"auto: {torch.cuda.get_device_name()} has no bf16 support"  # in hardware
     flags = cpu_flags()
     if not flags:  # not Linux, or a CPU whose /proc/cpuinfo lists "Features" (ARM): nothing to go by
         return "fp32", "auto: the CPU's features are unknown here (no flags in /proc/cpuinfo)"

@@ -70,7 +70,7 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device: str, precision: str = "fp32") -> dict:
+def environment(device: str, precision: str = "fp32", guard=contextlib.nullcontext) -> dict:
     from .precision import cpu_identity
     from .provenance import host_code_hash, library_versions
 
@@ -92,9 +92,10 @@ def environment(device: str, precision: str = "fp32") -> dict:
     }
     if torch.device(device).type == "cuda":  # "cuda", or one rank's "cuda:N"
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    env["matmul_gflops"] = matmul_gflops(device)
-    if precision != "fp32":  # the run's precision: the first of the two readings its MFU divides by
-        env[f"matmul_gflops_{precision}"] = matmul_gflops(device, precision)
+    with guard():  # not while another job times latency (--jobs): the readings would disturb it
+        env["matmul_gflops"] = matmul_gflops(device)
+        if precision != "fp32":  # the run's precision: the first of the two readings its MFU divides by
+            env[f"matmul_gflops_{precision}"] = matmul_gflops(device, precision)
     return env
 
 
@@ -176,7 +177,13 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
 
         device = ddp.init(device)
     precision = spec.get("precision", "fp32")
-    result: dict = {"env": environment(device, precision),
+    lock = None
+    if (spec.get("placement") or {}).get("lock"):  # other jobs share the machine: latency is timed alone
+        from .executors.lock import MachineLock
+
+        lock = MachineLock(spec["placement"]["lock"])
+    side = lock.step if lock else contextlib.nullcontext  # around side measurements: not during others' latency
+    result: dict = {"env": environment(device, precision, side),
                     "plugins": {"method": plugin_origin(method.plugin), "task": plugin_origin(task.plugin)}}
 
     result["phases_s"] = phases
@@ -255,11 +262,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
         max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], precision=precision,
     )
     update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
-    lock = None
-    if (spec.get("placement") or {}).get("lock"):  # other jobs share the machine: latency is timed alone
-        from .executors.lock import MachineLock
-
-        lock = MachineLock(spec["placement"]["lock"])
+    waited_before_training = lock.waited_s if lock else None
     try:
         stats = train(model, train_ds, collate, cfg, device, progress=update,
                       on_start=lambda total: method.on_train_start(model, total), guard=lock.step if lock else None,
@@ -272,14 +275,16 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
         raise
     finally:
         close()
-    waited_in_training = lock.waited_s if lock else None  # the side measurements' waits below are not training's
+    waited_in_training = lock.waited_s - waited_before_training if lock else None  # not the side measurements' waits
+    per_rank = spec["batch_size"] // ddp.world() if distributed else spec["batch_size"]
     if distributed:  # counters summed over ranks, the memory of the rank with the largest peak; every rank's parameters
         result["ddp"] = {"world_size": ddp.world(), "backend": "nccl" if str(device).startswith("cuda") else "gloo",
-                         "global_batch": spec["batch_size"], "per_rank_batch": spec["batch_size"] // ddp.world(),
+                         "global_batch": spec["batch_size"], "per_rank_batch": per_rank,
                          **ddp.reduce_stats(stats), "trainable_checksum_per_rank": ddp.checksums(model)}
         if ddp.rank() != 0:
             return result  # rank 0 alone evaluates, checkpoints, times latency and writes the record
-    activations = _activation_memory(model, train_ds, collate, spec["batch_size"], device, precision)
+    with side():  # on one rank's batch: what its training step keeps
+        activations = _activation_memory(model, train_ds, collate, per_rank, device, precision)
     flops = train_flops(model, method, stats, result["env"], precision, train_ds, collate, device,  # as trained
                         ddp.world() if distributed else 1, guard=lock.step if lock else None)
     method.finalize(model)
@@ -288,7 +293,8 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
         "steps": stats.steps, "epochs_done": stats.epochs_done, "train_time_s": stats.train_time_s,
         "timed_steps": stats.timed_steps, "timed_samples": stats.timed_samples, "samples_per_s": stats.samples_per_s,
         "tokens_per_s": stats.tokens_per_s,
-        "median_step_s": float(np.median(stats.step_times)) if stats.step_times else None,
+        # over the timed steps (the last ones: warm-up excluded, as from samples_per_s)
+        "median_step_s": float(np.median(stats.step_times[-stats.timed_steps:])) if stats.timed_steps else None,
         "loss_first": stats.losses[0] if stats.losses else None,
         "loss_last10": float(np.mean(stats.losses[-10:])) if stats.losses else None, "loss_curve_every": step,
         "loss_curve": stats.losses[::step],
@@ -351,7 +357,8 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     merged = None
     if method.mergeable and not search:
         probe = fixed_length_batch(eval_ds, tokenizer.pad_token_id, min(8, len(eval_ds)), spec["max_seq_len"], device)
-        merged, result["merge"] = check_merge(method, model, probe, precision)
+        with side():
+            merged, result["merge"] = check_merge(method, model, probe, precision)
     phases["merge"] = _lap(clock)
 
     # latency: base, unmerged, merged, timed interleaved in one session
@@ -530,7 +537,12 @@ def measure_latency(method, model, merged, spec, task, tokenizer, eval_ds, devic
     out["effective_seq_len"] = seq_len + out["extra_seq_len"]
     if merged is not None:
         out["merged_is_plain"] = [type(m) for m in merged.modules()] == [type(m) for m in base.modules()]
-        models["merged"] = merged
+        if out["merged_is_plain"]:
+            models["merged"] = merged
+        else:  # a merge() that kept (some of) the method's modules: its latency is not a merged model's
+            kinds = {type(m).__name__ for m in base.modules()}
+            out["merged_not_timed"] = ("merge() left modules the base model has not: " + ", ".join(
+                sorted({type(m).__name__ for m in merged.modules()} - kinds) or ["its module structure differs"]))
     timings = {}
     for size, batch in batches.items():  # one interleaved session per batch size
         candidates = {f"{name}_{size}": (lambda m=m, b=batch: call(m, b)) for name, m in models.items()}

@@ -172,16 +172,16 @@ def train(model, dataset, collate, cfg: TrainConfig, device, progress=None, on_s
                 after_step(step + 1)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if distributed:  # the global batch's mean loss (equal shards), not this rank's share
+            if not distributed:
+                value = loss.item()  # synchronises
+            sync(device)
+            dt = time.perf_counter() - t0
+            if distributed:  # the global batch's mean loss (equal shards): a collective for the log, not timed
                 import torch.distributed as dist
 
                 mean = loss.detach().float().clone()
                 dist.all_reduce(mean)
                 value = mean.item() / dist.get_world_size()
-            else:
-                value = loss.item()  # synchronises
-            sync(device)
-            dt = time.perf_counter() - t0
             step_guard.__exit__(None, None, None)
             if not math.isfinite(value):
                 raise Diverged(f"loss became {value} at step {step + 1} of {steps}")

@@ -219,7 +219,9 @@ class PeftMethod(peftbench.Method):
             kwargs = self.spec.derive(kwargs)
         if self.spec.prompt or self.spec.wrapper:
             kwargs["task_type"] = "CAUSAL_LM" if is_causal_lm(model) else "SEQ_CLS"
-        if kwargs.get("target_modules") and kwargs["target_modules"] != "all-linear":
+        if kwargs.get("target_modules") == ["all-linear"]:  # peft's keyword, a string (a list names modules)
+            kwargs["target_modules"] = "all-linear"
+        if kwargs.get("target_modules"):
             self._keep_out_of_head(model, kwargs)
         if self.spec.prompt and is_causal_lm(model):
             # checked with tests/test_method_contract.py's generation check: generate's logits differ from
@@ -260,7 +262,14 @@ class PeftMethod(peftbench.Method):
         apart, so an update there would hide in the head's count. ``target_modules`` stays as given (peft's
         ``layers_to_transform`` and IA3's ``feedforward_modules`` read it)."""
         targets = kwargs["target_modules"]
-        hits = [n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+        if targets == "all-linear":  # peft leaves out only an LM's output layer: a classifier's head would be adapted
+            import torch
+            from transformers.pytorch_utils import Conv1D
+
+            hits = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+            targets = [targets]
+        else:
+            hits = [n for n, _ in model.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
         head = sorted(head_modules(model, hits))
         if not head:
             return  # peft matches it as given (or says what matched nothing)

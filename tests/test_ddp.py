@@ -42,6 +42,8 @@ def test_two_processes_train_one_model(tiny_model_dirs, cli_env, tmp_path, capfd
     top = peaks.index(max(peaks))
     assert len(peaks) == len(deltas) == 2 and min(peaks) > 0
     assert (b["memory"]["peak_mem_bytes"], b["memory"]["peak_mem_delta_bytes"]) == (peaks[top], deltas[top])
+    # activations: what one rank's step keeps, on its own batch (the global one overstated them 2x)
+    assert b["memory"]["saved_activation_batch"][0] == 4 and a["memory"]["saved_activation_batch"][0] == 8
     # the same global batch and data order: the same losses up to the ranks' own dropout masks
     assert b["train"]["loss_first"] == pytest.approx(a["train"]["loss_first"], abs=0.02)
     assert b["train"]["loss_last10"] == pytest.approx(a["train"]["loss_last10"], abs=0.03)

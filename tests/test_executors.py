@@ -237,6 +237,30 @@ def test_executor_bad_input(tmp_path, cli_env):
         assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and message in res.stderr, res.stderr
 
 
+def test_auto_device_and_precision_are_refused_for_runs_on_other_machines(tmp_path, cli_env):
+    """auto is resolved where the sweep is planned: a CPU login node planned every run of a GPU SLURM
+    sweep on the CPU, silently. With workers elsewhere, the device and precision are given."""
+    import os
+
+    pytest.importorskip("submitit")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_ / "srun").chmod(0o755)
+    env = dict(cli_env, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    slurm = ["run", "--methods", "lora", "--executor", "slurm", "--slurm-gpus-per-run", "1", "--dry-run"]
+    res = cli_in_process(*slurm, env=env)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "--device auto is resolved on the machine that plans the sweep" in res.stderr
+    res = cli_in_process(*slurm, "--device", "cuda", env=env)
+    assert res.returncode == 2 and "--precision auto is resolved on the machine" in res.stderr
+    res = cli_in_process(*slurm, "--device", "cuda", "--precision", "bf16", env=env)  # no CUDA here: the workers have it
+    assert res.returncode == 0, res.stderr
+    res = cli_in_process("run", "--methods", "lora", "--executor", "slurm", "--slurm-cluster", "local", "--dry-run",
+                         env=env)  # the same jobs on this machine: auto is this machine's
+    assert res.returncode == 0, res.stderr
+
+
 def test_run_spec_reruns_one_run_from_its_record(sequential, tmp_path):
     seq, env = sequential
     rec = next(r for r in seq.values() if r["spec"]["method"] == "lora")

@@ -153,6 +153,11 @@ def test_a_target_suffix_never_reaches_the_task_head():
     assert not any(n.startswith("classifier") and "lora_" in n for n, _ in bridged.named_parameters())
     with pytest.raises(UnsupportedModel, match="target_modules=out_proj names only the task head"):
         apply_method(PEFT, make_model("roberta"), 2, {"target_modules": "out_proj"})
+    # peft's all-linear (a keyword, not a module name) leaves out an LM's output layer only: not a classifier
+    model, counts = apply_method(PEFT, make_model("roberta"), 2, {"target_modules": "all-linear"})
+    assert not any(n.startswith("classifier") and "lora_" in n for n, _ in model.named_parameters())
+    assert any(".intermediate.dense.lora_A" in w for w in counts.where)  # the base model's linears, all of them
+    assert counts.head == sum(p.numel() for n, p in make_model("roberta").named_parameters() if n.startswith("classifier"))
 
 
 def test_merging_into_an_lm_head_tied_to_the_embeddings_leaves_the_embeddings_alone():

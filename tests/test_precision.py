@@ -58,10 +58,11 @@ def test_the_record_names_the_cpu(monkeypatch, tmp_path):
 
 def test_auto_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some GPU")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    # a V100 or T4 (compute capability < 8) emulates bf16: torch counts that as support by default
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert precision.resolve("auto", "cuda") == ("fp32", "auto: Some GPU has no bf16 support")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert precision.resolve("auto", "cuda") == ("bf16", "auto: Some GPU supports bf16")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert precision.resolve("auto", "cuda")[0] == "fp32"
 
 
 def test_explicit_and_bad_values():

@@ -232,3 +232,58 @@ def test_a_hub_model_loads_at_the_commit_its_plan_recorded(monkeypatch, tiny_mod
     seen.clear()
     models.load_model(folder, get_task("e2e"), tokenizer)
     assert set(seen) == {None}  # nothing pinned: transformers' default
+
+
+HALF_MERGED = '''
+import torch
+from torch import nn
+import peftbench
+from peftbench.arch import find_role, linear_features, replace_module
+from peftbench.method import freeze
+
+
+class Scaled(nn.Module):
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+        self.scale = nn.Parameter(torch.ones(linear_features(base)[1]))
+
+    def forward(self, x):
+        return self.base(x) * self.scale
+
+
+class KeepsItsModules(peftbench.Method):
+    name = "keeps"
+    mergeable = True
+
+    def apply(self, model, knob_value=None, **options):
+        freeze(model)
+        for name, module in find_role(model, "v"):
+            replace_module(model, name, Scaled(module))
+        return model
+
+    def merge(self, model):  # the same outputs, but the method's modules stay: not a merged model
+        return model
+
+
+@peftbench.hookimpl
+def peftbench_register_methods(register):
+    register(KeepsItsModules())
+'''
+
+
+def test_a_merge_that_keeps_the_methods_modules_is_not_timed_as_merged(tiny_model_dirs, small_data, tmp_path):
+    """Its outputs pass the merge check, but timing it as "merged" would publish the unmerged
+    model's latency under the merged column: the record says why there is no merged timing."""
+    import os
+
+    from conftest import write_plugin
+
+    plugin = write_plugin(tmp_path, "keeps", HALF_MERGED)
+    res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "keeps", "--plugins", plugin, "--seeds", "0",
+                    "--out", tmp_path / "out", *FAST, env=dict(os.environ, PEFTBENCH_DATA=str(small_data)))
+    assert res.returncode == 0, res.stderr
+    (rec,) = records(tmp_path / "out")
+    lat = rec["latency"]
+    assert rec["status"] == "ok" and lat["merged_is_plain"] is False and "Scaled" in lat["merged_not_timed"]
+    assert not any(k.startswith("merged_") for k in lat["timings"]) and "ratio_unmerged_b1" in lat

@@ -172,7 +172,8 @@ def run(ctx, methods_, tasks_, seeds, model, data_dir, budget, knob, lr, epochs,
         {"address": ray_address, "cpus_per_run": ray_cpus_per_run},
         gpu=any(s.device != "cpu" for s in settings)).validate()
     for s in settings:
-        if s.nproc > 1:  # one process per GPU, or per CPU core
+        s.runs_elsewhere = executor_options.elsewhere
+        if s.nproc > 1 and not s.runs_elsewhere:  # one process per GPU, or per CPU core
             import torch
 
             gpus = torch.cuda.device_count() if s.device in ("auto", "cuda") else 0

@@ -29,6 +29,12 @@ class ExecutorOptions:
     ray: dict = field(default_factory=dict)  # address, cpus_per_run
     gpu: bool = True  # False: every run asked for --device cpu (local jobs then get CPU sets on a GPU machine)
 
+    @property
+    def elsewhere(self) -> bool:
+        """Runs execute on other machines (a SLURM cluster, a Ray cluster at an address)."""
+        return ((self.name == "slurm" and self.slurm.get("cluster", "slurm") == "slurm")
+                or (self.name == "ray" and bool(self.ray.get("address"))))
+
     def validate(self):
         if self.name not in EXECUTORS:
             raise PeftbenchError(f"--executor {self.name}: choose one of {', '.join(EXECUTORS)}")
