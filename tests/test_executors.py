@@ -354,15 +354,19 @@ def test_ray_runs_each_task_on_its_gpu_and_survives_a_killed_worker(ray_cluster,
                                                                     tmp_path):
     seq, env = sequential
     ray_cluster, auth = ray_cluster
+    # workers elsewhere: the device and precision are given (auto would be this machine's); the ones the
+    # sequential sweep resolved here, so the run ids are the same
+    spec = next(iter(seq.values()))["spec"]
+    given = ["--device", spec["device"], "--precision", spec["precision"]]
     # a client without the token: one line naming the fix, before anything runs
     no_auth = dict(env, RAY_AUTH_MODE="disabled", RAY_NUM_REDIS_GET_RETRIES="3")
     res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", tmp_path / "refused",
-                    "--executor", "ray", "--ray-address", ray_cluster, *FAST, env=no_auth)
+                    "--executor", "ray", "--ray-address", ray_cluster, *given, *FAST, env=no_auth)
     assert res.returncode == 2 and "needs RAY_AUTH_MODE=token here" in res.stderr.splitlines()[-1], res.stderr
     env = dict(env, **auth)
     out = tmp_path / "ray"
     res = peftbench("run", "--model", tiny_model_dirs["bert"], "--methods", "lora,adapter", "--out", out,
-                    "--executor", "ray", "--ray-address", ray_cluster, *FAST, env=env)
+                    "--executor", "ray", "--ray-address", ray_cluster, *given, *FAST, env=env)
     assert res.returncode == 0, res.stderr
     recs = load_records(out)
     _same_runs(seq, recs)
@@ -376,7 +380,7 @@ def test_ray_runs_each_task_on_its_gpu_and_survives_a_killed_worker(ray_cluster,
     plugin.write_text(KILLER.replace("__ARMED__", repr(str(armed))))
     args = ["run", "--model", tiny_model_dirs["bert"], "--methods", "worker-killer", "--knob", "worker-killer=2",
             "--seeds", "0,1,2", "--out", out, "--plugins", plugin, *FAST[:-2]]
-    res = peftbench(*args, "--executor", "ray", "--ray-address", ray_cluster, env=env)
+    res = peftbench(*args, "--executor", "ray", "--ray-address", ray_cluster, *given, env=env)
     assert res.returncode == 1 and "did not finish ok" in res.stderr, res.stderr  # the sweep went on
     killed = [r for r in load_records(out).values() if r["spec"]["method"] == "worker-killer"]
     failed = [r for r in killed if r["status"] != "ok"]
