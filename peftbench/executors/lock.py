@@ -1,10 +1,11 @@
 """With several local jobs, latency is timed alone: a job about to time latency raises a pause
-flag and takes the machine lock exclusively; training steps and evaluation batches (forward
-passes, ``generate`` calls) of the other jobs hold it shared, one at a time, and do not start
-while a pause is raised. So neither training nor evaluation runs while a latency measurement is
+flag and takes the machine lock exclusively; training steps, evaluation batches (forward
+passes, ``generate`` calls) and side measurements (matmul readings, the activation count, the
+merge check) of the other jobs hold it shared, one at a time, and do not start while a pause is
+raised. So neither training nor evaluation runs while a latency measurement is
 being taken (flock on one file in the output folder); the time a run waited is left out of its
-training and generation timings and recorded. Another job's data loading, model loading and merge
-check may still run meanwhile."""
+training and generation timings and recorded. Another job's data loading and model loading may
+still run meanwhile."""
 
 from __future__ import annotations
 
