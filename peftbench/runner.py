@@ -263,10 +263,13 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     )
     update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
     waited_before_training = lock.waited_s if lock else None
+    if lock:
+        from .executors.lock import training as shared_training
     try:
-        stats = train(model, train_ds, collate, cfg, device, progress=update,
-                      on_start=lambda total: method.on_train_start(model, total), guard=lock.step if lock else None,
-                      distributed=distributed, static_graph=method.static_graph)
+        with shared_training(lock, spec["run_id"]) if lock else contextlib.nullcontext():
+            stats = train(model, train_ds, collate, cfg, device, progress=update,
+                          on_start=lambda total: method.on_train_start(model, total),
+                          guard=lock.step if lock else None, distributed=distributed, static_graph=method.static_graph)
     except RuntimeError as e:
         if distributed and method.static_graph and "static_graph" in str(e):  # DDP: the method's graph changed
             raise PluginFailure("method", method.name, method.plugin, "training under --nproc (DDP with a static "
@@ -369,6 +372,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
                  generation)
     if lock:
         result["train"]["waited_for_latency_s"] = waited_in_training
+        result["train"]["alongside"] = lock.alongside  # the runs that trained at the same time on this machine
     phases["latency"] = _lap(clock)
     return result
 

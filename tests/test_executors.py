@@ -109,13 +109,44 @@ def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
     assert all(p["jobs"] == 2 and p["shared_machine"] and p["torch_threads"] == len(p["cpus"]) == 1 for p in placements)
     assert all(r["env"]["cpu_affinity"] == 1 for r in recs.values())  # confined before the environment was read
     assert all("waited_for_latency_s" in r["train"] and r["eval_waited_for_latency_s"] >= 0 for r in recs.values())
-    table = cli_in_process("report", out, env=env).stdout
-    assert "†" in table and "shared the machine" in table and "training steps and evaluation batches wait" in table
-    for r in recs.values():  # records from before evaluation waited: the caption says evaluation may run
-        del r["eval_waited_for_latency_s"]
+    # which run trained at the same time: the other one or none (3 steps each may not overlap), and mutually
+    a, b = recs.values()
+    assert set(a["train"]["alongside"]) <= {b["run_id"]} and set(b["train"]["alongside"]) <= {a["run_id"]}
+    assert bool(a["train"]["alongside"]) == bool(b["train"]["alongside"])
     from peftbench.report import records_frame, summarize, to_markdown
 
-    assert "though their data loading and evaluation may run" in to_markdown(summarize(records_frame(list(recs.values()))))
+    def table(records):
+        return to_markdown(summarize(records_frame(records)))
+
+    a["train"]["alongside"], b["train"]["alongside"] = [b["run_id"]], [a["run_id"]]
+    shared = table([a, b])
+    assert "†" in shared and "shared the machine" in shared and "training steps and evaluation batches wait" in shared
+    a["train"]["alongside"] = b["train"]["alongside"] = []  # each trained alone: no mark
+    assert "shared the machine" not in table([a, b])
+    for r in (a, b):  # records from before runs said who trained alongside, or evaluation waited
+        del r["train"]["alongside"], r["eval_waited_for_latency_s"]
+    assert "though their data loading and evaluation may run" in table([a, b])
+
+
+def test_runs_say_which_runs_trained_alongside(tmp_path):
+    from peftbench.executors.lock import training
+
+    a, b, c = (MachineLock(tmp_path / "m.lock") for _ in range(3))
+    with training(a, "A"):
+        with training(b, "B"):  # within A's training: A is training at B's end
+            pass
+        with training(c, "C"):  # after B ended, within A
+            pass
+        assert b.alongside == ["A"] and c.alongside == ["A"]
+    assert a.alongside == ["B", "C"]  # both started and ended within A's training: the log says so
+    with training(b, "D"):  # after all of them
+        pass
+    assert b.alongside == []
+    dead = tmp_path / "m.lock.running" / "999999999.E"  # a run killed while training: its mark is no company
+    dead.write_text("E")
+    with training(b, "F"):
+        pass
+    assert b.alongside == [] and not dead.exists()
 
 
 def test_latency_waits_for_no_training(tmp_path):

@@ -97,7 +97,9 @@ def record_row(rec: dict) -> dict:
         "checkpoint_bytes": _get(rec, "checkpoint", "bytes"),
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
         "threads": _get(rec, "env", "torch_threads"),
-        "shared_machine": bool(_get(rec, "placement", "shared_machine")),  # --jobs N: others trained alongside
+        # --jobs N: others trained alongside (records since 2026-12-05 say which did; earlier ones that some might)
+        "shared_machine": bool(_get(rec, "train", "alongside") if isinstance(_get(rec, "train", "alongside"), list)
+                               else _get(rec, "placement", "shared_machine")),
         # since 2026-12-04 a shared run's evaluation batches wait for another run's latency timing too
         "_eval_waits": "eval_waited_for_latency_s" in rec if _get(rec, "placement", "shared_machine") else None,
         "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
