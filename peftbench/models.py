@@ -148,7 +148,7 @@ def load_model(model: str, task, tokenizer, device="cpu", revision: str | None =
         # fp32 weights whatever the checkpoint's dtype (transformers loads a config's bf16 as bf16): the
         # run's precision is autocast over fp32 weights and optimizer state, as its record says
         m, info = auto.from_pretrained(resolve_model(model), output_loading_info=True, dtype=torch.float32,
-                                  **_pin(revision), **kwargs)
+                                       **_pin(revision), **kwargs)
     except Exception as e:
         raise PeftbenchError(f"--model {model}: cannot load it as {what} ({first_line(e)})") from None
     if task.kind != "generation":

@@ -177,11 +177,11 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
 
         device = ddp.init(device)
     precision = spec.get("precision", "fp32")
+    from .executors import lock as lockmod
+
     lock = None
     if (spec.get("placement") or {}).get("lock"):  # other jobs share the machine: latency is timed alone
-        from .executors.lock import MachineLock
-
-        lock = MachineLock(spec["placement"]["lock"])
+        lock = lockmod.MachineLock(spec["placement"]["lock"])
     side = lock.step if lock else contextlib.nullcontext  # around side measurements: not during others' latency
     result: dict = {"env": environment(device, precision, side),
                     "plugins": {"method": plugin_origin(method.plugin), "task": plugin_origin(task.plugin)}}
@@ -263,10 +263,8 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     )
     update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
     waited_before_training = lock.waited_s if lock else None
-    if lock:
-        from .executors.lock import training as shared_training
     try:
-        with shared_training(lock, spec["run_id"]) if lock else contextlib.nullcontext():
+        with lockmod.training(lock, spec["run_id"]) if lock else contextlib.nullcontext():  # who trained alongside
             stats = train(model, train_ds, collate, cfg, device, progress=update,
                           on_start=lambda total: method.on_train_start(model, total),
                           guard=lock.step if lock else None, distributed=distributed, static_graph=method.static_graph)
