@@ -163,7 +163,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     from .models import load_model, load_tokenizer, model_revision, model_source, planned_revision
     from .plugins import get_method, get_task, load_plugins, plugin_origin
     from .tasks import load_task_data
-    from .train import TrainConfig, predict, train
+    from .train import EVAL_BATCH, TrainConfig, predict, train
 
     clock = [time.perf_counter()]  # wall time per phase, for the harness-overhead benchmark
     phases = phases if phases is not None else {}  # the caller's: a failed run's too
@@ -177,11 +177,11 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
 
         device = ddp.init(device)
     precision = spec.get("precision", "fp32")
-    from .executors import lock as lockmod
-
     lock = None
     if (spec.get("placement") or {}).get("lock"):  # other jobs share the machine: latency is timed alone
-        lock = lockmod.MachineLock(spec["placement"]["lock"])
+        from .executors.lock import MachineLock
+
+        lock = MachineLock(spec["placement"]["lock"])
     side = lock.step if lock else contextlib.nullcontext  # around side measurements: not during others' latency
     result: dict = {"env": environment(device, precision, side),
                     "plugins": {"method": plugin_origin(method.plugin), "task": plugin_origin(task.plugin)}}
@@ -264,7 +264,7 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     update, close = _progress_bar(f"{spec['label']} {task.name} s{spec['seed']}", progress)
     waited_before_training = lock.waited_s if lock else None
     try:
-        with lockmod.training(lock, spec["run_id"]) if lock else contextlib.nullcontext():  # who trained alongside
+        with lock.training(spec["run_id"]) if lock else contextlib.nullcontext():  # who trained alongside
             stats = train(model, train_ds, collate, cfg, device, progress=update,
                           on_start=lambda total: method.on_train_start(model, total),
                           guard=lock.step if lock else None, distributed=distributed, static_graph=method.static_graph)
@@ -320,17 +320,15 @@ def _run(spec: dict, out: Path, progress: bool, phases: dict | None = None) -> d
     guard = lock.step if lock else None
     waited_before_eval = lock.waited_s if lock else None
     if search and generation:  # generating for every candidate costs more than training: the loss
-        result["eval_batch_size"] = 32  # padded batches: a batch size can move the last digits
-        result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision,
-                                                             batch_size=result["eval_batch_size"], guard=guard)}
+        result["eval_batch_size"] = gen.VAL_LOSS_BATCH  # padded batches: a batch size can move the last digits
+        result["metrics"] = {"val_loss": gen.validation_loss(model, eval_ds, collate, device, precision, guard=guard)}
         result["metric_directions"] = {"val_loss": "lower"}
     elif generation:
-        result["eval_batch_size"] = gen.decoding(spec, task).batch_size
         result.update(gen.evaluate(task, model, tokenizer, evaluation, spec, out, device, precision, guard=guard))
+        result["eval_batch_size"] = result["generation"]["decoding"]["batch_size"]
     else:
-        result["eval_batch_size"] = 128
-        pred, gold = predict(model, eval_ds, collate, device, batch_size=result["eval_batch_size"],
-                             precision=precision, guard=guard)
+        result["eval_batch_size"] = EVAL_BATCH
+        pred, gold = predict(model, eval_ds, collate, device, precision=precision, guard=guard)
         result["metrics"] = task.score(pred, gold)
         result["trivial"] = trivial
     if "metric_directions" not in result:

@@ -229,8 +229,11 @@ def static_memory(model, optimizer) -> dict:
     return {"param_bytes": param_bytes, "grad_bytes": grad_bytes, "optimizer_bytes": optim_bytes}
 
 
+EVAL_BATCH = 128  # prediction batches (padded: a batch size can move the last digits; records say it)
+
+
 @torch.no_grad()
-def predict(model, dataset, collate, device, batch_size=128, precision="fp32", guard=None):
+def predict(model, dataset, collate, device, batch_size=EVAL_BATCH, precision="fp32", guard=None):
     """Predictions (class ids, or floats for regression) and gold labels. ``guard()`` wraps each
     batch's forward (parallel jobs: wait while another job times latency)."""
     import contextlib

@@ -129,22 +129,20 @@ def test_two_jobs_split_the_cpus(sequential, tiny_model_dirs, tmp_path):
 
 
 def test_runs_say_which_runs_trained_alongside(tmp_path):
-    from peftbench.executors.lock import training
-
     a, b, c = (MachineLock(tmp_path / "m.lock") for _ in range(3))
-    with training(a, "A"):
-        with training(b, "B"):  # within A's training: A is training at B's end
+    with a.training("A"):
+        with b.training("B"):  # within A's training: A is training at B's end
             pass
-        with training(c, "C"):  # after B ended, within A
+        with c.training("C"):  # after B ended, within A
             pass
         assert b.alongside == ["A"] and c.alongside == ["A"]
     assert a.alongside == ["B", "C"]  # both started and ended within A's training: the log says so
-    with training(b, "D"):  # after all of them
+    with b.training("D"):  # after all of them
         pass
     assert b.alongside == []
     dead = tmp_path / "m.lock.running" / "999999999.E"  # a run killed while training: its mark is no company
     dead.write_text("E")
-    with training(b, "F"):
+    with b.training("F"):
         pass
     assert b.alongside == [] and not dead.exists()
 

@@ -23,7 +23,7 @@ class MachineLock:
         self.pauses.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self.waited_s = 0.0  # how long this process's training waited for others' latency
-        self.alongside: list[str] | None = None  # set by ``training``
+        self.alongside: list[str] | None = None  # set by ``training``: who trained at the same time
 
     def paused(self) -> bool:
         """A pause is raised by a live process; the flag of one that died measuring (SIGKILL: a
@@ -61,43 +61,42 @@ class MachineLock:
         finally:
             flag.unlink(missing_ok=True)
 
-
-@contextlib.contextmanager
-def training(lock: MachineLock, run_id: str):
-    """Around a run's training: afterwards ``lock.alongside`` lists the runs (ids) whose training
-    overlapped it on this machine: those training at its end (a mark per live process) and those
-    that started and ended within it (a line each in a log beside the lock)."""
-    running = lock.path.with_name(lock.path.name + ".running")
-    log = lock.path.with_name(lock.path.name + ".trained")
-    running.mkdir(parents=True, exist_ok=True)
-    mark = running / f"{os.getpid()}.{run_id}"
-    tmp = running / f".{os.getpid()}.{run_id}.tmp"
-    tmp.write_text(run_id)
-    os.replace(tmp, mark)  # never read half-written
-    start = time.time()
-    try:
-        yield
-    finally:
-        end = time.time()
-        others = set()
-        for f in running.iterdir():
-            if f == mark or f.name.startswith("."):
-                continue
-            if not _alive(f.name.split(".")[0]):  # a run killed while training (SIGKILL, OOM) left its mark
-                f.unlink(missing_ok=True)
-                continue
-            with contextlib.suppress(FileNotFoundError):  # it ended meanwhile: its log line says so
-                others.add(f.read_text())
-        if log.exists():
-            for line in log.read_text().splitlines():
-                other, t0, t1 = line.split("\t")
-                if float(t0) < end and float(t1) > start:
-                    others.add(other)
-        with open(log, "a") as f:  # one short line, one write: appends from several processes do not interleave
-            f.write(f"{run_id}\t{start}\t{end}\n")
-        mark.unlink(missing_ok=True)
-        others.discard(run_id)
-        lock.alongside = sorted(others)
+    @contextlib.contextmanager
+    def training(self, run_id: str):
+        """Around a run's training: afterwards ``self.alongside`` lists the runs (ids) whose training
+        overlapped it on this machine: those training at its end (a mark per live process) and those
+        that started and ended within it (a line each in a log beside the lock)."""
+        running = self.path.with_name(self.path.name + ".running")
+        log = self.path.with_name(self.path.name + ".trained")
+        running.mkdir(parents=True, exist_ok=True)
+        mark = running / f"{os.getpid()}.{run_id}"
+        tmp = running / f".{os.getpid()}.{run_id}.tmp"
+        tmp.write_text(run_id)
+        os.replace(tmp, mark)  # never read half-written
+        start = time.time()
+        try:
+            yield
+        finally:
+            end = time.time()
+            others = set()
+            for f in running.iterdir():
+                if f == mark or f.name.startswith("."):
+                    continue
+                if not _alive(f.name.split(".")[0]):  # a run killed while training (SIGKILL, OOM) left its mark
+                    f.unlink(missing_ok=True)
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # it ended meanwhile: its log line says so
+                    others.add(f.read_text())
+            if log.exists():
+                for line in log.read_text().splitlines():
+                    other, t0, t1 = line.split("\t")
+                    if float(t0) < end and float(t1) > start:
+                        others.add(other)
+            with open(log, "a") as f:  # one short line, one write: appends from several processes do not interleave
+                f.write(f"{run_id}\t{start}\t{end}\n")
+            mark.unlink(missing_ok=True)
+            others.discard(run_id)
+            self.alongside = sorted(others)
 
 
 def _alive(name: str) -> bool:

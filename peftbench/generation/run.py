@@ -52,8 +52,10 @@ def latency(models: dict, tokenizer, task, evaluation, spec, device, precision) 
     return generation_latency(models, tokenizer, prompts, device, precision, spec["latency"])
 
 
+VAL_LOSS_BATCH = 32  # a search run's validation-loss batches (records say it)
 
-def validation_loss(model, dataset, collate, device, precision, batch_size=32, guard=None) -> float:
+
+def validation_loss(model, dataset, collate, device, precision, batch_size=VAL_LOSS_BATCH, guard=None) -> float:
     """Mean cross-entropy per target token over ``dataset`` (the held-out training pairs), computed
     here from the logits, the same for every method: a model's own ``.loss`` need not be the
     cross-entropy (peft's AdaLoRA adds its orthogonality penalty whenever labels are passed, in

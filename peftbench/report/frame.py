@@ -64,6 +64,7 @@ def record_row(rec: dict) -> dict:
     if "precision" not in spec and _get(rec, "env", "device") == "cpu":
         spec["precision"] = "fp32"  # before --precision existed, CPU runs were fp32 throughout
     setup = {k: spec.get(k) for k in SETUP_FIELDS}
+    alongside = _get(rec, "train", "alongside")  # the runs that trained at the same time (since 2026-12-05)
     row = {
         "run_id": rec["run_id"], "status": rec["status"], "error": rec.get("error"),
         "task": spec.get("task"), "method": spec.get("method"),
@@ -98,8 +99,7 @@ def record_row(rec: dict) -> dict:
         "machine_gflops": _get(rec, "env", "matmul_gflops"),
         "threads": _get(rec, "env", "torch_threads"),
         # --jobs N: others trained alongside (records since 2026-12-05 say which did; earlier ones that some might)
-        "shared_machine": bool(_get(rec, "train", "alongside") if isinstance(_get(rec, "train", "alongside"), list)
-                               else _get(rec, "placement", "shared_machine")),
+        "shared_machine": bool(alongside if isinstance(alongside, list) else _get(rec, "placement", "shared_machine")),
         # since 2026-12-04 a shared run's evaluation batches wait for another run's latency timing too
         "_eval_waits": "eval_waited_for_latency_s" in rec if _get(rec, "placement", "shared_machine") else None,
         "generated_tokens_per_s": _get(rec, "generation", "tokens_per_s"),
