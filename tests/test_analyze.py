@@ -194,8 +194,9 @@ def test_analyze_a_llama_with_grouped_query_attention(tiny_model_dirs, small_dat
     assert all(v[0] == 4 and math.isfinite(v[-1]) and v[1] > 0 for v in delta.values())
 
 
-# The published analyses of the rank study (results/lora-paper/rank): file -> (target set, rank, seed)
-# of the runs (the full study has several target sets at each rank)
+# The published analyses of the rank studies (results/lora-paper/rank and rank-smollm2, both written by
+# results/lora-paper/analyses.sh): file -> (target set, rank, seed) of the runs (a study has several target
+# sets at each rank)
 PUBLISHED = {
     "subspace-r8-r64-seed0.txt": ("subspace", ("q,v", 8, 0), ("q,v", 64, 0)),
     "subspace-r64-seed0-seed1.txt": ("subspace", ("q,v", 64, 0), ("q,v", 64, 1)),
@@ -208,16 +209,16 @@ PUBLISHED = {
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("study", ["rank", "rank-smollm2"])
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_published_rank_analyses_are_the_commands_output(name, monkeypatch):
-    """results/lora-paper/rank: each analysis file is what `peftbench analyze` prints for those
-    runs' kept checkpoints (MiniLM, TREC-6) today, run from the repository's root."""
+def test_published_rank_analyses_are_the_commands_output(study, name, monkeypatch):
+    """results/lora-paper/rank (MiniLM) and rank-smollm2 (SmolLM2-135M), TREC-6: each analysis file is
+    what `peftbench analyze` prints for those runs' kept checkpoints today, run from the repository's root."""
     from conftest import ROOT
 
     monkeypatch.chdir(ROOT)
-    folder = ROOT / "results" / "lora-paper" / "rank"
-    if not (folder / name).is_file():
-        pytest.skip("the rank study's analyses are not published")
+    folder = ROOT / "results" / "lora-paper" / study
+    assert (folder / name).is_file(), f"{study}: {name} is not published (bash results/lora-paper/analyses.sh {folder})"
     recs = {}
     for p in sorted((folder / "records").glob("*.json")):
         r = json.loads(p.read_text())
