@@ -14,6 +14,7 @@ process, so earlier runs do not pollute it).
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import sys
@@ -56,6 +57,9 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self):
+        # garbage of what ran before (a model in a reference cycle) collected inside the block would free
+        # memory while the block allocates, and hide that much of its peak: collect it before the baseline
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
